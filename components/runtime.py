@@ -1,0 +1,139 @@
+"""Where things run and where state lives: Ray, the run store, the data every node reads.
+
+- Ray: `ray.init(address="local")` unless `RAY_ADDRESS` is set, so a stray `ray start`
+  cluster on the same machine never captures a run.
+- Run store (`TRAINYARD_STORE`, default `./.trainyard`): checkpoints and Tune state, outside
+  DVC's outputs (DVC deletes a stage's outputs before running it), keyed by stage and params
+  so a re-run after a crash resumes. A URI (`s3://...`) works too: it goes through pyarrow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+class ResourceError(RuntimeError):
+    """A request that can never fit the cluster; the message gives the numbers."""
+
+
+def store_root() -> str:
+    """The run store: `TRAINYARD_STORE`, or `.trainyard` in the working directory (absolute)."""
+    root = os.environ.get("TRAINYARD_STORE", ".trainyard")
+    return root if "://" in root else str(Path(root).resolve())
+
+
+def params_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts: the key of a stage's state in the run store."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def stage_storage(workload: str, stage: str) -> str:
+    """The run-store folder of a stage (a Ray `storage_path`)."""
+    root = store_root()
+    return f"{root.rstrip('/')}/{workload}/{stage}" if "://" in root else str(Path(root) / workload / stage)
+
+
+def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
+    """Make data files readable from every Ray node; return name -> path or URI.
+
+    With a local store, nodes share this filesystem: absolute paths. With a URI store the
+    files are copied once into `<store>/data/<content hash>/` and workers read them there.
+    """
+    root = store_root()
+    if "://" not in root:
+        return {k: str(Path(v).resolve()) for k, v in files.items()}
+    from components.data.parquet import file_sha256
+
+    fs, base = pafs.FileSystem.from_uri(root)
+    out = {}
+    for name, path in files.items():
+        digest = file_sha256(path)[:16]
+        dest = f"{base.rstrip('/')}/data/{digest}/{Path(path).name}"
+        if fs.get_file_info(dest).type == pafs.FileType.NotFound:
+            fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+            pafs.copy_files(str(Path(path).resolve()), dest, destination_filesystem=fs)
+        out[name] = f"{root.split('://', 1)[0]}://{dest}"
+    return out
+
+
+def init_ray() -> dict[str, float]:
+    """Connect to `RAY_ADDRESS` if set, else start a local Ray; return the cluster's resources."""
+    import ray
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner
+        # needs to free a dead run's resources; TRAINYARD_RAY_DASHBOARD=0 turns it off.
+        dashboard = os.environ.get("TRAINYARD_RAY_DASHBOARD", "1") == "1"
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=True)
+            else:
+                ray.init(address="local", include_dashboard=dashboard, log_to_driver=True)
+        except ConnectionError as err:
+            raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({err})") from None
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def want_gpu(use_gpu: str | bool, resources: dict[str, float], workers: int) -> bool:
+    """Resolve `use_gpu: auto|true|false` against the cluster; `true` without GPUs is an error."""
+    gpus = resources.get("GPU", 0.0)
+    if use_gpu == "auto":
+        return gpus >= workers
+    if use_gpu and gpus < workers:
+        raise ResourceError(f"use_gpu is true for {workers} workers but the cluster has {gpus:g} GPUs")
+    return bool(use_gpu)
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """How many trials run at once, and what each one holds."""
+
+    concurrent: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    driver_memory_mb: int
+
+
+def plan_trials(resources: dict[str, float], workers: int, cpus_per_worker: float,
+                gpus_per_worker: float, driver_memory_mb: int, requested: int | None) -> TrialPlan:
+    """Trial concurrency from the cluster's resources, counting each trial's own driver.
+
+    A trial is a driver (the Tune function that starts a TorchTrainer; it holds memory, no
+    CPU, because it only waits) plus `workers` Train workers. Default Tune resources give the
+    driver a whole CPU, which on a 2-CPU machine leaves no CPU for the workers of two
+    concurrent trials: they wait forever. Here concurrency is what fits, never more.
+    """
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    mem_mb = resources.get("memory", 0.0) / 2**20
+    need_cpu, need_gpu = workers * cpus_per_worker, workers * gpus_per_worker
+    if need_cpu > cpus or need_gpu > gpus or driver_memory_mb > mem_mb:
+        raise ResourceError(
+            f"one trial needs {workers} workers x {cpus_per_worker:g} CPU = {need_cpu:g} CPUs, "
+            f"{need_gpu:g} GPUs and {driver_memory_mb} MB for its driver; the cluster has "
+            f"{cpus:g} CPUs, {gpus:g} GPUs, {mem_mb:.0f} MB: it could never start")
+    fit = math.floor(cpus / need_cpu + 1e-9)
+    if need_gpu:
+        fit = min(fit, math.floor(gpus / need_gpu + 1e-9))
+    fit = min(fit, math.floor(mem_mb / driver_memory_mb))
+    concurrent = max(1, min(fit, requested or fit))
+    return TrialPlan(concurrent, need_cpu, need_gpu, driver_memory_mb)
+
+
+def check_train_fits(resources: dict[str, float], workers: int, cpus_per_worker: float, gpu: bool) -> None:
+    """Fail at once, with the numbers, when a training run can never be placed."""
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if workers * cpus_per_worker > cpus + 1e-9:
+        raise ResourceError(f"train asks for {workers} workers x {cpus_per_worker:g} CPU = "
+                            f"{workers * cpus_per_worker:g} CPUs; the cluster has {cpus:g}")
+    if gpu and workers > gpus:
+        raise ResourceError(f"train asks for {workers} GPU workers; the cluster has {gpus:g} GPUs")

@@ -1,0 +1,169 @@
+"""The model registry with MLflow 3 aliases: `challenger` is the newest registered version,
+`champion` the one people and services load. Lineage and decisions are version tags.
+
+Registration is idempotent: a version is keyed by the sha256 of the model file, so
+registering the same trained model again returns the existing version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+from collections.abc import Callable
+from typing import Any
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_SHA = "trainyard.model_sha256"
+VAL_DATA = "trainyard.val_data_md5"
+HISTORY = "trainyard.champion_history"  # registered-model tag: champion versions, oldest first
+
+
+def _metric_tag(metric: str) -> str:
+    return f"trainyard.metric.{metric}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def better(new: float, old: float, mode: str) -> bool:
+    """Whether `new` beats `old` strictly under `mode` (min or max)."""
+    return new < old if mode == "min" else new > old
+
+
+def ensure_model(c, name: str, description: str = "") -> None:
+    """Create the registered model if it does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        try:
+            c.create_registered_model(name, description=description)
+        except MlflowException:  # created meanwhile by a concurrent register
+            c.get_registered_model(name)
+
+
+def alias_version(c, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(c.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def find_version(c, name: str, model_sha256: str):
+    """The version registered from a model file with this sha256, or None."""
+    for v in c.search_model_versions(f"name = '{name}'"):
+        if v.tags.get(MODEL_SHA) == model_sha256:
+            return v
+    return None
+
+
+def _history(c, name: str) -> list[str]:
+    raw = c.get_registered_model(name).tags.get(HISTORY, "")
+    return [v for v in raw.split(",") if v]
+
+
+def set_champion(c, name: str, version: str, who: str, why: str) -> None:
+    """Point `champion` at `version`, recording who and why on the version and in the history."""
+    version = str(version)
+    c.set_registered_model_alias(name, CHAMPION, version)
+    c.set_model_version_tag(name, version, "trainyard.promoted_by", who)
+    c.set_model_version_tag(name, version, "trainyard.promoted_reason", why)
+    c.set_model_version_tag(name, version, "trainyard.promoted_at", _now())
+    hist = _history(c, name)
+    if not hist or hist[-1] != version:
+        c.set_registered_model_tag(name, HISTORY, ",".join([*hist, version]))
+
+
+def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
+             metric: str, value: float, mode: str, val_data_md5: str, lineage: dict[str, str],
+             rescore: Callable[[Any], float]) -> dict[str, Any]:
+    """Register (once) and decide aliases; returns the registry's view of this model.
+
+    `log_model()` logs the pyfunc and returns its URI (called only for a new version);
+    `rescore(version)` scores the current champion on our val data when its recorded
+    metric was measured on other data, so the comparison is always like for like.
+    """
+    import mlflow
+
+    ensure_model(c, name, "Registered by the trainyard pipeline; see version tags for lineage.")
+    version = find_version(c, name, model_sha256)
+    if version is None:
+        tags = {MODEL_SHA: model_sha256, VAL_DATA: val_data_md5, _metric_tag(metric): repr(value),
+                "trainyard.metric_name": metric, **lineage}
+        mv = mlflow.register_model(log_model(), name, tags=tags)
+        version = c.get_model_version(name, mv.version)
+    v = str(version.version)
+    c.set_registered_model_alias(name, CHALLENGER, v)
+
+    champ = alias_version(c, name, CHAMPION)
+    decision: str
+    if champ is None:
+        set_champion(c, name, v, "register", f"first version: {metric}={value:.4f}")
+        decision = "champion (first version)"
+    elif champ == v:
+        decision = "already champion"
+    else:
+        cv = c.get_model_version(name, champ)
+        recorded = cv.tags.get(_metric_tag(metric))
+        if recorded is not None and cv.tags.get(VAL_DATA) == val_data_md5:
+            champ_value = float(recorded)
+        else:
+            champ_value = rescore(cv)  # measured on other data: score it on ours
+        if better(value, champ_value, mode):
+            set_champion(c, name, v, "register",
+                         f"{metric} {value:.4f} beats champion v{champ} ({champ_value:.4f})")
+            decision = f"champion (beat v{champ}: {champ_value:.4f})"
+        else:
+            decision = f"challenger (champion v{champ} holds: {champ_value:.4f})"
+    return describe(c, name, v) | {"decision": decision}
+
+
+def describe(c, name: str, version: str) -> dict[str, Any]:
+    """One version: aliases, champion, metrics, lineage tags."""
+    mv = c.get_model_version(name, version)
+    rm = c.get_registered_model(name)
+    aliases = sorted(a for a, ver in (rm.aliases or {}).items() if str(ver) == str(version))
+    return {
+        "name": name, "version": str(mv.version), "aliases": aliases,
+        "champion_version": alias_version(c, name, CHAMPION),
+        "run_id": mv.run_id, "source": mv.source, "status": mv.status,
+        "tags": dict(sorted(mv.tags.items())),
+    }
+
+
+def list_versions(c, name: str) -> list[dict[str, Any]]:
+    """Every version of a model, newest first."""
+    versions = sorted(c.search_model_versions(f"name = '{name}'"), key=lambda m: -int(m.version))
+    return [describe(c, name, m.version) for m in versions]
+
+
+def promote(c, name: str, version: str, why: str, who: str | None = None) -> dict[str, Any]:
+    """Make `version` champion by hand."""
+    c.get_model_version(name, version)  # fails clearly if it does not exist
+    set_champion(c, name, str(version), who or getpass.getuser(), why)
+    return describe(c, name, str(version))
+
+
+def rollback(c, name: str, why: str, who: str | None = None) -> dict[str, Any]:
+    """Move `champion` back to the version that held it before the current one."""
+    hist = _history(c, name)
+    current = alias_version(c, name, CHAMPION)
+    while hist and hist[-1] == current:
+        hist.pop()
+    if not hist:
+        raise ValueError(f"{name}: no earlier champion to roll back to")
+    previous = hist[-1]
+    c.set_registered_model_alias(name, CHAMPION, previous)
+    c.set_registered_model_tag(name, HISTORY, ",".join(hist))
+    c.set_model_version_tag(name, previous, "trainyard.rolled_back_by", who or getpass.getuser())
+    c.set_model_version_tag(name, previous, "trainyard.rolled_back_reason", why)
+    c.set_model_version_tag(name, previous, "trainyard.rolled_back_at", _now())
+    if current:
+        c.set_model_version_tag(name, current, "trainyard.demoted", json.dumps({"why": why, "at": _now()}))
+    return describe(c, name, previous)

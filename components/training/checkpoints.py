@@ -1,0 +1,25 @@
+"""Checkpoint files: one `state.pt` holding model, optimizer, scheduler, sampler and history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.data.parquet import atomic_path
+
+STATE_FILE = "state.pt"
+
+
+def save_state(folder: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` into `folder/state.pt` atomically."""
+    path = Path(folder) / STATE_FILE
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_state(folder: str | Path) -> dict[str, Any]:
+    """Read `folder/state.pt` onto the CPU."""
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)

@@ -1,0 +1,80 @@
+"""The Ray Train driver: data location, TorchTrainer, and what comes back from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.data.parquet import TOKENS_SCHEMA, check_table, load_manifest, read_json
+from components.runtime import stage_data
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What a worker needs to find its shard: URIs every node can read, and sizes."""
+
+    train_uri: str
+    val_uri: str
+    n_train: int
+    n_val: int
+    vocab_size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def char_lm_data(folder: str | Path) -> TrainData:
+    """Check the normalized Parquet files against their manifest and stage them for workers."""
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    for split in ("train", "val"):
+        check_table(folder / f"{split}.parquet", TOKENS_SCHEMA, manifest["files"][f"{split}.parquet"])
+    vocab = read_json(folder / "vocab.json")
+    uris = stage_data({"train": folder / "train.parquet", "val": folder / "val.parquet"})
+    return TrainData(uris["train"], uris["val"], manifest["files"]["train.parquet"]["rows"],
+                     manifest["files"]["val.parquet"]["rows"], len(vocab["itos"]))
+
+
+def make_trainer(loop_config: dict[str, Any], *, name: str, storage_path: str, num_workers: int,
+                 cpus_per_worker: float, use_gpu: bool, max_failures: int, callbacks: list | None = None):
+    """A TorchTrainer over `train_loop_per_worker`, resumable by (`storage_path`, `name`)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from components.training.loop import train_loop_per_worker
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**loop_config, "cpus_per_worker": cpus_per_worker},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            # Ray Train restarts the worker group from the last reported checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or []),
+    )
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """The final checkpoint's state and where the run lives."""
+
+    state: dict[str, Any]
+    run_path: str
+    num_workers: int
+
+
+def fit(trainer, num_workers: int) -> TrainOutcome:
+    """Run the trainer and load the last checkpoint it reported."""
+    from components.training.checkpoints import load_state
+
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without reporting a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = load_state(d)
+    return TrainOutcome(state=state, run_path=result.path, num_workers=num_workers)

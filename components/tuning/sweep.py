@@ -1,0 +1,175 @@
+"""Ray Tune sweeps where every trial is a Ray Train run.
+
+Kept apart as in Ray's examples: the worker function (training/loop.py), the per-trial
+driver (`_trial`, which starts a TorchTrainer) and the tuner (`run_sweep`). The Tune driver
+process is the only MLflow writer: one parent run, one child run per trial, keyed by the
+trial id so a resumed sweep never duplicates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from components.config import SearchDim, TuneParams
+from components.runtime import TrialPlan, init_ray, plan_trials, want_gpu
+from components.tracking import runs
+
+
+def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
+    """params.yaml search dimensions -> Ray Tune sampling objects."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, dim in space.items():
+        if dim.type == "choice":
+            out[key] = tune.choice(list(dim.values))
+        elif dim.type == "uniform":
+            out[key] = tune.uniform(dim.low, dim.high)
+        elif dim.type == "loguniform":
+            out[key] = tune.loguniform(dim.low, dim.high)
+        else:
+            out[key] = tune.randint(int(dim.low), int(dim.high))
+    return out
+
+
+def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, Any]) -> dict[str, Any]:
+    """The train config one trial runs: train's params, the sweep's budget, the sampled values."""
+    cfg = {**base, "epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch,
+           "num_workers": tp.workers_per_trial, "seed": tp.seed, **sampled}
+    if cfg["bs"] % tp.workers_per_trial:
+        raise ValueError(f"train.bs ({cfg['bs']}) must be a multiple of tune.workers_per_trial ({tp.workers_per_trial})")
+    return cfg
+
+
+def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data: dict[str, Any],
+           storage: str, use_gpu: bool) -> None:
+    """One trial's driver: a TorchTrainer whose rank-0 reports flow to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from components.training.driver import make_trainer
+
+    train_cfg = trial_train_config(base, tp, config)
+    trainer = make_trainer(
+        {"train": train_cfg, "data": data},
+        name=f"trial-{tune.get_context().get_trial_id()}", storage_path=storage,
+        num_workers=tp.workers_per_trial, cpus_per_worker=tp.cpus_per_worker,
+        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, str],
+                     parent_params: dict[str, Any], max_t: int):
+    from ray import tune
+
+    class MlflowSweepCallback(tune.Callback):
+        """Runs in the Tune driver: the sweep's single MLflow writer."""
+
+        def setup(self, **info) -> None:
+            self.c = runs.client()
+            self.exp = runs.experiment_id(self.c, experiment)
+            self.parent = runs.start_run(self.c, self.exp, parent_key, f"tune-{parent_key.rsplit('/', 1)[-1]}",
+                                         parent_tags)
+            runs.log_params(self.c, self.parent, parent_params)
+            self.children: dict[str, str] = {}
+
+        def _child(self, trial) -> str:
+            if trial.trial_id not in self.children:
+                run_id = runs.start_run(self.c, self.exp, f"{parent_key}/{trial.trial_id}",
+                                        f"trial-{trial.trial_id}", {"trainyard.trial_id": trial.trial_id},
+                                        parent_run_id=self.parent)
+                runs.log_params(self.c, run_id, trial.config)
+                self.children[trial.trial_id] = run_id
+            return self.children[trial.trial_id]
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            self._child(trial)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            row = {k: result[k] for k in ("train_loss", "val_loss", "lr", "tokens_per_s") if k in result}
+            row["epoch"] = result["training_iteration"]
+            runs.log_history(self.c, self._child(trial), [row])
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            run_id = self._child(trial)
+            done = (trial.last_result or {}).get("training_iteration", 0)
+            self.c.set_tag(run_id, "trainyard.stopped_early", str(done < max_t).lower())
+            runs.finish_run(self.c, run_id, "FINISHED")
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            runs.finish_run(self.c, self._child(trial), "FAILED")
+
+        def on_experiment_end(self, trials, **info) -> None:
+            runs.finish_run(self.c, self.parent, "FINISHED")
+
+    return MlflowSweepCallback()
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    best_params: dict[str, Any]
+    best_metric: float
+    best_trial: str
+    trials: list[dict[str, Any]]
+    plan: TrialPlan
+    parent_run_id: str
+
+
+def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], *, experiment: str,
+              storage: str, name: str, use_gpu_setting: str | bool = "auto") -> SweepOutcome:
+    """Run (or resume) the sweep stored at `storage/name`; return the best trial's params."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    resources = init_ray()
+    use_gpu = want_gpu(use_gpu_setting, resources, tp.workers_per_trial) and tp.gpus_per_worker > 0
+    plan = plan_trials(resources, tp.workers_per_trial, tp.cpus_per_worker,
+                       tp.gpus_per_worker if use_gpu else 0.0, tp.driver_memory_mb, tp.max_concurrent)
+    print(f"[tune] {tp.num_samples} trials, {plan.concurrent} at a time "
+          f"({tp.workers_per_trial} worker(s) x {tp.cpus_per_worker:g} CPU each, cluster {resources.get('CPU', 0):g} CPUs)",
+          flush=True)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=base_train, tp=tp, data=data, storage=storage, use_gpu=use_gpu),
+        # The driver only waits on its TorchTrainer: it holds memory, not a CPU; the CPUs
+        # go to the Train workers, which Ray Train places in their own placement group.
+        {"CPU": 0, "memory": tp.driver_memory_mb * 2**20})
+    parent_key = f"{experiment}/tune/{name}"
+    callback = _mlflow_callback(experiment, parent_key, {"trainyard.stage": "tune"},
+                                {f"space.{k}": v.model_dump_json(exclude_none=True) for k, v in tp.space.items()}
+                                | {"num_samples": tp.num_samples, "concurrent": plan.concurrent}, tp.epochs)
+    path = f"{storage.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        print(f"[tune] resuming the sweep at {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # The restored run config comes from the pickled sweep state; attach this
+        # process's MLflow writer (the old one died with the killed driver).
+        tuner._local_tuner.get_run_config().callbacks = [callback]
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(tp.space),
+            tune_config=tune.TuneConfig(
+                metric=tp.metric, mode=tp.mode, num_samples=tp.num_samples,
+                max_concurrent_trials=plan.concurrent,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=tp.epochs,
+                                        grace_period=tp.grace_period, reduction_factor=tp.reduction_factor),
+                # The limit must live in the generator: Tune ignores max_concurrent_trials
+                # when a BasicVariantGenerator is passed (only a warning says so).
+                search_alg=BasicVariantGenerator(random_state=tp.seed, max_concurrent=plan.concurrent)),
+            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback], verbose=1),
+        )
+    grid = tuner.fit()
+    trials = []
+    for r in grid:
+        m = r.metrics or {}
+        trials.append({"trial_id": m.get("trial_id"), "config": r.config, "epochs": m.get("training_iteration"),
+                       tp.metric: m.get(tp.metric), "error": str(r.error) if r.error else None})
+    ok = [t for t in trials if t[tp.metric] is not None]
+    if not ok:
+        raise RuntimeError(f"every trial failed; first error: {trials[0]['error'] if trials else 'no trials'}")
+    best = (min if tp.mode == "min" else max)(ok, key=lambda t: t[tp.metric])
+    return SweepOutcome({k: best["config"][k] for k in tp.space}, best[tp.metric], best["trial_id"],
+                        trials, plan, callback.parent)

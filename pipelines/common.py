@@ -1,0 +1,80 @@
+"""What every stage entry point shares: arguments, params loading, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from components.config import WORKLOADS, Params, load_params
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with `--workload` and `--params`."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", choices=WORKLOADS, default="char_lm")
+    p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    return p
+
+
+def paths(*flags: str, optional: tuple[str, ...] = ()) -> Callable[[argparse.ArgumentParser], None]:
+    """Add required path flags (and optional ones) to a stage's parser."""
+    def add(p: argparse.ArgumentParser) -> None:
+        for flag in flags:
+            p.add_argument(flag, required=True)
+        for flag in optional:
+            p.add_argument(flag)
+    return add
+
+
+def params(args: argparse.Namespace) -> Params:
+    """Validated params (raises ParamsError naming the key)."""
+    return load_params(args.params)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    # Ray wraps worker errors (TrainingFailedError -> WorkerGroupError -> the user's error);
+    # the user wants the innermost message, not three tracebacks.
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "worker_failures", None)
+        if isinstance(inner, dict) and inner:
+            err = next(iter(inner.values()))
+            continue
+        cause = getattr(err, "cause", None) or err.__cause__
+        if isinstance(cause, BaseException):
+            err = cause
+            continue
+        break
+    return err
+
+
+def main(fn: Callable[[argparse.Namespace], None], description: str,
+         add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Run a stage: parse args, call `fn`, turn any failure into one line and exit 1."""
+    p = parser(description)
+    if add_args:
+        add_args(p)
+    args = p.parse_args()
+    try:
+        fn(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # every failure ends as one clear line and a non-zero exit
+        root = _root_cause(err)
+        msg = str(root).strip().splitlines()
+        line = msg[-1] if msg and type(root).__name__ in ("RayTaskError", "RayActorError") else (msg[0] if msg else "")
+        print(f"error: {type(root).__name__}: {line}" if not _is_ours(root) else f"error: {line}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _is_ours(err: BaseException) -> bool:
+    from components.config import ParamsError
+    from components.data.parquet import DataError
+    from components.data.sources import SourceError
+    from components.runtime import ResourceError
+    from components.tracking.runs import TrackingError
+
+    return isinstance(err, ParamsError | DataError | SourceError | ResourceError | TrackingError)

@@ -1,0 +1,87 @@
+"""Integration fixtures: a runnable copy of the repository in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Small enough for CI on 2 cores, large enough that every mechanism runs: 6 trials two at a
+# time with ASHA, 2 DDP workers, checkpoints every epoch.
+TINY = {
+    "char_lm": {
+        "tune": {"num_samples": 6, "epochs": 3, "steps_per_epoch": 6, "grace_period": 1,
+                 "space": {"bptt": {"type": "choice", "values": [16, 32]},
+                           "lr": {"type": "loguniform", "low": 0.001, "high": 0.02},
+                           "dropout": {"type": "uniform", "low": 0.0, "high": 0.3}}},
+        "train": {"epochs": 2, "steps_per_epoch": 60, "bs": 32, "n_hidden": 128, "val_bptt": 64},
+        "evaluate": {"n_chars": 60},
+    }
+}
+
+
+def merged(base: dict, over: dict) -> dict:
+    """`base` with `over` merged in, key by key (DVC needs every section params.yaml declares)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def tiny_params() -> dict:
+    """The repository's params.yaml with the TINY overrides."""
+    return merged(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (REPO / f).is_file()]
+
+
+def make_project(dest: Path, params: dict | None = None) -> Path:
+    """Copy what git would clone into `dest`, commit it, and write `params` over params.yaml."""
+    for f in _tracked_files():
+        if f == "dvc.lock" or f.startswith("metrics/"):
+            continue  # results of another run
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    if params is not None:
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "snapshot"], cwd=dest, check=True)
+    return dest
+
+
+def project_env() -> dict[str, str]:
+    """The environment a user has after `make`: the venv first on PATH, no stray cluster."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "TRAINYARD_STORE")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in the project; on failure show its output."""
+    p = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-6000:]}\n--- stderr\n{p.stderr[-6000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """A repository copy with tiny params, after one full `dvc repro` (shared by the e2e tests)."""
+    dest = make_project(tmp_path_factory.mktemp("project"), tiny_params())
+    proc = run(["dvc", "repro"], dest, timeout=1200)
+    (dest / "repro.log").write_text(proc.stdout + proc.stderr)
+    return dest

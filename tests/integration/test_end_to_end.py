@@ -1,0 +1,175 @@
+"""`dvc repro` on tiny params in a temporary copy of the repository, with real Ray, MLflow
+and DVC, then the registry and metrics it produced."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from tests.integration.conftest import project_env, run, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def _mlflow(project, code: str) -> str:
+    """Run MLflow client code in the project (its SQLite store), return stdout."""
+    prelude = ("import json, mlflow\nfrom mlflow import MlflowClient\n"
+               "mlflow.set_tracking_uri('sqlite:///mlflow.db')\nc = MlflowClient()\n")
+    return run([sys.executable, "-c", prelude + textwrap.dedent(code)], project).stdout
+
+
+def test_metrics_and_outputs(tiny_project):
+    ev = json.loads((tiny_project / "metrics/char_lm/eval.json").read_text())
+    for k in ("val_loss", "test_loss", "val_bits_per_char", "val_perplexity"):
+        assert math.isfinite(ev[k])
+    assert ev["val_loss"] < math.log(80)  # better than uniform over the vocabulary
+    assert ev["val_bits_per_char"] == pytest.approx(ev["val_loss"] / math.log(2))
+    tr = json.loads((tiny_project / "metrics/char_lm/train.json").read_text())
+    assert tr["num_workers"] == 2 and tr["epochs"] == 2
+    curve = (tiny_project / "plots/char_lm/train_curve.csv").read_text().splitlines()
+    assert curve[0] == "epoch,train_loss,val_loss" and len(curve) == 3
+    sample = (tiny_project / "reports/char_lm/samples.txt").read_text()
+    assert sample.count("for thos") == 2  # two temperatures
+
+
+def test_sweep_ran_six_trials_two_at_a_time_and_asha_stopped_some(tiny_project):
+    best = json.loads((tiny_project / "tune/char_lm/best_params.json").read_text())
+    assert best["num_trials"] == 6 and best["concurrent"] == 2
+    assert best["stopped_early"] >= 1
+    assert set(best["params"]) == {"bptt", "lr", "dropout"}
+    # the train stage used the tuned values
+    tr = json.loads((tiny_project / "metrics/char_lm/train.json").read_text())
+    assert tr["params"]["lr"] == pytest.approx(best["params"]["lr"])
+    # MLflow: one parent run, one finished child per trial, never more than 2 overlapping
+    out = _mlflow(tiny_project, """
+        exp = c.get_experiment_by_name('char_lm')
+        runs = c.search_runs([exp.experiment_id], max_results=100)
+        parents = [r for r in runs if r.data.tags.get('trainyard.stage') == 'tune']
+        kids = [r for r in runs if r.data.tags.get('mlflow.parentRunId') == parents[0].info.run_id]
+        print(json.dumps({'parents': len(parents), 'kids': [[r.info.status, r.info.start_time, r.info.end_time,
+              len(c.get_metric_history(r.info.run_id, 'val_loss'))] for r in kids]}))
+    """)
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["parents"] == 1
+    assert len(info["kids"]) == 6 and all(k[0] == "FINISHED" for k in info["kids"])
+    assert all(1 <= k[3] <= 3 for k in info["kids"])
+    events = sorted([(k[1], 1) for k in info["kids"]] + [(k[2], -1) for k in info["kids"]])
+    live = peak = 0
+    for _, d in events:
+        live += d
+        peak = max(peak, live)
+    assert peak <= 2
+
+
+def test_registry_has_champion_with_lineage_matching_dvc(tiny_project):
+    reg = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())
+    assert "champion" in reg["aliases"] and "challenger" in reg["aliases"]
+    lock = yaml.safe_load((tiny_project / "dvc.lock").read_text())
+    deps = {d["path"]: d["md5"] for d in lock["stages"]["register@char_lm"]["deps"]}
+    for f in ("train.parquet", "val.parquet", "vocab.json"):
+        path = f"data/char_lm/normalized/{f}"
+        assert reg["tags"][f"trainyard.data.{path}"] == deps[path]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tiny_project, capture_output=True, text=True).stdout.strip()
+    assert reg["tags"]["trainyard.git_commit"].startswith(head)
+    assert json.loads(reg["tags"]["trainyard.params"])["arch"] == "lstm"
+    out = _mlflow(tiny_project, """
+        v = c.get_model_version_by_alias('char-lm', 'champion')
+        print(json.dumps({'version': v.version, 'n': len(c.search_model_versions("name='char-lm'"))}))
+    """)
+    info = json.loads(out.strip().splitlines()[-1])
+    assert str(info["version"]) == reg["version"] and info["n"] == 1
+
+
+def test_champion_loads_in_a_fresh_process_and_generates(tiny_project):
+    code = textwrap.dedent("""
+        import mlflow, pandas as pd
+        mlflow.set_tracking_uri('sqlite:///mlflow.db')
+        m = mlflow.pyfunc.load_model('models:/char-lm@champion')
+        out = m.predict(pd.DataFrame({'prompt': ['for thos', 'ROMEO:'], 'n_chars': [30, 20]}))
+        print(repr(out))
+    """)
+    out = run([sys.executable, "-c", code], tiny_project).stdout.strip().splitlines()[-1]
+    texts = eval(out)  # noqa: S307 (our own repr of a list of str)
+    assert len(texts) == 2 and texts[0].startswith("for thos") and len(texts[0]) == 38
+
+
+def test_repro_again_skips_everything_and_status_is_clean(tiny_project):
+    p = run(["dvc", "repro"], tiny_project)
+    assert "Running stage" not in p.stdout
+    assert len(re.findall(r"didn't change, skipping", p.stdout)) == 6
+    st = run(["dvc", "status"], tiny_project)
+    assert "up to date" in st.stdout
+
+
+def test_register_is_idempotent(tiny_project):
+    before = (tiny_project / "registry/char_lm/registered.json").read_text()
+    run(["dvc", "repro", "--force", "--single-item", "register@char_lm"], tiny_project)
+    after = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())
+    assert after["version"] == json.loads(before)["version"]
+    assert after["decision"] == "already champion"
+
+
+def test_changing_num_samples_reruns_tune_and_after_only(tiny_project):
+    params = tiny_params()
+    params["char_lm"]["tune"]["num_samples"] = 7
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        st = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
+        assert set(st) == {"tune@char_lm"}
+        dry = run(["dvc", "repro", "--dry"], tiny_project).stdout
+        ran = re.findall(r"Running stage '([^']+)'", dry)
+        assert ran[0] == "tune@char_lm" and "prepare@char_lm" not in ran and "normalize@char_lm" not in ran
+    finally:
+        (tiny_project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+
+
+def test_registry_cli_lists_promotes_and_rolls_back(tiny_project):
+    lst = run([sys.executable, "-m", "pipelines.registry", "list"], tiny_project).stdout
+    assert "champion" in lst and "val_loss=" in lst
+    p = run([sys.executable, "-m", "pipelines.registry", "rollback", "--why", "x"], tiny_project, check=False)
+    assert p.returncode == 1 and "no earlier champion" in p.stderr
+    assert project_env()  # environment has no stray RAY_ADDRESS
+
+
+def test_mlflow_models_serve_answers_prompts(tiny_project):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = project_env() | {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", "models:/char-lm@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        cwd=tiny_project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        body = json.dumps({"dataframe_split": {"columns": ["prompt", "n_chars"], "data": [["ROMEO:", 25]]}}).encode()
+        reply = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    reply = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(1)
+        assert reply is not None, f"server did not answer: {server.stderr.read() if server.poll() is not None else ''}"
+        text = reply["predictions"][0]
+        assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 25
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -1,0 +1,44 @@
+import pytest
+
+from components.runtime import ResourceError, check_train_fits, plan_trials, want_gpu
+
+GIB = 2**30
+LAPTOP = {"CPU": 2.0, "memory": 8 * GIB}
+
+
+def test_two_trials_fit_on_two_cpus_counting_their_drivers():
+    plan = plan_trials(LAPTOP, workers=1, cpus_per_worker=1, gpus_per_worker=0, driver_memory_mb=256, requested=None)
+    assert plan.concurrent == 2
+
+
+def test_concurrency_never_exceeds_what_fits():
+    assert plan_trials(LAPTOP, 2, 1, 0, 256, requested=None).concurrent == 1
+    assert plan_trials(LAPTOP, 1, 1, 0, 256, requested=8).concurrent == 2
+    assert plan_trials({"CPU": 16.0, "GPU": 2.0, "memory": 64 * GIB}, 1, 2, 1, 256, None).concurrent == 2
+    # drivers' memory counts too
+    assert plan_trials({"CPU": 8.0, "memory": 600 * 2**20}, 1, 1, 0, 256, None).concurrent == 2
+
+
+@pytest.mark.parametrize("workers, cpus, gpus, needle", [
+    (3, 1, 0, "3 workers x 1 CPU = 3 CPUs"),
+    (1, 1, 1, "1 GPUs"),
+])
+def test_impossible_trials_fail_at_once_with_numbers(workers, cpus, gpus, needle):
+    with pytest.raises(ResourceError) as err:
+        plan_trials(LAPTOP, workers, cpus, gpus, 256, None)
+    assert needle in str(err.value) and "the cluster has 2 CPUs, 0 GPUs" in str(err.value)
+
+
+def test_train_requests_checked_against_the_cluster():
+    check_train_fits(LAPTOP, 2, 1, gpu=False)
+    with pytest.raises(ResourceError, match="4 CPUs; the cluster has 2"):
+        check_train_fits(LAPTOP, 4, 1, gpu=False)
+    with pytest.raises(ResourceError, match="2 GPU workers; the cluster has 0 GPUs"):
+        check_train_fits(LAPTOP, 2, 1, gpu=True)
+
+
+def test_use_gpu_auto_and_forced():
+    assert want_gpu("auto", {"GPU": 2.0}, 2) is True
+    assert want_gpu("auto", LAPTOP, 2) is False
+    with pytest.raises(ResourceError, match="cluster has 0 GPUs"):
+        want_gpu(True, LAPTOP, 1)

@@ -1,0 +1,70 @@
+"""Stages refuse bad input with one clear line, a non-zero exit, and no outputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _stage(tmp_path: Path, *args: str, params: dict | None = None, env: dict | None = None):
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params if params is not None else {"char_lm": {}}))
+    e = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", *args, "--params", str(pfile)], cwd=tmp_path,
+                          capture_output=True, text=True, env=e, timeout=120)
+
+
+@pytest.mark.parametrize("params, key", [
+    ({"char_lm": {"train": {"lr": -1}}}, "char_lm.train.lr"),
+    ({"char_lm": {"tune": {"num_samples": 0}}}, "char_lm.tune.num_samples"),
+    ({"char_lm": {"train": {"arch": "transformer"}}}, "char_lm.train.arch"),
+    ({"char_lm": {"prepare": {"colour": 1}}}, "char_lm.prepare.colour"),
+])
+def test_bad_params_stop_the_stage_before_any_work(tmp_path, params, key):
+    out = tmp_path / "prepared"
+    p = _stage(tmp_path, "pipelines.prepare", "--out", str(out), params=params)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and lines[0].startswith("error: ")
+    assert not out.exists()
+
+
+def test_empty_corpus(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared",
+               params={"char_lm": {"prepare": {"source": "empty.txt"}}})
+    assert p.returncode == 1 and "empty.txt: the corpus is empty" in p.stderr
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_corpus_that_is_not_utf8(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
+    p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared",
+               params={"char_lm": {"prepare": {"source": "bin.txt"}}})
+    assert p.returncode == 1 and "bin.txt: not UTF-8 text" in p.stderr
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_corpus_too_short_to_split(tmp_path):
+    (tmp_path / "tiny.txt").write_text("abc\n")
+    src = {"char_lm": {"prepare": {"source": "tiny.txt"}}}
+    assert _stage(tmp_path, "pipelines.prepare", "--out", "prepared", params=src).returncode == 0
+    p = _stage(tmp_path, "pipelines.normalize", "--src", "prepared", "--out", "normalized", params=src)
+    assert p.returncode == 1 and "split has" in p.stderr and "too short" in p.stderr
+    assert not (tmp_path / "normalized").exists()
+
+
+def test_mlflow_that_does_not_answer_fails_before_compute(tmp_path):
+    p = _stage(tmp_path, "pipelines.tune", "--data", "normalized", "--out", "best.json",
+               env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert p.returncode == 1
+    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:9: no MLflow server answers" in p.stderr
+    assert not (tmp_path / "best.json").exists()
