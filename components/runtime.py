@@ -78,7 +78,9 @@ def init_ray() -> dict[str, float]:
             if address:
                 ray.init(address=address, log_to_driver=True)
             else:
-                ray.init(address="local", include_dashboard=dashboard, log_to_driver=True)
+                # A one-machine Ray listens on loopback only.
+                ray.init(address="local", include_dashboard=dashboard, log_to_driver=True,
+                         _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
         except ConnectionError as err:
             raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({err})") from None
     return {k: float(v) for k, v in ray.cluster_resources().items()}

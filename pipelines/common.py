@@ -63,11 +63,22 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:  # every failure ends as one clear line and a non-zero exit
+        _quiet_ray()
         root = _root_cause(err)
-        msg = str(root).strip().splitlines()
-        line = msg[-1] if msg and type(root).__name__ in ("RayTaskError", "RayActorError") else (msg[0] if msg else "")
-        print(f"error: {type(root).__name__}: {line}" if not _is_ours(root) else f"error: {line}", file=sys.stderr)
+        lines = str(root).strip().splitlines() or [type(root).__name__]
+        # Ray's wrappers end with the useful line (after a traceback); other errors start with it.
+        line = lines[-1] if type(root).__name__.startswith("Ray") else lines[0]
+        prefix = "" if _is_ours(root) else f"{type(root).__name__}: "
+        print(f"error: {prefix}{line}", file=sys.stderr)
         sys.exit(1)
+
+
+def _quiet_ray() -> None:
+    # Ray relays worker logs asynchronously; stop it first so the error line comes last.
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    sys.stdout.flush()
 
 
 def _is_ours(err: BaseException) -> bool:

@@ -17,9 +17,11 @@ EVAL_STREAMS = 32  # parallel streams when scoring: state carried within each st
 
 def publish_model(path: str | Path, state: dict[str, Any], vocab: Vocab, model_config: dict[str, Any]) -> None:
     """Write the self-contained model file (weights, constructor config, vocabulary) atomically."""
-    with atomic_path(path) as tmp:
+    # Through a file object: torch.save(obj, path) names the archive's inner folder after the
+    # (random) temp file name, so the same model would get different bytes every time.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save({"model": state["model"], "config": model_config, "vocab": list(vocab.itos),
-                    "train": state.get("train", {}), "history": state.get("history", [])}, tmp)
+                    "train": state.get("train", {}), "history": state.get("history", [])}, f)
 
 
 def load_published_model(path: str | Path) -> tuple[CharLM, Vocab, dict[str, Any]]:

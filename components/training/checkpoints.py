@@ -15,8 +15,8 @@ STATE_FILE = "state.pt"
 def save_state(folder: str | Path, state: dict[str, Any]) -> Path:
     """Write `state` into `folder/state.pt` atomically."""
     path = Path(folder) / STATE_FILE
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # a file object keeps the bytes independent of the temp name
     return path
 
 

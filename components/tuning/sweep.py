@@ -153,11 +153,10 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
             param_space=search_space(tp.space),
             tune_config=tune.TuneConfig(
                 metric=tp.metric, mode=tp.mode, num_samples=tp.num_samples,
-                max_concurrent_trials=plan.concurrent,
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=tp.epochs,
                                         grace_period=tp.grace_period, reduction_factor=tp.reduction_factor),
-                # The limit must live in the generator: Tune ignores max_concurrent_trials
-                # when a BasicVariantGenerator is passed (only a warning says so).
+                # The concurrency limit must live in the generator: Tune ignores
+                # max_concurrent_trials when a BasicVariantGenerator is passed.
                 search_alg=BasicVariantGenerator(random_state=tp.seed, max_concurrent=plan.concurrent)),
             run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback], verbose=1),
         )

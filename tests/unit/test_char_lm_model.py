@@ -60,3 +60,19 @@ def test_generate_is_seeded_multinomial():
     # temperature -> 0 approaches argmax: all draws agree
     cold = {tuple(generate(m, [1], 10, 1e-4, torch.Generator().manual_seed(s))) for s in range(3)}
     assert len(cold) == 1
+
+
+def test_published_model_bytes_depend_only_on_the_model(tmp_path):
+    from components.data.parquet import file_sha256
+    from components.data.text import Vocab
+    from components.evaluation.char_lm import load_published_model, publish_model
+
+    torch.manual_seed(0)
+    m = CharLM(5, n_fac=4, n_hidden=8)
+    cfg = {"vocab_size": 5, "arch": "lstm", "n_fac": 4, "n_hidden": 8, "n_layers": 1, "dropout": 0.0}
+    vocab = Vocab(("<unk>", "a", "b", "c", "d"))
+    for name in ("a.pt", "b.pt"):
+        publish_model(tmp_path / name, {"model": m.state_dict()}, vocab, cfg)
+    assert file_sha256(tmp_path / "a.pt") == file_sha256(tmp_path / "b.pt")
+    loaded, v, _ = load_published_model(tmp_path / "a.pt")
+    assert v == vocab and torch.equal(loaded.out.weight, m.out.weight)
