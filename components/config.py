@@ -69,20 +69,34 @@ class TrainParams(_Section):
     bs: PositiveInt = 64  # parallel streams in total, split over workers
     bptt: PositiveInt = 64
     val_bptt: PositiveInt = 128
+    variable_bptt: bool = True  # window lengths as in the fast.ai notes (False: always bptt)
     n_fac: PositiveInt = 42
     n_hidden: PositiveInt = 256
     n_layers: PositiveInt = 1
     dropout: Probability = 0.0
+    nonlinearity: Literal["tanh", "relu"] = "tanh"  # arch rnn only
+    identity_init: bool = False  # arch rnn only: hidden-to-hidden weights start as the identity
+    tie_weights: bool = False
+    optimizer: Literal["adamw", "adam"] = "adamw"
     lr: PositiveFloat = 3e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     clip: PositiveFloat | None = 1.0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "sgdr", "onecycle"] = "cosine"
+    min_lr_frac: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine / sgdr floor, as a fraction of lr
+    cycle_len: PositiveFloat = 1.0  # sgdr: epochs in the first cycle
+    cycle_mult: Annotated[float, Field(ge=1)] = 2.0  # sgdr: each cycle this many times longer
+    pct_start: Fraction = 0.25  # onecycle: share of the run spent warming up
+    div_factor: Annotated[float, Field(gt=1)] = 25.0  # onecycle: start at lr / div_factor
+    final_div: Annotated[float, Field(gt=1)] = 1e4  # onecycle: end at lr / (div_factor * final_div)
+    time_budget_s: PositiveFloat | None = None  # stop after this many training seconds
     max_failures: Annotated[int, Field(ge=0)] = 2
 
     @model_validator(mode="after")
-    def _streams_divide(self) -> TrainParams:
+    def _consistent(self) -> TrainParams:
         if self.bs % self.num_workers:
             raise ValueError(f"bs ({self.bs}) must be a multiple of num_workers ({self.num_workers})")
+        if self.arch != "rnn" and (self.identity_init or self.nonlinearity != "tanh"):
+            raise ValueError(f"identity_init and nonlinearity apply to arch 'rnn' only (arch is {self.arch!r})")
         return self
 
 

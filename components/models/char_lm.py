@@ -16,28 +16,58 @@ Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class CharLM(nn.Module):
-    """Embedding -> RNN/GRU/LSTM -> dropout -> linear, over (seq_len, bs) inputs."""
+    """Embedding -> RNN/GRU/LSTM -> dropout -> linear, over (seq_len, bs) inputs.
+
+    - `rnn` uses `nonlinearity` tanh or relu; `identity_init` sets the hidden-to-hidden
+      weights to the identity (Le, Jaitly & Hinton 2015), which lets a relu RNN carry state.
+    - `tie_weights` shares the embedding matrix with the output layer (a projection to
+      `n_fac` is added when `n_hidden != n_fac`).
+    """
 
     def __init__(self, vocab_size: int, arch: Literal["lstm", "gru", "rnn"] = "lstm",
-                 n_fac: int = 42, n_hidden: int = 256, n_layers: int = 1, dropout: float = 0.0):
+                 n_fac: int = 42, n_hidden: int = 256, n_layers: int = 1, dropout: float = 0.0,
+                 nonlinearity: Literal["tanh", "relu"] = "tanh", identity_init: bool = False,
+                 tie_weights: bool = False):
         super().__init__()
         self.arch, self.n_layers, self.n_hidden = arch, n_layers, n_hidden
-        rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[arch]
         self.emb = nn.Embedding(vocab_size, n_fac)
         # Dropout between layers only exists for n_layers > 1 (PyTorch warns otherwise).
-        self.rnn = rnn_cls(n_fac, n_hidden, n_layers, dropout=dropout if n_layers > 1 else 0.0)
+        between = dropout if n_layers > 1 else 0.0
+        if arch == "rnn":
+            self.rnn = nn.RNN(n_fac, n_hidden, n_layers, nonlinearity=nonlinearity, dropout=between)
+        else:
+            self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[arch](n_fac, n_hidden, n_layers, dropout=between)
+        if identity_init:
+            if arch != "rnn":
+                raise ValueError("identity_init applies to arch 'rnn' only")
+            with torch.no_grad():
+                for layer in range(n_layers):
+                    getattr(self.rnn, f"weight_hh_l{layer}").copy_(torch.eye(n_hidden))
+                    getattr(self.rnn, f"bias_hh_l{layer}").zero_()
         self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(n_hidden, vocab_size)
+        self.proj = nn.Linear(n_hidden, n_fac, bias=False) if tie_weights and n_hidden != n_fac else None
+        self.out = nn.Linear(n_fac if tie_weights else n_hidden, vocab_size)
+        if tie_weights:
+            self.out.weight = self.emb.weight  # (vocab, n_fac): one matrix, two uses
 
     def init_hidden(self, bs: int, device: torch.device | str = "cpu") -> Hidden:
         """Zero state for `bs` streams."""
         h = torch.zeros(self.n_layers, bs, self.n_hidden, device=device)
         return (h, torch.zeros_like(h)) if self.arch == "lstm" else h
 
-    def forward(self, x: torch.Tensor, h: Hidden) -> tuple[torch.Tensor, Hidden]:
+    def fit_hidden(self, h: Hidden | None, bs: int, device: torch.device | str = "cpu") -> Hidden:
+        """`h`, or a fresh state when there is none or the batch size changed."""
+        first = h[0] if isinstance(h, tuple) else h
+        return self.init_hidden(bs, device) if first is None or first.size(1) != bs else h
+
+    def forward(self, x: torch.Tensor, h: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        h = self.fit_hidden(h, x.size(1), x.device)
         emb = self.emb(x)  # (seq_len, bs, n_fac)
         out, h = self.rnn(emb, h)  # (seq_len, bs, n_hidden)
-        return self.out(self.drop(out)), h  # (seq_len, bs, vocab)
+        out = self.drop(out)
+        if self.proj is not None:
+            out = self.proj(out)  # (seq_len, bs, n_fac)
+        return self.out(out), h  # (seq_len, bs, vocab)
 
 
 def detach_hidden(h: Hidden) -> Hidden:
@@ -47,8 +77,8 @@ def detach_hidden(h: Hidden) -> Hidden:
 
 def model_kwargs(cfg: dict, vocab_size: int) -> dict:
     """The constructor arguments of `CharLM` from a train config mapping."""
-    return {"vocab_size": vocab_size, "arch": cfg["arch"], "n_fac": cfg["n_fac"],
-            "n_hidden": cfg["n_hidden"], "n_layers": cfg["n_layers"], "dropout": cfg["dropout"]}
+    keys = ("arch", "n_fac", "n_hidden", "n_layers", "dropout", "nonlinearity", "identity_init", "tie_weights")
+    return {"vocab_size": vocab_size, **{k: cfg[k] for k in keys if k in cfg}}
 
 
 @torch.no_grad()

@@ -12,7 +12,6 @@ Distributed steps are numbered:
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from typing import Any
@@ -26,20 +25,17 @@ from torch import nn
 from components.data.shards import BpttSampler, worker_streams
 from components.models.char_lm import CharLM, detach_hidden, model_kwargs, stream_loss
 from components.training.checkpoints import load_state, save_state
+from components.training.schedules import multiplier
 
 
 class DivergedError(FloatingPointError):
     """The loss became NaN or infinite."""
 
 
-def lr_lambda(schedule: str, total_steps: int, final_frac: float = 0.1):
-    """Multiplier of the base lr at a step: cosine decay to `final_frac`, or constant."""
-    def f(step: int) -> float:
-        if schedule == "constant":
-            return 1.0
-        t = min(step / max(1, total_steps), 1.0)
-        return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t))
-    return f
+def make_optimizer(model: nn.Module, tp: dict[str, Any]) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam (weight decay as an L2 term in the gradient)."""
+    cls = torch.optim.AdamW if tp["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=tp["lr"], weight_decay=tp["weight_decay"])
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -47,6 +43,14 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
+
+
+def _rank0_value(value: float, device: torch.device) -> float:
+    # Every rank must use the same clock: the lr it sets and the step it stops on.
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(t, 0)
+    return t.item()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -58,6 +62,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_amp = device.type == "cuda"
     tp = config["train"]
     data = config["data"]
+    budget = tp.get("time_budget_s")
 
     # 1. this worker's streams only: (L, bs / world)
     train_streams = worker_streams(data["train_uri"], data["n_train"], tp["bs"], rank, world).to(device)
@@ -67,13 +72,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(tp["seed"])
     model = CharLM(**model_kwargs(tp, data["vocab_size"])).to(device)
     ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
-    opt = torch.optim.AdamW(model.parameters(), lr=tp["lr"], weight_decay=tp["weight_decay"])
+    opt = make_optimizer(model, tp)
     length = train_streams.size(0)
-    est_steps = tp["steps_per_epoch"] or math.ceil((length - 1) / tp["bptt"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tp["schedule"], est_steps * tp["epochs"]))
-    sampler = BpttSampler(length=length, bptt=tp["bptt"], seed=tp["seed"])
+    steps_per_epoch = tp["steps_per_epoch"] or math.ceil((length - 1) / tp["bptt"])
+    planned_steps = steps_per_epoch * tp["epochs"]
+    sampler = BpttSampler(length=length, bptt=tp["bptt"], seed=tp["seed"], variable=tp["variable_bptt"])
     history: list[dict[str, float]] = []
-    start_epoch = 0
+    start_epoch, step, train_s = 0, 0, 0.0
 
     # 3. resume: Ray Train hands back the last reported checkpoint after a worker failure
     # or when the same run (name + storage path) is started again
@@ -83,22 +88,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = load_state(d)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
-        history = state["history"]
-        start_epoch = state["epoch"]
+        history, start_epoch = state["history"], state["epoch"]
+        step, train_s = state["schedule"]["step"], state["schedule"]["train_s"]
         if rank == 0:
             print(f"[train] resumed from epoch {start_epoch} checkpoint", flush=True)
 
     loss_fn = nn.CrossEntropyLoss()
+    out_of_time = False
     for epoch in range(start_epoch, tp["epochs"]):
+        if out_of_time:
+            break
         # 4. one epoch of windows; every rank draws the same lengths from (seed, epoch)
         ddp_model.train()
         h = model.init_hidden(train_streams.size(1), device)
-        t0, tot, n_steps, n_tokens = time.perf_counter(), 0.0, 0, 0
+        t_epoch, tot, n_steps, n_tokens = time.perf_counter(), 0.0, 0, 0
         for start, seq_len in sampler.windows(tp["steps_per_epoch"]):
+            t_step = time.perf_counter()
             if start == 0:
                 h = model.init_hidden(train_streams.size(1), device)  # a new pass: fresh state
+            progress = train_s / budget if budget else step / planned_steps
+            for g in opt.param_groups:
+                g["lr"] = tp["lr"] * multiplier(tp, progress)
             h = detach_hidden(h)  # truncated bptt: gradients stop at the window boundary
             x = train_streams[start:start + seq_len]  # (seq_len, bs_local)
             y = train_streams[start + 1:start + 1 + seq_len]
@@ -108,17 +119,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if not torch.isfinite(loss):
                 raise DivergedError(
                     f"loss is {loss.item()} at epoch {epoch + 1}, step {n_steps + 1}: "
-                    f"training diverged; try a lower learning rate (lr={tp['lr']}) or a shorter bptt (bptt={tp['bptt']})")
+                    f"training diverged; try a lower learning rate (lr={tp['lr']}) or a shorter bptt "
+                    f"(bptt={tp['bptt']}). The last good checkpoint (epoch {epoch}) is kept.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tp["clip"]:
                 nn.utils.clip_grad_norm_(model.parameters(), tp["clip"])
             opt.step()
-            sched.step()
             tot += loss.item()
             n_steps += 1
+            step += 1
             n_tokens += y.numel()
-        elapsed = time.perf_counter() - t0
+            train_s += time.perf_counter() - t_step
+            if budget:
+                train_s = _rank0_value(train_s, device)
+                if train_s >= budget:
+                    out_of_time = True
+                    break
+        elapsed = time.perf_counter() - t_epoch
 
         # 5. validation over this worker's val streams, summed across ranks
         val_sum, val_n = stream_loss(model, val_streams, tp["val_bptt"], device)
@@ -128,9 +146,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch": epoch + 1,
             "train_loss": train_sum / max(1, steps_all),
             "val_loss": val_sum / max(1, val_n),
-            "lr": sched.get_last_lr()[0],
+            "lr": opt.param_groups[0]["lr"],
             "tokens_per_s": tokens_all / max(elapsed, 1e-9) / world,
             "epoch_s": elapsed,
+            "train_s": train_s,
+            "step": step,
         }
         history.append(metrics)
 
@@ -140,11 +160,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 save_state(tmp, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "sampler": sampler.state_dict(),
+                    "schedule": {"step": step, "train_s": train_s}, "sampler": sampler.state_dict(),
                     "epoch": epoch + 1, "history": history, "train": tp,
                     "vocab_size": data["vocab_size"],
                 })
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 print(f"[train] epoch {epoch + 1}/{tp['epochs']} train_loss {metrics['train_loss']:.4f} "
-                      f"val_loss {metrics['val_loss']:.4f} ({elapsed:.1f}s, pid {os.getpid()})", flush=True)
+                      f"val_loss {metrics['val_loss']:.4f} ({elapsed:.1f}s, {train_s:.0f}s training in all)",
+                      flush=True)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")

@@ -35,11 +35,14 @@ def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
 
 def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, Any]) -> dict[str, Any]:
     """The train config one trial runs: train's params, the sweep's budget, the sampled values."""
-    cfg = {**base, "epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch,
+    from components.config import TrainParams
+
+    cfg = {**base, "epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch, "time_budget_s": None,
            "num_workers": tp.workers_per_trial, "seed": tp.seed, **sampled}
     if cfg["bs"] % tp.workers_per_trial:
         raise ValueError(f"train.bs ({cfg['bs']}) must be a multiple of tune.workers_per_trial ({tp.workers_per_trial})")
-    return cfg
+    # Sampled values obey the same schema as hand-written ones.
+    return TrainParams.model_validate(cfg).model_dump()
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data: dict[str, Any],

@@ -173,3 +173,25 @@ def test_mlflow_models_serve_answers_prompts(tiny_project):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_gru_trains_and_registers_under_the_same_name(tiny_project):
+    params = tiny_params()
+    params["char_lm"]["train"]["arch"] = "gru"
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        # --single-item: rerun these stages only (the sweep of the LSTM is kept as it is)
+        for stage in ("train", "evaluate", "register"):
+            run(["dvc", "repro", "--force", "--single-item", f"{stage}@char_lm"], tiny_project)
+        reg = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())
+        assert reg["name"] == "char-lm" and reg["tags"]["trainyard.arch"] == "gru"
+        out = _mlflow(tiny_project, f"""
+            r = c.get_run('{reg["run_id"]}')
+            print(json.dumps({{'arch_tag': r.data.tags['trainyard.arch'], 'arch_param': r.data.params['arch'],
+                              'versions': len(c.search_model_versions("name='char-lm'"))}}))
+        """)
+        info = json.loads(out.strip().splitlines()[-1])
+        assert info == {"arch_tag": "gru", "arch_param": "gru", "versions": 2}
+        assert math.isfinite(json.loads((tiny_project / "metrics/char_lm/eval.json").read_text())["val_loss"])
+    finally:
+        (tiny_project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))

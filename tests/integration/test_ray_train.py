@@ -68,3 +68,27 @@ def test_impossible_requests_fail_against_the_real_cluster(ray_local):
     with pytest.raises(ResourceError, match="the cluster has 2 CPUs, 0 GPUs"):
         plan_trials(ray_local, workers=1, cpus_per_worker=1, gpus_per_worker=1, driver_memory_mb=256, requested=None)
     assert plan_trials(ray_local, 1, 1, 0, 256, None).concurrent == 2
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(ray_local, token_data, tmp_path):
+    import math
+    from pathlib import Path
+
+    import ray.train
+    import torch
+
+    cfg = _cfg(lr=1e4, clip=None, schedule="constant", epochs=30, steps_per_epoch=2, n_hidden=64)
+    trainer = make_trainer({"train": cfg, "data": token_data}, name="run-nan", storage_path=str(tmp_path),
+                           num_workers=2, cpus_per_worker=1, use_gpu=False, max_failures=0)
+    with pytest.raises(ray.train.TrainingFailedError) as err:
+        trainer.fit()
+    assert "training diverged" in str(err.value) and "step" in str(err.value) and "lower learning rate" in str(err.value)
+    epoch = int(str(err.value).split("at epoch ")[1].split(",")[0])
+    ckpts = sorted(Path(tmp_path, "run-nan").glob("epoch-*/state.pt"))
+    # everything published before the bad step is intact and finite; the last one is the epoch before
+    assert ckpts, "the run diverged before its first checkpoint; make the test diverge later"
+    for c in ckpts:
+        state = torch.load(c, weights_only=False)
+        assert all(torch.isfinite(t).all() for t in state["model"].values())
+        assert all(math.isfinite(h["train_loss"]) for h in state["history"])
+    assert torch.load(ckpts[-1], weights_only=False)["epoch"] == epoch - 1

@@ -76,3 +76,40 @@ def test_published_model_bytes_depend_only_on_the_model(tmp_path):
     assert file_sha256(tmp_path / "a.pt") == file_sha256(tmp_path / "b.pt")
     loaded, v, _ = load_published_model(tmp_path / "a.pt")
     assert v == vocab and torch.equal(loaded.out.weight, m.out.weight)
+
+
+def test_rnn_relu_with_identity_init():
+    m = CharLM(10, arch="rnn", n_fac=4, n_hidden=6, n_layers=2, nonlinearity="relu", identity_init=True)
+    assert m.rnn.nonlinearity == "relu"
+    for layer in range(2):
+        assert torch.equal(getattr(m.rnn, f"weight_hh_l{layer}"), torch.eye(6))
+        assert torch.count_nonzero(getattr(m.rnn, f"bias_hh_l{layer}")) == 0
+    with pytest.raises(ValueError, match="applies to arch .rnn. only"):
+        CharLM(10, arch="lstm", identity_init=True)  # message: "applies to arch 'rnn' only"
+
+
+@pytest.mark.parametrize("n_hidden", [4, 9])
+def test_tied_weights_share_one_matrix(n_hidden):
+    m = CharLM(10, n_fac=4, n_hidden=n_hidden, tie_weights=True)
+    assert m.out.weight is m.emb.weight
+    assert (m.proj is None) == (n_hidden == 4)
+    out, _ = m(torch.randint(0, 10, (3, 2)))
+    assert out.shape == (3, 2, 10)
+    n_params = sum(p.numel() for p in m.parameters())
+    untied = sum(p.numel() for p in CharLM(10, n_fac=4, n_hidden=n_hidden).parameters())
+    assert n_params < untied + (n_hidden * 4 if n_hidden != 4 else 0)
+
+
+def test_dropout_between_layers_and_before_output():
+    m = CharLM(10, n_fac=4, n_hidden=8, n_layers=2, dropout=0.3)
+    assert m.rnn.dropout == 0.3 and m.drop.p == 0.3
+    assert CharLM(10, n_layers=1, dropout=0.3).rnn.dropout == 0.0  # no layer to drop between
+
+
+@pytest.mark.parametrize("arch", ["lstm", "gru", "rnn"])
+def test_state_reinitialised_when_batch_size_changes(arch):
+    m = CharLM(10, arch=arch, n_fac=4, n_hidden=8).eval()
+    _, h = m(torch.randint(0, 10, (5, 4)))
+    out, h2 = m(torch.randint(0, 10, (5, 3)), h)  # 3 streams now: old state cannot apply
+    first = h2[0] if isinstance(h2, tuple) else h2
+    assert out.shape == (5, 3, 10) and first.shape[1] == 3

@@ -51,3 +51,29 @@ def test_missing_and_malformed_files(tmp_path):
 def test_train_defaults_are_consistent():
     t = TrainParams()
     assert t.bs % t.num_workers == 0
+
+
+def test_rnn_only_knobs_are_refused_for_other_archs():
+    with pytest.raises(ParamsError, match="apply to arch 'rnn' only"):
+        parse_params({"char_lm": {"train": {"arch": "lstm", "identity_init": True}}})
+    p = parse_params({"char_lm": {"train": {"arch": "rnn", "nonlinearity": "relu", "identity_init": True}}})
+    assert p.char_lm.train.nonlinearity == "relu"
+
+
+def test_any_train_knob_can_join_the_search_space():
+    p = parse_params({"char_lm": {"tune": {"space": {
+        "n_hidden": {"type": "choice", "values": [128, 256]},
+        "schedule": {"type": "choice", "values": ["cosine", "sgdr", "onecycle"]},
+        "weight_decay": {"type": "loguniform", "low": 1e-4, "high": 1e-1}}}}})
+    assert set(p.char_lm.tune.space) == {"n_hidden", "schedule", "weight_decay"}
+
+
+def test_sampled_trial_configs_are_validated():
+    from components.config import TuneParams
+    from components.tuning.sweep import trial_train_config
+
+    base = TrainParams().model_dump()
+    cfg = trial_train_config(base, TuneParams(), {"lr": 0.01, "schedule": "onecycle"})
+    assert cfg["schedule"] == "onecycle" and cfg["num_workers"] == 1 and cfg["epochs"] == TuneParams().epochs
+    with pytest.raises(ValueError, match="apply to arch 'rnn' only"):
+        trial_train_config(base, TuneParams(), {"identity_init": True})
