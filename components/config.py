@@ -57,7 +57,25 @@ class NormalizeParams(_Section):
         return self
 
 
-class TrainParams(_Section):
+class OptimParams(_Section):
+    """Optimiser and schedule knobs shared by every workload's train section."""
+
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: PositiveFloat = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    clip: PositiveFloat | None = 1.0
+    schedule: Literal["cosine", "constant", "sgdr", "onecycle"] = "cosine"
+    min_lr_frac: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine / sgdr floor, as a fraction of lr
+    cycle_len: PositiveFloat = 1.0  # sgdr: epochs in the first cycle
+    cycle_mult: Annotated[float, Field(ge=1)] = 2.0  # sgdr: each cycle this many times longer
+    pct_start: Fraction = 0.25  # onecycle: share of the run spent warming up
+    div_factor: Annotated[float, Field(gt=1)] = 25.0  # onecycle: start at lr / div_factor
+    final_div: Annotated[float, Field(gt=1)] = 1e4  # onecycle: end at lr / (div_factor * final_div)
+    time_budget_s: PositiveFloat | None = None  # stop after this many training seconds
+    max_failures: Annotated[int, Field(ge=0)] = 2
+
+
+class TrainParams(OptimParams):
     arch: Literal["lstm", "gru", "rnn"] = "lstm"
     use_tuned: bool = True  # take bptt / lr / dropout from tune's best_params.json
     num_workers: PositiveInt = 2
@@ -77,19 +95,6 @@ class TrainParams(_Section):
     nonlinearity: Literal["tanh", "relu"] = "tanh"  # arch rnn only
     identity_init: bool = False  # arch rnn only: hidden-to-hidden weights start as the identity
     tie_weights: bool = False
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: PositiveFloat = 3e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    clip: PositiveFloat | None = 1.0
-    schedule: Literal["cosine", "constant", "sgdr", "onecycle"] = "cosine"
-    min_lr_frac: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine / sgdr floor, as a fraction of lr
-    cycle_len: PositiveFloat = 1.0  # sgdr: epochs in the first cycle
-    cycle_mult: Annotated[float, Field(ge=1)] = 2.0  # sgdr: each cycle this many times longer
-    pct_start: Fraction = 0.25  # onecycle: share of the run spent warming up
-    div_factor: Annotated[float, Field(gt=1)] = 25.0  # onecycle: start at lr / div_factor
-    final_div: Annotated[float, Field(gt=1)] = 1e4  # onecycle: end at lr / (div_factor * final_div)
-    time_budget_s: PositiveFloat | None = None  # stop after this many training seconds
-    max_failures: Annotated[int, Field(ge=0)] = 2
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:
@@ -149,9 +154,6 @@ class TuneParams(_Section):
     def _space_keys(self) -> TuneParams:
         if not self.space:
             raise ValueError("space is empty: name at least one train key to search")
-        unknown = sorted(set(self.space) - set(TrainParams.model_fields))
-        if unknown:
-            raise ValueError(f"space names keys that train does not have: {unknown}")
         if self.grace_period > self.epochs:
             raise ValueError(f"grace_period ({self.grace_period}) exceeds epochs ({self.epochs})")
         return self
@@ -170,6 +172,12 @@ class RegisterParams(_Section):
     mode: Literal["min", "max"] = "min"
 
 
+def _space_in_train(tune: TuneParams, train_cls: type[BaseModel]) -> None:
+    unknown = sorted(set(tune.space) - set(train_cls.model_fields))
+    if unknown:
+        raise ValueError(f"tune.space names keys that train does not have: {unknown}")
+
+
 class CharLMParams(_Section):
     prepare: PrepareParams = PrepareParams()
     normalize: NormalizeParams = NormalizeParams()
@@ -179,9 +187,96 @@ class CharLMParams(_Section):
     # `register` would shadow a pydantic attribute: stored as `register_`, spelled `register`.
     register_: RegisterParams = Field(default=RegisterParams(), alias="register")
 
+    @model_validator(mode="after")
+    def _space(self) -> CharLMParams:
+        _space_in_train(self.tune, TrainParams)
+        return self
+
+
+# ------------------------------------------------------------------ image_classifier
+
+
+class Mirror(_Section):
+    """Where to download one file of a data set, and its md5."""
+
+    url: str
+    md5: str = Field(pattern=r"^[0-9a-fA-F]{32}$")
+
+
+class ImagePrepareParams(_Section):
+    source: str = "digits"  # digits | cifar10 | fashion_mnist | a folder with one subfolder per class
+    mirror: list[Mirror] | None = None  # other download URLs + md5s (default: the official ones)
+    on_bad_image: Literal["error", "skip"] = "error"
+    val_frac: Fraction = 0.1  # stratified by class, fixed by seed
+    test_frac: Fraction = 0.2
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> ImagePrepareParams:
+        if self.val_frac + self.test_frac >= 0.9:
+            raise ValueError("val_frac + test_frac must leave at least 10% for train")
+        return self
+
+
+class ImageNormalizeParams(_Section):
+    batch_size: PositiveInt = 1024  # images per streamed batch: bounds normalize's memory
+
+
+class ImageTrainParams(OptimParams):
+    arch: Literal["simplenet", "convnet", "convbnnet", "resnet", "resnet18"] = "resnet"
+    use_tuned: bool = True  # take the tune space's values (lr, dropout, weight_decay) from tune
+    num_workers: PositiveInt = 2
+    cpus_per_worker: PositiveFloat = 1.0
+    use_gpu: Literal["auto", True, False] = "auto"
+    seed: int = 0
+    epochs: PositiveInt = 30
+    steps_per_epoch: PositiveInt | None = None  # None: every train image once per epoch
+    bs: PositiveInt = 64  # images per step in total, split over the workers
+    dropout: Probability = 0.0  # before the classifier
+    flip: Literal["auto", True, False] = "auto"  # random horizontal flips; auto: not for digits
+    crop: Literal["auto", True, False] = "auto"  # pad by size//8 + random crop; auto: on
+
+    @model_validator(mode="after")
+    def _workers_divide(self) -> ImageTrainParams:
+        if self.bs % self.num_workers:
+            raise ValueError(f"bs ({self.bs}) must be a multiple of num_workers ({self.num_workers})")
+        return self
+
+
+def _image_tune() -> TuneParams:
+    return TuneParams(epochs=8, steps_per_epoch=None, grace_period=2, space={
+        "lr": SearchDim(type="loguniform", low=1e-3, high=2e-2),
+        "dropout": SearchDim(type="uniform", low=0.0, high=0.3),
+        "weight_decay": SearchDim(type="loguniform", low=1e-5, high=1e-2)})
+
+
+class ImageEvaluateParams(_Section):
+    n_cam: PositiveInt = 8  # validation images shown with class activation maps
+
+
+class ImageRegisterParams(_Section):
+    model_name: str = Field(default="image-classifier", min_length=1)
+    metric: str = "accuracy"
+    mode: Literal["min", "max"] = "max"
+
+
+class ImageClassifierParams(_Section):
+    prepare: ImagePrepareParams = ImagePrepareParams()
+    normalize: ImageNormalizeParams = ImageNormalizeParams()
+    tune: TuneParams = Field(default_factory=_image_tune)
+    train: ImageTrainParams = ImageTrainParams()
+    evaluate: ImageEvaluateParams = ImageEvaluateParams()
+    register_: ImageRegisterParams = Field(default=ImageRegisterParams(), alias="register")
+
+    @model_validator(mode="after")
+    def _space(self) -> ImageClassifierParams:
+        _space_in_train(self.tune, ImageTrainParams)
+        return self
+
 
 class Params(_Section):
     char_lm: CharLMParams = CharLMParams()
+    image_classifier: ImageClassifierParams = ImageClassifierParams()
 
 
 WORKLOADS = tuple(Params.model_fields)

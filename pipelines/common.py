@@ -9,10 +9,10 @@ from collections.abc import Callable
 from components.config import WORKLOADS, Params, load_params
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with `--workload` and `--params`."""
+def parser(description: str, workloads: tuple[str, ...] = WORKLOADS) -> argparse.ArgumentParser:
+    """An argument parser with `--workload` (the ones this stage implements) and `--params`."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", choices=WORKLOADS, default="char_lm")
+    p.add_argument("--workload", choices=workloads, default=workloads[0])
     p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     return p
 
@@ -51,9 +51,10 @@ def _root_cause(err: BaseException) -> BaseException:
 
 
 def main(fn: Callable[[argparse.Namespace], None], description: str,
-         add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+         add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+         workloads: tuple[str, ...] = WORKLOADS) -> None:
     """Run a stage: parse args, call `fn`, turn any failure into one line and exit 1."""
-    p = parser(description)
+    p = parser(description, workloads)
     if add_args:
         add_args(p)
     args = p.parse_args()

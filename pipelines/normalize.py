@@ -1,4 +1,8 @@
-"""normalize: documents -> contiguous train / val / test token ids + a train-only vocabulary.
+"""normalize: prepared data -> per-split Parquet + statistics from the train split only.
+
+char_lm: contiguous train / val / test token ids and a train-only vocabulary.
+image_classifier: per-channel mean and population std of train pixels scaled to [0, 1],
+streamed a batch at a time (memory bounded by a batch), and one Parquet file per split.
 
     python -m pipelines.normalize --workload char_lm --src data/char_lm/prepared --out data/char_lm/normalized
 """
@@ -8,13 +12,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from components.config import NormalizeParams
+from components.config import ImageNormalizeParams, NormalizeParams
+from components.data.images import IMAGES_SCHEMA, ChannelStats, decode, iter_split
 from components.data.parquet import (
     DOCS_SCHEMA,
     TOKEN_ROW_GROUP,
     DataError,
     check_table,
+    file_sha256,
     load_manifest,
+    read_json,
     staging_dir,
     write_json,
     write_table,
@@ -48,7 +55,43 @@ def normalize_char_lm(src: str | Path, out: str | Path, p: NormalizeParams) -> d
     return manifest
 
 
+def normalize_images(src: str | Path, out: str | Path, p: ImageNormalizeParams) -> dict:
+    """Stream the prepared images: per-channel statistics of train, one file per split."""
+    import pyarrow.parquet as pq
+
+    src = Path(src)
+    manifest_in = load_manifest(src)
+    pf = check_table(src / "images.parquet", IMAGES_SCHEMA, manifest_in["files"]["images.parquet"])
+    stats = ChannelStats()
+    files = {}
+    with staging_dir(out) as tmp:
+        for split in ("train", "val", "test"):
+            path = tmp / f"{split}.parquet"
+            with pq.ParquetWriter(path, IMAGES_SCHEMA, compression="zstd") as w:
+                for batch in iter_split(pf, split, p.batch_size):
+                    if split == "train":
+                        stats.update(decode(batch) / 255.0)
+                    w.write_batch(batch)
+            rows = pq.ParquetFile(path).metadata.num_rows
+            if rows == 0:
+                raise DataError(f"{src}: the {split} split is empty")
+            files[f"{split}.parquet"] = {"rows": rows, "sha256": file_sha256(path)}
+        write_json(tmp / "stats.json", {"mean": stats.mean.tolist(), "std": stats.std.tolist(),
+                                        "pixels": stats.count, "scale": "pixel / 255",
+                                        "classes": read_json(src / "classes.json")["classes"]})
+        write_json(tmp / "classes.json", read_json(src / "classes.json"))
+        manifest = {"files": files, "shape": manifest_in["shape"], "mean": stats.mean.tolist(), "std": stats.std.tolist()}
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.workload == "image_classifier":
+        m = normalize_images(args.src, args.out, params(args).image_classifier.normalize)
+        rows = {k.split(".")[0]: v["rows"] for k, v in m["files"].items()}
+        print(f"[normalize] {rows}; train mean {[round(x, 4) for x in m['mean']]}, "
+              f"std {[round(x, 4) for x in m['std']]} -> {args.out}")
+        return
     m = normalize_char_lm(args.src, args.out, params(args).char_lm.normalize)
     c = m["chars"]
     print(f"[normalize] vocab {m['vocab_size']}, train {c['train']:,} / val {c['val']:,} / test {c['test']:,} chars -> {args.out}")

@@ -62,4 +62,4 @@ def _args(a: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__, _args)
+    main(run, __doc__, _args, workloads=("char_lm", "image_classifier"))

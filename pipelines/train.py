@@ -12,25 +12,25 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from components.config import TrainParams
 from components.data.parquet import atomic_path, load_manifest, read_json, write_json
 from components.data.text import Vocab
 from components.evaluation.char_lm import publish_model
+from components.evaluation.images import publish_image_model
 from components.models.char_lm import model_kwargs
 from components.runtime import check_train_fits, init_ray, params_key, stage_storage, want_gpu
 from components.tracking import runs
-from components.training.driver import char_lm_data, fit, make_trainer
+from components.training.driver import char_lm_data, fit, image_data, make_trainer
 from pipelines.common import main, params, paths
 
 
-def effective_train_params(tp: TrainParams, tuned_file: str | None) -> dict[str, Any]:
+def effective_train_params(tp, tuned_file: str | None) -> dict[str, Any]:
     """train's params, with the sweep's best values on top when `use_tuned` is true."""
     cfg = tp.model_dump()
     if tp.use_tuned and tuned_file:
         best = read_json(tuned_file)["params"]
         cfg.update(best)
         # Re-validate: a tuned value must satisfy the same schema as a hand-written one.
-        cfg = TrainParams.model_validate(cfg).model_dump()
+        cfg = type(tp).model_validate(cfg).model_dump()
     return cfg
 
 
@@ -43,13 +43,19 @@ def write_curve(path: str | Path, history: list[dict[str, float]]) -> None:
             w.writerow({k: row[k] for k in ("epoch", "train_loss", "val_loss")})
 
 
-def train_char_lm(args: argparse.Namespace, tp: TrainParams) -> dict[str, Any]:
-    """Run the training stage; returns the metrics it publishes."""
-    cfg = effective_train_params(tp, args.tuned)
+def train_stage(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the training stage of `args.workload`; returns the metrics it publishes."""
+    w = getattr(params(args), args.workload)
+    cfg = effective_train_params(w.train, args.tuned)
     c = runs.client()  # fails here, before any compute, if MLflow does not answer
-    data = char_lm_data(args.data)
-    vocab = Vocab.from_json(read_json(Path(args.data) / "vocab.json"))
     manifest = load_manifest(args.data)
+    if args.workload == "image_classifier":
+        data = image_data(args.data, cfg["flip"], cfg["crop"], w.prepare.source)
+        extra = {"n_classes": data["n_classes"], "n_train": data["n_train"], "flip": data["flip"], "crop": data["crop"]}
+    else:
+        data = char_lm_data(args.data).as_dict()
+        vocab = Vocab.from_json(read_json(Path(args.data) / "vocab.json"))
+        extra = {"vocab_size": data["vocab_size"], "n_train_tokens": data["n_train"]}
 
     resources = init_ray()
     gpu = want_gpu(cfg["use_gpu"], resources, cfg["num_workers"])
@@ -59,14 +65,14 @@ def train_char_lm(args: argparse.Namespace, tp: TrainParams) -> dict[str, Any]:
     exp = runs.experiment_id(c, args.workload)
     run_id = runs.start_run(c, exp, f"{args.workload}/train/{key}", f"train-{key}",
                             {"trainyard.stage": "train", "trainyard.arch": cfg["arch"]})
-    runs.log_params(c, run_id, cfg | {"vocab_size": data.vocab_size, "n_train_tokens": data.n_train})
+    runs.log_params(c, run_id, cfg | extra)
+    tuned = {k: cfg[k] for k in ("bptt", "lr", "dropout", "weight_decay") if k in cfg}
     print(f"[train] {cfg['arch']} on {cfg['num_workers']} worker(s){' (GPU)' if gpu else ''}, "
-          f"bptt {cfg['bptt']}, lr {cfg['lr']:.2e}, dropout {cfg['dropout']:.3f}, {cfg['epochs']} epochs; "
-          f"MLflow run {run_id}", flush=True)
-    trainer = make_trainer({"train": cfg, "data": data.as_dict()}, name=f"run-{key}",
+          f"{', '.join(f'{k} {v:.3g}' for k, v in tuned.items())}, {cfg['epochs']} epochs; MLflow run {run_id}", flush=True)
+    trainer = make_trainer({"train": cfg, "data": data}, name=f"run-{key}",
                            storage_path=stage_storage(args.workload, "train"),
                            num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
-                           use_gpu=gpu, max_failures=cfg["max_failures"])
+                           use_gpu=gpu, max_failures=cfg["max_failures"], workload=args.workload)
     try:
         outcome = fit(trainer, cfg["num_workers"])
     except BaseException:
@@ -74,12 +80,15 @@ def train_char_lm(args: argparse.Namespace, tp: TrainParams) -> dict[str, Any]:
         raise
     history = outcome.state["history"]
     runs.log_history(c, run_id, history)
-    publish_model(args.model, outcome.state, vocab, model_kwargs(cfg, data.vocab_size))
+    if args.workload == "image_classifier":
+        publish_image_model(args.model, outcome.state, data, cfg["arch"], cfg["dropout"])
+    else:
+        publish_model(args.model, outcome.state, vocab, model_kwargs(cfg, data["vocab_size"]))
     last = history[-1]
     metrics = {"run_id": run_id, "arch": cfg["arch"], "epochs": last["epoch"], "num_workers": cfg["num_workers"],
-               "train_loss": last["train_loss"], "val_loss": last["val_loss"],
-               "tokens_per_s": last["tokens_per_s"], "params": {k: cfg[k] for k in ("bptt", "lr", "dropout")},
-               "ray_run_path": outcome.run_path}
+               "train_loss": last["train_loss"], "val_loss": last["val_loss"], "params": tuned,
+               "train_s": last["train_s"], "ray_run_path": outcome.run_path,
+               **{k: last[k] for k in ("val_accuracy", "tokens_per_s", "images_per_s", "samples_padded") if k in last}}
     write_json(args.metrics, metrics)
     write_curve(args.plot, history)
     c.log_artifact(run_id, args.plot)
@@ -88,10 +97,12 @@ def train_char_lm(args: argparse.Namespace, tp: TrainParams) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
-    m = train_char_lm(args, params(args).char_lm.train)
-    print(f"[train] done: val_loss {m['val_loss']:.4f} after {m['epochs']} epochs -> {args.model}")
+    m = train_stage(args)
+    acc = f", val_accuracy {m['val_accuracy']:.4f}" if "val_accuracy" in m else ""
+    print(f"[train] done: val_loss {m['val_loss']:.4f}{acc} after {m['epochs']} epochs "
+          f"({m['train_s']:.0f} s of training) -> {args.model}")
 
 
 
 if __name__ == "__main__":
-    main(run, __doc__, paths("--data", "--model", "--metrics", "--plot", optional=("--tuned",)))
+    main(run, __doc__, paths("--data", "--model", "--metrics", "--plot", optional=("--tuned",)), workloads=("char_lm", "image_classifier"))

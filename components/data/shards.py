@@ -22,8 +22,9 @@ def open_parquet(uri: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(path))
 
 
-def read_token_range(uri: str, start: int, stop: int) -> np.ndarray:
-    """Tokens [start, stop) of a token Parquet file, reading only the row groups that hold them."""
+def read_rows(uri: str, start: int, stop: int, columns: list[str] | None = None):
+    """Rows [start, stop) of a Parquet file as a pyarrow Table, reading only the row groups
+    that hold them (a worker's shard, not the file)."""
     pf = open_parquet(uri)
     md = pf.metadata
     groups, first_row, row = [], None, 0
@@ -34,9 +35,18 @@ def read_token_range(uri: str, start: int, stop: int) -> np.ndarray:
             first_row = row if first_row is None else first_row
         row += n
     if not groups:
-        return np.empty(0, dtype=np.int64)
-    col = pf.read_row_groups(groups, columns=["id"]).column("id").to_numpy()
-    return col[start - first_row: stop - first_row].astype(np.int64)
+        return pf.schema_arrow.empty_table().select(columns) if columns else pf.schema_arrow.empty_table()
+    return pf.read_row_groups(groups, columns=columns).slice(start - first_row, stop - start)
+
+
+def read_token_range(uri: str, start: int, stop: int) -> np.ndarray:
+    """Tokens [start, stop) of a token Parquet file."""
+    return read_rows(uri, start, stop, ["id"]).column("id").to_numpy().astype(np.int64)
+
+
+def row_shard(n_rows: int, rank: int, world: int) -> tuple[int, int]:
+    """This worker's contiguous [start, stop) of `n_rows`; shard sizes differ by at most one."""
+    return rank * n_rows // world, (rank + 1) * n_rows // world
 
 
 def stream_bounds(n_tokens: int, bs: int, rank: int, world: int) -> tuple[int, int, int]:

@@ -36,16 +36,46 @@ def char_lm_data(folder: str | Path) -> TrainData:
                      manifest["files"]["val.parquet"]["rows"], len(vocab["itos"]))
 
 
+def image_data(folder: str | Path, flip: str | bool, crop: str | bool, source: str) -> dict[str, Any]:
+    """Check the normalized image files against their manifest and stage them for workers."""
+    from components.data.images import IMAGES_SCHEMA
+
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    for split in ("train", "val"):
+        check_table(folder / f"{split}.parquet", IMAGES_SCHEMA, manifest["files"][f"{split}.parquet"])
+    stats = read_json(folder / "stats.json")
+    uris = stage_data({"train": folder / "train.parquet", "val": folder / "val.parquet"})
+    h, w, c = manifest["shape"]
+    return {"train_uri": uris["train"], "val_uri": uris["val"],
+            "n_train": manifest["files"]["train.parquet"]["rows"], "n_val": manifest["files"]["val.parquet"]["rows"],
+            "shape": [c, h, w], "n_classes": len(stats["classes"]), "classes": stats["classes"],
+            "mean": stats["mean"], "std": stats["std"],
+            # digits must not be flipped (a mirrored 3 is no digit); other sets may be
+            "flip": (source != "digits") if flip == "auto" else bool(flip),
+            "crop": True if crop == "auto" else bool(crop)}
+
+
+def loop_for(workload: str):
+    """The per-worker training function of a workload."""
+    if workload == "image_classifier":
+        from components.training.image_loop import image_loop_per_worker
+
+        return image_loop_per_worker
+    from components.training.loop import train_loop_per_worker
+
+    return train_loop_per_worker
+
+
 def make_trainer(loop_config: dict[str, Any], *, name: str, storage_path: str, num_workers: int,
-                 cpus_per_worker: float, use_gpu: bool, max_failures: int, callbacks: list | None = None):
-    """A TorchTrainer over `train_loop_per_worker`, resumable by (`storage_path`, `name`)."""
+                 cpus_per_worker: float, use_gpu: bool, max_failures: int, callbacks: list | None = None,
+                 workload: str = "char_lm"):
+    """A TorchTrainer over the workload's per-worker loop, resumable by (`storage_path`, `name`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from components.training.loop import train_loop_per_worker
-
     return TorchTrainer(
-        train_loop_per_worker,
+        loop_for(workload),
         train_loop_config={**loop_config, "cpus_per_worker": cpus_per_worker},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu,

@@ -33,32 +33,34 @@ def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
     return out
 
 
-def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, Any]) -> dict[str, Any]:
+def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, Any],
+                       workload: str = "char_lm") -> dict[str, Any]:
     """The train config one trial runs: train's params, the sweep's budget, the sampled values."""
-    from components.config import TrainParams
+    from components.config import ImageTrainParams, TrainParams
 
+    schema = ImageTrainParams if workload == "image_classifier" else TrainParams
     cfg = {**base, "epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch, "time_budget_s": None,
            "num_workers": tp.workers_per_trial, "seed": tp.seed, **sampled}
     if cfg["bs"] % tp.workers_per_trial:
         raise ValueError(f"train.bs ({cfg['bs']}) must be a multiple of tune.workers_per_trial ({tp.workers_per_trial})")
     # Sampled values obey the same schema as hand-written ones.
-    return TrainParams.model_validate(cfg).model_dump()
+    return schema.model_validate(cfg).model_dump()
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data: dict[str, Any],
-           storage: str, use_gpu: bool) -> None:
+           storage: str, use_gpu: bool, workload: str) -> None:
     """One trial's driver: a TorchTrainer whose rank-0 reports flow to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from components.training.driver import make_trainer
 
-    train_cfg = trial_train_config(base, tp, config)
+    train_cfg = trial_train_config(base, tp, config, workload)
     trainer = make_trainer(
         {"train": train_cfg, "data": data},
         name=f"trial-{tune.get_context().get_trial_id()}", storage_path=storage,
         num_workers=tp.workers_per_trial, cpus_per_worker=tp.cpus_per_worker,
-        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()])
+        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()], workload=workload)
     trainer.fit()
 
 
@@ -90,7 +92,7 @@ def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, st
             self._child(trial)
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            row = {k: result[k] for k in ("train_loss", "val_loss", "lr", "tokens_per_s") if k in result}
+            row = {k: result[k] for k in ("train_loss", "val_loss", "val_accuracy", "lr", "tokens_per_s") if k in result}
             row["epoch"] = result["training_iteration"]
             runs.log_history(self.c, self._child(trial), [row])
 
@@ -120,7 +122,7 @@ class SweepOutcome:
 
 
 def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], *, experiment: str,
-              storage: str, name: str, use_gpu_setting: str | bool = "auto") -> SweepOutcome:
+              storage: str, name: str, use_gpu_setting: str | bool = "auto", workload: str = "char_lm") -> SweepOutcome:
     """Run (or resume) the sweep stored at `storage/name`; return the best trial's params."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -135,7 +137,8 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
           flush=True)
 
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base_train, tp=tp, data=data, storage=storage, use_gpu=use_gpu),
+        tune.with_parameters(_trial, base=base_train, tp=tp, data=data, storage=storage, use_gpu=use_gpu,
+                             workload=workload),
         # The driver only waits on its TorchTrainer: it holds memory, not a CPU; the CPUs
         # go to the Train workers, which Ray Train places in their own placement group.
         {"CPU": 0, "memory": tp.driver_memory_mb * 2**20})

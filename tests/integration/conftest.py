@@ -23,7 +23,12 @@ TINY = {
                            "dropout": {"type": "uniform", "low": 0.0, "high": 0.3}}},
         "train": {"epochs": 2, "steps_per_epoch": 60, "bs": 32, "n_hidden": 128, "val_bptt": 64},
         "evaluate": {"n_chars": 60},
-    }
+    },
+    "image_classifier": {
+        "tune": {"num_samples": 2, "epochs": 2, "grace_period": 1},
+        "train": {"epochs": 4},
+        "evaluate": {"n_cam": 4},
+    },
 }
 
 

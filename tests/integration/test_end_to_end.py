@@ -103,7 +103,8 @@ def test_champion_loads_in_a_fresh_process_and_generates(tiny_project):
 def test_repro_again_skips_everything_and_status_is_clean(tiny_project):
     p = run(["dvc", "repro"], tiny_project)
     assert "Running stage" not in p.stdout
-    assert len(re.findall(r"didn't change, skipping", p.stdout)) == 6
+    stages = run(["dvc", "stage", "list", "--names-only"], tiny_project).stdout.split()
+    assert len(stages) >= 8 and len(re.findall(r"didn't change, skipping", p.stdout)) == len(stages)
     st = run(["dvc", "status"], tiny_project)
     assert "up to date" in st.stdout
 
@@ -114,6 +115,49 @@ def test_register_is_idempotent(tiny_project):
     after = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())
     assert after["version"] == json.loads(before)["version"]
     assert after["decision"] == "already champion"
+
+
+def test_image_classifier_registered_beside_the_char_lm(tiny_project):
+    m = json.loads((tiny_project / "data/image_classifier/normalized/manifest.json").read_text())
+    assert sum(f["rows"] for f in m["files"].values()) == 1797
+    ev = json.loads((tiny_project / "metrics/image_classifier/eval.json").read_text())
+    assert ev["accuracy"] > 0.5 and ev["test_accuracy"] > 0.5  # 4 epochs: far above chance (0.1)
+    assert set(ev["val_per_class_accuracy"]) == {str(i) for i in range(10)}
+    reports = tiny_project / "reports/image_classifier"
+    assert {"cam.png", "confusion_val.png", "confusion_test.png", "confusion.csv"} <= {p.name for p in reports.iterdir()}
+    tr = json.loads((tiny_project / "metrics/image_classifier/train.json").read_text())
+    assert tr["num_workers"] == 2 and tr["samples_padded"] >= 0
+    # every train image once per epoch across the 2 workers, padding counted
+    n_train = m["files"]["train.parquet"]["rows"]
+    assert tr["samples_padded"] == 64 * -(-((n_train + 1) // 2) // 32) - n_train
+    code = textwrap.dedent("""
+        import mlflow, numpy as np, pyarrow.parquet as pq
+        from components.data.images import decode
+        mlflow.set_tracking_uri('sqlite:///mlflow.db')
+        m = mlflow.pyfunc.load_model('models:/image-classifier@champion')
+        t = pq.read_table('data/image_classifier/normalized/test.parquet').combine_chunks()
+        out = m.predict(decode(t.to_batches()[0])[:20])
+        print(float((out['class_id'].to_numpy() == t.column('label').to_numpy()[:20]).mean()))
+    """)
+    acc = float(run([sys.executable, "-c", code], tiny_project).stdout.strip().splitlines()[-1])
+    assert acc > 0.5
+    out = _mlflow(tiny_project, """
+        v = c.get_model_version_by_alias('image-classifier', 'champion')
+        arts = [a.path for a in c.list_artifacts(v.run_id, 'evaluation')]
+        print(json.dumps({'arch': v.tags['trainyard.arch'], 'arts': arts}))
+    """)
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["arch"] == "resnet" and "evaluation/cam.png" in info["arts"]
+    assert (tiny_project / "data/char_lm/normalized/train.parquet").is_file()
+    # changing an image_classifier param leaves every char_lm stage current
+    params = tiny_params()
+    params["image_classifier"]["prepare"]["seed"] = 1
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        st = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
+        assert set(st) == {"prepare@image_classifier"}
+    finally:
+        (tiny_project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
 
 
 def test_changing_num_samples_reruns_tune_and_after_only(tiny_project):

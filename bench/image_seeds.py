@@ -1,0 +1,72 @@
+"""Test accuracy of the default image classifier (params.yaml) over several training seeds.
+
+    python bench/image_seeds.py --seeds 5
+
+Digits, the default split; each seed is one Ray Train run (2 workers) with the params.yaml
+`image_classifier.train` values (use_tuned is ignored: the hand-set lr / dropout / weight decay
+are used). Prints each seed, then mean and minimum; the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from components.config import load_params  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--params", default=str(REPO / "params.yaml"))
+    args = ap.parse_args()
+
+    from components.data.parquet import load_manifest
+    from components.evaluation.images import (
+        classification_metrics,
+        load_image_model,
+        predict,
+        publish_image_model,
+        read_images,
+    )
+    from components.runtime import init_ray
+    from components.training.driver import fit, image_data, make_trainer
+    from pipelines.normalize import normalize_images
+    from pipelines.prepare import prepare_images
+
+    p = load_params(args.params).image_classifier
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        prepare_images(p.prepare, str(work / "prepared"))
+        normalize_images(work / "prepared", work / "normalized", p.normalize)
+        data = image_data(work / "normalized", p.train.flip, p.train.crop, p.prepare.source)
+        x, y = read_images(work / "normalized", "test", load_manifest(work / "normalized"))
+        init_ray()
+        for seed in range(args.seeds):
+            cfg = p.train.model_dump() | {"seed": seed}
+            t0 = time.perf_counter()
+            out = fit(make_trainer({"train": cfg, "data": data}, name=f"seed-{seed}-{int(time.time())}",
+                                   storage_path=str(work / "runs"), num_workers=cfg["num_workers"],
+                                   cpus_per_worker=cfg["cpus_per_worker"], use_gpu=False, max_failures=0,
+                                   workload="image_classifier"), cfg["num_workers"])
+            publish_image_model(work / "m.pt", out.state, data, cfg["arch"], cfg["dropout"])
+            model, blob = load_image_model(work / "m.pt")
+            m, _ = classification_metrics("test", predict(model, blob, x), y, blob["classes"])
+            results.append(m["test_accuracy"])
+            print(f"seed {seed}: test accuracy {m['test_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    mean, low = sum(results) / len(results), min(results)
+    print(f"{p.train.arch} on {p.prepare.source}: mean test accuracy {mean:.4f}, min {low:.4f} over {len(results)} seeds")
+    print(json.dumps({"arch": p.train.arch, "source": p.prepare.source, "seeds": len(results),
+                      "test_accuracy": [round(a, 4) for a in results], "mean": round(mean, 4), "min": round(low, 4)}))
+
+
+if __name__ == "__main__":
+    main()

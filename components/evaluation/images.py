@@ -1,0 +1,112 @@
+"""Image-classifier evaluation: accuracy, per-class accuracy, confusion matrix, CAM figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.data.images import IMAGES_SCHEMA, decode
+from components.data.parquet import atomic_path, check_table
+from components.models.convnets import build, cam
+from components.training.image_loop import normalize
+
+
+def publish_image_model(path: str | Path, state: dict[str, Any], data: dict[str, Any], arch: str, dropout: float) -> None:
+    """The self-contained model file: weights, constructor config, classes, normalisation."""
+    blob = {"model": state["model"], "config": {"arch": arch, "in_shape": data["shape"],
+                                                "n_classes": data["n_classes"], "dropout": dropout},
+            "classes": data["classes"], "mean": data["mean"], "std": data["std"],
+            "train": state.get("train", {}), "history": state.get("history", [])}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(blob, f)  # a file object keeps the bytes independent of the temp name
+
+
+def load_image_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A published image model (CPU, eval mode) and its metadata."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = blob["config"]
+    model = build(cfg["arch"], tuple(cfg["in_shape"]), cfg["n_classes"], cfg["dropout"])
+    model.load_state_dict(blob["model"])
+    return model.eval(), blob
+
+
+def read_images(folder: str | Path, split: str, manifest: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A checked split: uint8 (N, C, H, W) images and int64 labels."""
+    pf = check_table(Path(folder) / f"{split}.parquet", IMAGES_SCHEMA, manifest["files"][f"{split}.parquet"])
+    t = pf.read().combine_chunks()
+    x = decode(t.to_batches()[0]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(x.copy()), torch.from_numpy(t.column("label").to_numpy().astype(np.int64))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, blob: dict[str, Any], x: torch.Tensor, bs: int = 512) -> torch.Tensor:
+    """Class probabilities (N, n_classes) for uint8 (N, C, H, W) images."""
+    mean, std = torch.tensor(blob["mean"]), torch.tensor(blob["std"])
+    out = [torch.softmax(model(normalize(x[i:i + bs], mean, std)), 1) for i in range(0, len(x), bs)]
+    return torch.cat(out)
+
+
+def classification_metrics(prefix: str, probs: torch.Tensor, y: torch.Tensor, classes: list[str]) -> tuple[dict, np.ndarray]:
+    """Accuracy, loss, per-class accuracy, and the confusion matrix (rows: actual)."""
+    pred = probs.argmax(1)
+    n = len(classes)
+    conf = np.zeros((n, n), dtype=np.int64)
+    np.add.at(conf, (y.numpy(), pred.numpy()), 1)
+    per_class = {c: float(conf[i, i] / conf[i].sum()) if conf[i].sum() else None for i, c in enumerate(classes)}
+    loss = float(torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), y))
+    name = "accuracy" if prefix == "val" else f"{prefix}_accuracy"
+    return {name: float((pred == y).float().mean()), f"{prefix}_loss": loss, f"{prefix}_per_class_accuracy": per_class}, conf
+
+
+def plot_confusion(path: Path, conf: np.ndarray, classes: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    im = ax.imshow(conf, cmap="Blues")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="actual", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if conf[i, j]:
+                ax.text(j, i, conf[i, j], ha="center", va="center", fontsize=7,
+                        color="white" if conf[i, j] > conf.max() / 2 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cams(path: Path, model: torch.nn.Module, blob: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> None:
+    """Each image beside its class activation map for the predicted class, upsampled to it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean, std = torch.tensor(blob["mean"]), torch.tensor(blob["std"])
+    xn = normalize(x, mean, std)
+    maps = cam(model, xn)  # (n, h, w)
+    pred = model(xn).argmax(1)
+    up = torch.nn.functional.interpolate(maps[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+    n = len(x)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4))
+    for k in range(n):
+        img = x[k].permute(1, 2, 0).numpy()
+        axes[0, k].imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+        axes[0, k].set_title(f"{blob['classes'][int(y[k])]}", fontsize=8)
+        axes[1, k].imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+        axes[1, k].imshow(up[k].numpy(), cmap="jet", alpha=0.35)
+        axes[1, k].set_title(f"pred {blob['classes'][int(pred[k])]}", fontsize=8)
+        for a in axes[:, k]:
+            a.axis("off")
+    fig.suptitle("class activation maps (predicted class)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
