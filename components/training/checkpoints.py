@@ -23,3 +23,19 @@ def save_state(folder: str | Path, state: dict[str, Any]) -> Path:
 def load_state(folder: str | Path) -> dict[str, Any]:
     """Read `folder/state.pt` onto the CPU."""
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Load model and optimizer from Ray Train's last reported checkpoint (after a worker
+    failure, or when the same run name + storage path is started again); return the whole
+    state for the loop's own parts, or None on a fresh start."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if not ckpt:
+        return None
+    with ckpt.as_directory() as d:
+        state = load_state(d)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state

@@ -24,28 +24,30 @@ class TrainData:
         return dict(self.__dict__)
 
 
-def char_lm_data(folder: str | Path) -> TrainData:
-    """Check the normalized Parquet files against their manifest and stage them for workers."""
-    folder = Path(folder)
+def _checked_and_staged(folder: Path, schema) -> tuple[dict[str, Any], dict[str, str]]:
+    """Check train / val against the manifest (schema, rows, sha256), then stage them for workers."""
     manifest = load_manifest(folder)
     for split in ("train", "val"):
-        check_table(folder / f"{split}.parquet", TOKENS_SCHEMA, manifest["files"][f"{split}.parquet"])
+        check_table(folder / f"{split}.parquet", schema, manifest["files"][f"{split}.parquet"])
+    return manifest, stage_data({"train": folder / "train.parquet", "val": folder / "val.parquet"})
+
+
+def char_lm_data(folder: str | Path) -> TrainData:
+    """Check the normalized token files and stage them for workers."""
+    folder = Path(folder)
+    manifest, uris = _checked_and_staged(folder, TOKENS_SCHEMA)
     vocab = read_json(folder / "vocab.json")
-    uris = stage_data({"train": folder / "train.parquet", "val": folder / "val.parquet"})
     return TrainData(uris["train"], uris["val"], manifest["files"]["train.parquet"]["rows"],
                      manifest["files"]["val.parquet"]["rows"], len(vocab["itos"]))
 
 
 def image_data(folder: str | Path, flip: str | bool, crop: str | bool, source: str) -> dict[str, Any]:
-    """Check the normalized image files against their manifest and stage them for workers."""
+    """Check the normalized image files and stage them for workers."""
     from components.data.images import IMAGES_SCHEMA
 
     folder = Path(folder)
-    manifest = load_manifest(folder)
-    for split in ("train", "val"):
-        check_table(folder / f"{split}.parquet", IMAGES_SCHEMA, manifest["files"][f"{split}.parquet"])
+    manifest, uris = _checked_and_staged(folder, IMAGES_SCHEMA)
     stats = read_json(folder / "stats.json")
-    uris = stage_data({"train": folder / "train.parquet", "val": folder / "val.parquet"})
     h, w, c = manifest["shape"]
     return {"train_uri": uris["train"], "val_uri": uris["val"],
             "n_train": manifest["files"]["train.parquet"]["rows"], "n_val": manifest["files"]["val.parquet"]["rows"],

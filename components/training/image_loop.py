@@ -28,8 +28,8 @@ from torch.nn import functional as F
 from components.data.images import decode
 from components.data.shards import read_rows, row_shard
 from components.models.convnets import build
-from components.training.checkpoints import load_state, save_state
-from components.training.loop import DivergedError, _all_reduce_sum, make_optimizer
+from components.training.checkpoints import restore, save_state
+from components.training.loop import DivergedError, _all_reduce_sum, make_optimizer, optimizer_step
 from components.training.schedules import multiplier
 
 
@@ -102,13 +102,9 @@ def image_loop_per_worker(config: dict[str, Any]) -> None:
     history: list[dict[str, float]] = []
     start_epoch, step, train_s = 0, 0, 0.0
 
-    # 3. resume
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = load_state(d)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    # 3. resume from the last reported checkpoint, if any
+    state = restore(model, opt)
+    if state:
         history, start_epoch = state["history"], state["epoch"]
         step, train_s = state["schedule"]["step"], state["schedule"]["train_s"]
 
@@ -129,11 +125,7 @@ def image_loop_per_worker(config: dict[str, Any]) -> None:
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}: training diverged; "
                                     f"try a lower learning rate (lr={tp['lr']})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tp["clip"]:
-                nn.utils.clip_grad_norm_(model.parameters(), tp["clip"])
-            opt.step()
+            optimizer_step(model, opt, loss, tp["clip"])
             tot += loss.item()
             seen += len(idx)
             step += 1

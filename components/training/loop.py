@@ -24,7 +24,7 @@ from torch import nn
 
 from components.data.shards import BpttSampler, worker_streams
 from components.models.char_lm import CharLM, detach_hidden, model_kwargs, stream_loss
-from components.training.checkpoints import load_state, save_state
+from components.training.checkpoints import restore, save_state
 from components.training.schedules import multiplier
 
 
@@ -36,6 +36,15 @@ def make_optimizer(model: nn.Module, tp: dict[str, Any]) -> torch.optim.Optimize
     """AdamW (decoupled weight decay) or Adam (weight decay as an L2 term in the gradient)."""
     cls = torch.optim.AdamW if tp["optimizer"] == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=tp["lr"], weight_decay=tp["weight_decay"])
+
+
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None) -> None:
+    """Backward, optional gradient-norm clipping, step (DDP all-reduces inside backward)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -82,12 +91,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # 3. resume: Ray Train hands back the last reported checkpoint after a worker failure
     # or when the same run (name + storage path) is started again
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = load_state(d)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    state = restore(model, opt)
+    if state:
         sampler.load_state_dict(state["sampler"])
         history, start_epoch = state["history"], state["epoch"]
         step, train_s = state["schedule"]["step"], state["schedule"]["train_s"]
@@ -121,11 +126,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     f"loss is {loss.item()} at epoch {epoch + 1}, step {n_steps + 1}: "
                     f"training diverged; try a lower learning rate (lr={tp['lr']}) or a shorter bptt "
                     f"(bptt={tp['bptt']}). The last good checkpoint (epoch {epoch}) is kept.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tp["clip"]:
-                nn.utils.clip_grad_norm_(model.parameters(), tp["clip"])
-            opt.step()
+            optimizer_step(model, opt, loss, tp["clip"])
             tot += loss.item()
             n_steps += 1
             step += 1
