@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,19 @@ def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
     return out
 
 
+def probe_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once when `address` (host:port or ray://host:port) does not accept connections;
+    `ray.init` would otherwise wait minutes for the GCS before giving up."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers ({err.strerror or err})") from None
+
+
 def init_ray() -> dict[str, float]:
     """Connect to `RAY_ADDRESS` if set, else start a local Ray; return the cluster's resources."""
     import ray
@@ -87,6 +101,7 @@ def init_ray() -> dict[str, float]:
         dashboard = os.environ.get("TRAINYARD_RAY_DASHBOARD", "1") == "1"
         try:
             if address:
+                probe_ray_address(address)
                 ray.init(address=address, log_to_driver=True)
             else:
                 # A one-machine Ray listens on loopback only.

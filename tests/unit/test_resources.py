@@ -42,3 +42,22 @@ def test_use_gpu_auto_and_forced():
     assert want_gpu("auto", LAPTOP, 2) is False
     with pytest.raises(ResourceError, match="cluster has 0 GPUs"):
         want_gpu(True, LAPTOP, 1)
+
+
+def test_a_ray_address_that_does_not_answer_fails_at_once(monkeypatch):
+    import socket
+    import time
+
+    from components.runtime import init_ray, probe_ray_address
+
+    with socket.socket() as s:  # a port that is certainly closed: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        t0 = time.monotonic()
+        with pytest.raises(ResourceError, match=f"RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers"):
+            init_ray()
+        assert time.monotonic() - t0 < 10
+        with pytest.raises(ResourceError, match="ray://127.0.0.1"):
+            probe_ray_address(f"ray://127.0.0.1:{port}")
+    probe_ray_address("auto")  # not host:port: left to Ray
