@@ -1,4 +1,5 @@
-r"""train: a stateful char-LM, data parallel over Ray Train workers, tuned params by default.
+r"""train: the workload's model (a stateful char-LM or an image classifier), data parallel over
+Ray Train workers, with the sweep's best params unless `train.use_tuned: false`.
 
     python -m pipelines.train --workload char_lm --data data/char_lm/normalized \
         --tuned tune/char_lm/best_params.json --model models/char_lm/model.pt \

@@ -3,7 +3,7 @@
 Distributed steps are numbered:
   1. read only this worker's share of the token streams
   2. build the model and wrap it in DDP (`prepare_model`)
-  3. resume model / optimizer / scheduler / sampler from the last reported checkpoint
+  3. resume model / optimizer / schedule position / sampler from the last reported checkpoint
   4. train one epoch of truncated-bptt windows, hidden state carried and detached
   5. all-reduce the validation loss so every rank reports the same number
   6. rank 0 writes the checkpoint; every rank calls `report` (it is a barrier)

@@ -3,6 +3,7 @@ and DVC, then the registry and metrics it produced."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -16,6 +17,18 @@ import yaml
 from tests.integration.conftest import project_env, run, tiny_params
 
 pytestmark = pytest.mark.slow
+
+
+@contextlib.contextmanager
+def edited_params(project, edit):
+    """params.yaml with `edit(params)` applied inside the block, the tiny params restored after."""
+    params = tiny_params()
+    edit(params)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        yield
+    finally:
+        (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
 
 
 def _mlflow(project, code: str) -> str:
@@ -150,28 +163,18 @@ def test_image_classifier_registered_beside_the_char_lm(tiny_project):
     assert info["arch"] == "resnet" and "evaluation/cam.png" in info["arts"]
     assert (tiny_project / "data/char_lm/normalized/train.parquet").is_file()
     # changing an image_classifier param leaves every char_lm stage current
-    params = tiny_params()
-    params["image_classifier"]["prepare"]["seed"] = 1
-    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
+    with edited_params(tiny_project, lambda p: p["image_classifier"]["prepare"].update(seed=1)):
         st = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
         assert set(st) == {"prepare@image_classifier"}
-    finally:
-        (tiny_project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
 
 
 def test_changing_num_samples_reruns_tune_and_after_only(tiny_project):
-    params = tiny_params()
-    params["char_lm"]["tune"]["num_samples"] = 7
-    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
+    with edited_params(tiny_project, lambda p: p["char_lm"]["tune"].update(num_samples=7)):
         st = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
         assert set(st) == {"tune@char_lm"}
         dry = run(["dvc", "repro", "--dry"], tiny_project).stdout
         ran = re.findall(r"Running stage '([^']+)'", dry)
         assert ran[0] == "tune@char_lm" and "prepare@char_lm" not in ran and "normalize@char_lm" not in ran
-    finally:
-        (tiny_project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
 
 
 def test_registry_cli_lists_promotes_and_rolls_back(tiny_project):
@@ -220,10 +223,7 @@ def test_mlflow_models_serve_answers_prompts(tiny_project):
 
 
 def test_gru_trains_and_registers_under_the_same_name(tiny_project):
-    params = tiny_params()
-    params["char_lm"]["train"]["arch"] = "gru"
-    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
+    with edited_params(tiny_project, lambda p: p["char_lm"]["train"].update(arch="gru")):
         # --single-item: rerun these stages only (the sweep of the LSTM is kept as it is)
         for stage in ("train", "evaluate", "register"):
             run(["dvc", "repro", "--force", "--single-item", f"{stage}@char_lm"], tiny_project)
@@ -237,5 +237,3 @@ def test_gru_trains_and_registers_under_the_same_name(tiny_project):
         info = json.loads(out.strip().splitlines()[-1])
         assert info == {"arch_tag": "gru", "arch_param": "gru", "versions": 2}
         assert math.isfinite(json.loads((tiny_project / "metrics/char_lm/eval.json").read_text())["val_loss"])
-    finally:
-        (tiny_project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
