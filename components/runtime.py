@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -43,11 +44,123 @@ def stage_storage(workload: str, stage: str) -> str:
     return f"{root.rstrip('/')}/{workload}/{stage}" if "://" in root else str(Path(root) / workload / stage)
 
 
+def local_state_dir() -> Path:
+    """A local folder for this machine's own state (downloads, Ray process records, the
+    MLflow journal): the run store when it is local, else `./.trainyard`."""
+    root = store_root()
+    return Path(root) if "://" not in root else Path(".trainyard").resolve()
+
+
+def write_store_json(uri: str, obj: Any) -> None:
+    """Write a small JSON file in the run store (a local path or a URI), atomically where the
+    filesystem allows (a local rename; object stores publish whole objects anyway)."""
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(obj, sort_keys=True).encode())
+    fs.move(tmp, path)
+
+
+def read_store_json(uri: str) -> Any | None:
+    """A JSON file from the run store, or None when there is none."""
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
 def download_cache(workload: str) -> Path:
     """A local folder for downloads, outside DVC's outputs (kept across re-runs)."""
-    root = store_root()
-    base = Path(root) if "://" not in root else Path(".trainyard").resolve()
-    return base / workload / "downloads"
+    return local_state_dir() / workload / "downloads"
+
+
+def _ray_records() -> Path:
+    return local_state_dir() / "ray-processes"
+
+
+def _started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def record_ray_processes() -> Path | None:
+    """Write down the PIDs of the local Ray this process started (GCS, raylet, dashboard,
+    agents), so that if this process is killed the next stage can stop them; the record is
+    removed at a normal exit."""
+    import atexit
+
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001 - no public API for this
+    if node is None:
+        return None
+    import psutil
+
+    procs = []
+    for kind, infos in node.all_processes.items():
+        for info in infos:
+            if info.process is None:
+                continue
+            procs.append({"pid": info.process.pid, "started": _started(info.process.pid), "kind": kind})
+            # the raylet's agents outlive it when it is killed (they are re-parented): list them now
+            with contextlib.suppress(psutil.Error):
+                procs += [{"pid": c.pid, "started": _started(c.pid), "kind": f"{kind} child"}
+                          for c in psutil.Process(info.process.pid).children(recursive=True)]
+    record = {"owner": os.getpid(), "owner_started": _started(os.getpid()),
+              "session_dir": node.get_session_dir_path(), "processes": procs}
+    path = _ray_records() / f"{os.getpid()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    atexit.register(lambda: path.unlink(missing_ok=True))
+    return path
+
+
+def reap_stale_ray(timeout_s: float = 10.0) -> list[int]:
+    """Stop the Ray processes (and their workers) of a local Ray whose starting process is
+    gone (SIGKILLed, OOM-killed); match by PID *and* start time, so a reused PID is never
+    touched. Returns the PIDs stopped."""
+    import psutil
+
+    folder = _ray_records()
+    if not folder.is_dir():
+        return []
+    stopped: list[int] = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            continue
+        if _started(record["owner"]) == record["owner_started"]:
+            continue  # its owner still runs: not ours to stop
+        victims: dict[int, psutil.Process] = {}
+        for p in record["processes"]:
+            if p["started"] is None or _started(p["pid"]) != p["started"]:
+                continue  # exited already, or the PID now belongs to someone else
+            try:
+                proc = psutil.Process(p["pid"])
+                for child in [proc, *proc.children(recursive=True)]:
+                    if child.status() != psutil.STATUS_ZOMBIE:
+                        victims[child.pid] = child
+            except psutil.Error:
+                continue
+        for proc in victims.values():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(list(victims.values()), timeout=timeout_s)
+        stopped += sorted(victims)
+        path.unlink(missing_ok=True)
+        if victims:
+            print(f"[ray] stopped {len(victims)} Ray processes left by killed process {record['owner']}", flush=True)
+    return stopped
 
 
 def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
@@ -104,9 +217,12 @@ def init_ray() -> dict[str, float]:
                 probe_ray_address(address)
                 ray.init(address=address, log_to_driver=True)
             else:
+                # A killed stage leaves its Ray behind (holding CPUs and memory): stop it first.
+                reap_stale_ray()
                 # A one-machine Ray listens on loopback only.
                 ray.init(address="local", include_dashboard=dashboard, log_to_driver=True,
                          _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
+                record_ray_processes()
         except ConnectionError as err:
             raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({err})") from None
     return {k: float(v) for k, v in ray.cluster_resources().items()}

@@ -82,8 +82,9 @@ def find_run(c, exp_id: str, run_key: str):
 
 
 def start_run(c, exp_id: str, run_key: str, run_name: str, tags: dict[str, str] | None = None,
-              parent_run_id: str | None = None) -> str:
-    """Reuse the run with this key, or create it; returns its id, status RUNNING."""
+              parent_run_id: str | None = None, reopen: bool = True) -> str:
+    """Reuse the run with this key, or create it; returns its id. The run is RUNNING after,
+    unless `reopen` is false and it had ended (a finished sweep trial stays as it was)."""
     run = find_run(c, exp_id, run_key)
     all_tags = {RUN_KEY: run_key, **(tags or {})}
     if parent_run_id:
@@ -93,7 +94,8 @@ def start_run(c, exp_id: str, run_key: str, run_name: str, tags: dict[str, str] 
     else:
         for k, v in all_tags.items():
             c.set_tag(run.info.run_id, k, v)
-        c.update_run(run.info.run_id, status="RUNNING")
+        if reopen or run.info.status == "RUNNING":
+            c.update_run(run.info.run_id, status="RUNNING")
     return run.info.run_id
 
 
@@ -130,5 +132,8 @@ def log_history(c, run_id: str, history: list[dict[str, float]], step_key: str =
 
 
 def finish_run(c, run_id: str, status: str = "FINISHED") -> None:
-    """Close a run (FINISHED, FAILED or KILLED)."""
+    """Close a run (FINISHED, FAILED or KILLED); a run already closed so keeps its end time."""
+    info = c.get_run(run_id).info
+    if info.status == status and info.end_time:
+        return
     c.set_terminated(run_id, status=status)

@@ -25,6 +25,19 @@ def load_state(folder: str | Path) -> dict[str, Any]:
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Reseed torch's global RNG (dropout) from (seed, epoch, rank): an epoch replayed after a
+    restore draws the same masks as the lost run, so a resumed run matches an unbroken one."""
+    torch.manual_seed(seed * 100_003 + epoch * 1009 + rank + 1)
+
+
+def resumes_after(state: dict[str, Any] | None, step: int) -> list[dict[str, int]]:
+    """The run's resume record with this restart appended: (epoch, step) it went on from."""
+    if not state:
+        return []
+    return [*state.get("resumes", []), {"epoch": int(state["epoch"]), "step": int(step)}]
+
+
 def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     """Load model and optimizer from Ray Train's last reported checkpoint (after a worker
     failure, or when the same run name + storage path is started again); return the whole

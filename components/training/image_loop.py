@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from components.data.images import decode
 from components.data.shards import read_rows, row_shard
 from components.models.convnets import build
-from components.training.checkpoints import restore, save_state
+from components.training.checkpoints import restore, resumes_after, save_state, seed_epoch
 from components.training.loop import DivergedError, _all_reduce_sum, make_optimizer, optimizer_step
 from components.training.schedules import multiplier
 
@@ -107,10 +107,18 @@ def image_loop_per_worker(config: dict[str, Any]) -> None:
     if state:
         history, start_epoch = state["history"], state["epoch"]
         step, train_s = state["schedule"]["step"], state["schedule"]["train_s"]
+        if rank == 0:
+            print(f"[train] resumed from epoch {start_epoch} checkpoint", flush=True)
+    resumes = resumes_after(state, step)
+    if state and start_epoch >= tp["epochs"]:
+        # a finished run started again (a resumed sweep's trial): hand its result on, train nothing
+        ray.train.report(history[-1])
+        return
 
     for epoch in range(start_epoch, tp["epochs"]):
         # 4. a seeded permutation of the shard, wrapped to the same step count on every rank
         g = torch.Generator().manual_seed(tp["seed"] * 100_003 + epoch * 1009 + rank)
+        seed_epoch(tp["seed"], epoch, rank)
         need = steps_per_epoch * bs_local
         order = torch.randperm(len(x_train), generator=g).repeat(math.ceil(need / len(x_train)))[:need]
         ddp_model.train()
@@ -148,7 +156,7 @@ def image_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 save_state(tmp, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                  "schedule": {"step": step, "train_s": train_s}, "epoch": epoch + 1,
-                                 "history": history, "train": tp})
+                                 "history": history, "train": tp, "resumes": resumes})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 print(f"[train] epoch {epoch + 1}/{tp['epochs']} train_loss {metrics['train_loss']:.4f} "
                       f"val_loss {metrics['val_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f} "

@@ -24,7 +24,7 @@ from torch import nn
 
 from components.data.shards import BpttSampler, worker_streams
 from components.models.char_lm import CharLM, detach_hidden, model_kwargs, stream_loss
-from components.training.checkpoints import restore, save_state
+from components.training.checkpoints import restore, resumes_after, save_state, seed_epoch
 from components.training.schedules import multiplier
 
 
@@ -98,6 +98,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step, train_s = state["schedule"]["step"], state["schedule"]["train_s"]
         if rank == 0:
             print(f"[train] resumed from epoch {start_epoch} checkpoint", flush=True)
+    resumes = resumes_after(state, step)
+    if state and start_epoch >= tp["epochs"]:
+        # a finished run started again (a resumed sweep's trial): hand its result on, train nothing
+        ray.train.report(history[-1])
+        return
 
     loss_fn = nn.CrossEntropyLoss()
     out_of_time = False
@@ -105,6 +110,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if out_of_time:
             break
         # 4. one epoch of windows; every rank draws the same lengths from (seed, epoch)
+        seed_epoch(tp["seed"], epoch, rank)
         ddp_model.train()
         h = model.init_hidden(train_streams.size(1), device)
         t_epoch, tot, n_steps, n_tokens = time.perf_counter(), 0.0, 0, 0
@@ -162,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 save_state(tmp, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "schedule": {"step": step, "train_s": train_s}, "sampler": sampler.state_dict(),
-                    "epoch": epoch + 1, "history": history, "train": tp,
+                    "epoch": epoch + 1, "history": history, "train": tp, "resumes": resumes,
                     "vocab_size": data["vocab_size"],
                 })
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)

@@ -12,8 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.config import SearchDim, TuneParams
-from components.runtime import TrialPlan, init_ray, plan_trials, want_gpu
+from components.runtime import (
+    TrialPlan,
+    init_ray,
+    plan_trials,
+    read_store_json,
+    want_gpu,
+    write_store_json,
+)
 from components.tracking import runs
+
+RESULT_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "tokens_per_s")
+
+
+def _done_marker(storage: str, trial_id: str) -> str:
+    """Where the sweep records that a trial completed (and with what), beside its Train run."""
+    return f"{storage.rstrip('/')}/done/{trial_id}.json"
 
 
 def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
@@ -55,17 +69,24 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
 
     from components.training.driver import make_trainer
 
+    trial_id = tune.get_context().get_trial_id()
+    done = read_store_json(_done_marker(storage, trial_id))
+    if done is not None:
+        # Completed before the sweep driver was killed, but after Tune's last snapshot of
+        # the sweep: hand back the recorded result instead of training again.
+        tune.report(done)
+        return
     train_cfg = trial_train_config(base, tp, config, workload)
     trainer = make_trainer(
         {"train": train_cfg, "data": data},
-        name=f"trial-{tune.get_context().get_trial_id()}", storage_path=storage,
+        name=f"trial-{trial_id}", storage_path=storage,
         num_workers=tp.workers_per_trial, cpus_per_worker=tp.cpus_per_worker,
         use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()], workload=workload)
     trainer.fit()
 
 
 def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, str],
-                     parent_params: dict[str, Any], max_t: int):
+                     parent_params: dict[str, Any], max_t: int, storage: str):
     from ray import tune
 
     class MlflowSweepCallback(tune.Callback):
@@ -83,7 +104,7 @@ def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, st
             if trial.trial_id not in self.children:
                 run_id = runs.start_run(self.c, self.exp, f"{parent_key}/{trial.trial_id}",
                                         f"trial-{trial.trial_id}", {"trainyard.trial_id": trial.trial_id},
-                                        parent_run_id=self.parent)
+                                        parent_run_id=self.parent, reopen=False)
                 runs.log_params(self.c, run_id, trial.config)
                 self.children[trial.trial_id] = run_id
             return self.children[trial.trial_id]
@@ -92,14 +113,18 @@ def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, st
             self._child(trial)
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            row = {k: result[k] for k in ("train_loss", "val_loss", "val_accuracy", "lr", "tokens_per_s") if k in result}
-            row["epoch"] = result["training_iteration"]
+            row = {k: result[k] for k in RESULT_KEYS[1:] if k in result}
+            # the trial's own epoch, not Tune's iteration count: a trial resumed after a
+            # killed sweep restarts its iteration count but goes on from its checkpoint's epoch
+            row["epoch"] = result.get("epoch", result["training_iteration"])
             runs.log_history(self.c, self._child(trial), [row])
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             run_id = self._child(trial)
-            done = (trial.last_result or {}).get("training_iteration", 0)
-            self.c.set_tag(run_id, "trainyard.stopped_early", str(done < max_t).lower())
+            last = {k: v for k, v in (trial.last_result or {}).items() if k in RESULT_KEYS}
+            # recorded first: a sweep resumed after this point never trains this trial again
+            write_store_json(_done_marker(storage, trial.trial_id), last)
+            self.c.set_tag(run_id, "trainyard.stopped_early", str(last.get("epoch", 0) < max_t).lower())
             runs.finish_run(self.c, run_id, "FINISHED")
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -145,7 +170,8 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
     parent_key = f"{experiment}/tune/{name}"
     callback = _mlflow_callback(experiment, parent_key, {"trainyard.stage": "tune"},
                                 {f"space.{k}": v.model_dump_json(exclude_none=True) for k, v in tp.space.items()}
-                                | {"num_samples": tp.num_samples, "concurrent": plan.concurrent}, tp.epochs)
+                                | {"num_samples": tp.num_samples, "concurrent": plan.concurrent}, tp.epochs,
+                                storage)
     path = f"{storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
         print(f"[tune] resuming the sweep at {path}", flush=True)
@@ -159,7 +185,7 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
             param_space=search_space(tp.space),
             tune_config=tune.TuneConfig(
                 metric=tp.metric, mode=tp.mode, num_samples=tp.num_samples,
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=tp.epochs,
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=tp.epochs,
                                         grace_period=tp.grace_period, reduction_factor=tp.reduction_factor),
                 # The concurrency limit must live in the generator: Tune ignores
                 # max_concurrent_trials when a BasicVariantGenerator is passed.
@@ -170,7 +196,7 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
     trials = []
     for r in grid:
         m = r.metrics or {}
-        trials.append({"trial_id": m.get("trial_id"), "config": r.config, "epochs": m.get("training_iteration"),
+        trials.append({"trial_id": m.get("trial_id"), "config": r.config, "epochs": m.get("epoch"),
                        tp.metric: m.get(tp.metric), "error": str(r.error) if r.error else None})
     ok = [t for t in trials if t[tp.metric] is not None]
     if not ok:

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.data.parquet import TOKEN_ROW_GROUP, write_table
+from components.data.text import Vocab, split_text, tokens_table
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Small enough for CI on 2 cores, large enough that every mechanism runs: 6 trials two at a
@@ -90,3 +93,35 @@ def tiny_project(tmp_path_factory) -> Path:
     proc = run(["dvc", "repro"], dest, timeout=1200)
     (dest / "repro.log").write_text(proc.stdout + proc.stderr)
     return dest
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the in-process integration tests (shared by every module)."""
+    import ray
+
+    # as init_ray does: the Train controller collects reports every 0.25 s, not every 2 s
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
+    yield {k: float(v) for k, v in ray.cluster_resources().items()}
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def token_data(tmp_path_factory, corpus_text):
+    folder = tmp_path_factory.mktemp("tokens")
+    parts = split_text(corpus_text[:300_000], 0.1, 0.05)
+    vocab = Vocab.build(parts["train"])
+    out = {"vocab_size": len(vocab)}
+    for split in ("train", "val"):
+        ids = vocab.encode(parts[split])
+        write_table(folder / f"{split}.parquet", tokens_table(ids), row_group_size=TOKEN_ROW_GROUP)
+        out[f"{split}_uri"], out[f"n_{split}"] = str(folder / f"{split}.parquet"), len(ids)
+    return out
+
+
+def small_train_cfg(**kw) -> dict:
+    """A char-LM train config small enough for seconds per epoch."""
+    from components.config import TrainParams
+
+    return TrainParams(**{"epochs": 2, "steps_per_epoch": 8, "bs": 8, "n_hidden": 32, "val_bptt": 64, **kw}).model_dump()

@@ -6,41 +6,11 @@ import time
 
 import pytest
 
-from components.data.parquet import TOKEN_ROW_GROUP, write_table
-from components.data.text import Vocab, split_text, tokens_table
 from components.runtime import ResourceError, plan_trials
 from components.training.driver import fit, make_trainer
+from tests.integration.conftest import small_train_cfg as _cfg
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the in-process integration tests."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
-    yield {k: float(v) for k, v in ray.cluster_resources().items()}
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def token_data(tmp_path_factory, corpus_text):
-    folder = tmp_path_factory.mktemp("tokens")
-    parts = split_text(corpus_text[:300_000], 0.1, 0.05)
-    vocab = Vocab.build(parts["train"])
-    out = {"vocab_size": len(vocab)}
-    for split in ("train", "val"):
-        ids = vocab.encode(parts[split])
-        write_table(folder / f"{split}.parquet", tokens_table(ids), row_group_size=TOKEN_ROW_GROUP)
-        out[f"{split}_uri"], out[f"n_{split}"] = str(folder / f"{split}.parquet"), len(ids)
-    return out
-
-
-def _cfg(**kw):
-    from components.config import TrainParams
-
-    return TrainParams(**{"epochs": 2, "steps_per_epoch": 8, "bs": 8, "n_hidden": 32, "val_bptt": 64, **kw}).model_dump()
 
 
 def test_two_workers_train_checkpoint_and_resume(ray_local, token_data, tmp_path):
