@@ -20,8 +20,11 @@ from components.evaluation.images import publish_image_model
 from components.models.char_lm import model_kwargs
 from components.runtime import check_train_fits, init_ray, params_key, stage_storage, want_gpu
 from components.tracking import runs
+from components.tracking.journal import Writer, live_metrics_callback
 from components.training.driver import char_lm_data, fit, image_data, make_trainer
 from pipelines.common import main, params, paths
+
+LIVE_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "tokens_per_s", "images_per_s")
 
 
 def effective_train_params(tp, tuned_file: str | None) -> dict[str, Any]:
@@ -70,17 +73,21 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     tuned = {k: cfg[k] for k in ("bptt", "lr", "dropout", "weight_decay") if k in cfg}
     print(f"[train] {cfg['arch']} on {cfg['num_workers']} worker(s){' (GPU)' if gpu else ''}, "
           f"{', '.join(f'{k} {v:.3g}' for k, v in tuned.items())}, {cfg['epochs']} epochs; MLflow run {run_id}", flush=True)
+    # From here on the run exists: writes the server cannot take wait in the journal.
+    writer = Writer(runs.tracking_uri())
+    live = live_metrics_callback(writer.uri, run_id, str(writer.journal.path), LIVE_KEYS)
     trainer = make_trainer({"train": cfg, "data": data}, name=f"run-{key}",
                            storage_path=stage_storage(args.workload, "train"),
                            num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
-                           use_gpu=gpu, max_failures=cfg["max_failures"], workload=args.workload)
+                           use_gpu=gpu, max_failures=cfg["max_failures"], workload=args.workload,
+                           callbacks=[live])
     try:
         outcome = fit(trainer, cfg["num_workers"])
     except BaseException:
-        runs.finish_run(c, run_id, "FAILED")
+        writer.finish(run_id, "FAILED")
         raise
     history = outcome.state["history"]
-    runs.log_history(c, run_id, history)
+    writer.log_history(run_id, history)  # whatever the live writes missed (the checkpoint has it all)
     if args.workload == "image_classifier":
         publish_image_model(args.model, outcome.state, data, cfg["arch"], cfg["dropout"])
     else:
@@ -92,8 +99,11 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
                **{k: last[k] for k in ("val_accuracy", "tokens_per_s", "images_per_s", "samples_padded") if k in last}}
     write_json(args.metrics, metrics)
     write_curve(args.plot, history)
-    c.log_artifact(run_id, args.plot)
-    runs.finish_run(c, run_id)
+    writer.log_artifact(run_id, args.plot)
+    writer.finish(run_id)
+    if writer.journal.path.exists():
+        print(f"[mlflow] {writer.uri} is down: {len(writer.journal)} writes kept in {writer.journal.path}; "
+              "they are sent when the next stage starts with the server back", flush=True)
     return metrics
 
 

@@ -7,16 +7,79 @@ registering the same trained model again returns the existing version.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
-from collections.abc import Callable
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_SHA = "trainyard.model_sha256"
 VAL_DATA = "trainyard.val_data_md5"
 HISTORY = "trainyard.champion_history"  # registered-model tag: champion versions, oldest first
+LEASE = "trainyard.lease"  # registered-model tag: who decides aliases now, and until when
+
+
+class RegistryBusy(RuntimeError):
+    """Another registration held the model's lease for longer than we waited."""
+
+
+def retrying(fn: Callable[..., Any], *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
+    """Call an MLflow write, retrying the errors concurrent writers cause: SQLite's
+    "database is locked" and a version-number collision (a unique-constraint error)."""
+    from mlflow.exceptions import MlflowException
+
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except (MlflowException, OSError) as err:
+            text = str(err).lower()
+            transient = any(s in text for s in ("database is locked", "unique constraint", "integrityerror",
+                                                "deadlock", "could not serialize"))
+            if not transient or i == attempts - 1:
+                raise
+            time.sleep(0.1 * 2**i * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def lease(c, name: str, ttl_s: float = 300.0, wait_s: float = 600.0, settle_s: float = 0.5) -> Iterator[None]:
+    """Hold the model's lease while deciding aliases, so two pipelines registering at once
+    cannot each crown their own version on a stale view of the champion.
+
+    MLflow has no compare-and-set, so: wait until no live lease is there, write ours (a token
+    with an expiry), wait `settle_s`, read it back. A writer that read "free" just before we
+    wrote also wrote within milliseconds, so by the read-back exactly one token remains and
+    only its owner goes on. A lease whose holder died expires after `ttl_s`.
+    """
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline, waited = time.monotonic() + wait_s, False
+    while True:
+        held = retrying(c.get_registered_model, name).tags.get(LEASE, "")
+        owner, _, until = held.rpartition("@")
+        if not held or float(until or 0) < time.time():
+            retrying(c.set_registered_model_tag, name, LEASE, f"{token}@{time.time() + ttl_s:.0f}")
+            time.sleep(settle_s)
+            if retrying(c.get_registered_model, name).tags.get(LEASE, "").startswith(token + "@"):
+                break
+        if not waited:
+            print(f"[register] model '{name}': waiting for another registration to finish ({owner})", flush=True)
+            waited = True
+        if time.monotonic() > deadline:
+            raise RegistryBusy(f"model '{name}': another registration holds the lease ({owner}); waited {wait_s:.0f} s")
+        time.sleep(settle_s * (1 + random.random()))  # noqa: S311
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            if retrying(c.get_registered_model, name).tags.get(LEASE, "").startswith(token + "@"):
+                retrying(c.delete_registered_model_tag, name, LEASE)
 
 
 def _metric_tag(metric: str) -> str:
@@ -89,17 +152,26 @@ def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], r
     `rescore(version)` scores the current champion on our val data when its recorded
     metric was measured on other data, so the comparison is always like for like.
     """
-    import mlflow
-
     ensure_model(c, name, "Registered by the trainyard pipeline; see version tags for lineage.")
+    with lease(c, name):
+        return _register_locked(c, name=name, model_sha256=model_sha256, log_model=log_model, run_id=run_id,
+                                metric=metric, value=value, mode=mode, val_data_md5=val_data_md5,
+                                lineage=lineage, rescore=rescore)
+
+
+def _register_locked(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
+                     metric: str, value: float, mode: str, val_data_md5: str, lineage: dict[str, str],
+                     rescore: Callable[[Any], float]) -> dict[str, Any]:
     version = find_version(c, name, model_sha256)
     if version is None:
         tags = {MODEL_SHA: model_sha256, VAL_DATA: val_data_md5, _metric_tag(metric): repr(value),
                 "trainyard.metric_name": metric, **lineage}
-        mv = mlflow.register_model(log_model(), name, tags=tags)
+        import mlflow
+
+        mv = retrying(mlflow.register_model, log_model(), name, tags=tags)  # waits until READY
         version = c.get_model_version(name, mv.version)
     v = str(version.version)
-    c.set_registered_model_alias(name, CHALLENGER, v)
+    retrying(c.set_registered_model_alias, name, CHALLENGER, v)
 
     champ = alias_version(c, name, CHAMPION)
     decision: str

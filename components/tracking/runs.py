@@ -50,15 +50,33 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                             f"({getattr(err, 'reason', err)})") from None
 
 
+def server_answers(uri: str, timeout_s: float = 2.0) -> bool:
+    """Whether the tracking server answers now (always true for a local store)."""
+    try:
+        check_tracking(uri, timeout_s)
+        return True
+    except TrackingError:
+        return False
+
+
 def client():
-    """An MlflowClient on the configured tracking URI (checked first)."""
+    """An MlflowClient on the configured tracking URI (checked first), after sending what an
+    earlier stage kept in the journal while the server was down."""
     import mlflow
     from mlflow import MlflowClient
+
+    from components.tracking.journal import Writer
 
     uri = tracking_uri()
     check_tracking(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    writer = Writer(uri)
+    if writer.journal.path.exists():
+        sent = writer.flush()
+        left = len(writer.journal)
+        print(f"[mlflow] sent {sent} writes kept while {uri} was down"
+              + (f"; {left} still queued in {writer.journal.path}" if left else ""), flush=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -109,14 +127,16 @@ def log_params(c, run_id: str, params: dict[str, Any]) -> None:
         c.log_batch(run_id, params=todo[i:i + 100])
 
 
-def log_history(c, run_id: str, history: list[dict[str, float]], step_key: str = "epoch") -> int:
-    """Log per-step metrics, skipping steps the run already has; returns how many were added."""
+def log_history(c, run_id: str, history: list[dict[str, float]], step_key: str = "epoch",
+                timestamp: int | None = None) -> int:
+    """Log per-step metrics, skipping steps the run already has; returns how many were added.
+    `timestamp` (ms) keeps the time a journaled value was measured, not when it was sent."""
     from mlflow.entities import Metric
 
     run = c.get_run(run_id)
     done: dict[str, set[int]] = {}
     metrics = []
-    now = int(time.time() * 1000)
+    now = timestamp or int(time.time() * 1000)
     for row in history:
         step = int(row[step_key])
         for k, v in row.items():

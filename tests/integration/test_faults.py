@@ -8,8 +8,10 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -183,7 +185,6 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(fault_project):
     # the killed driver's Ray (GCS, raylet, workers...) was stopped by PID before the new one started
     assert "Ray processes left by killed process" in again.stdout
     assert not _alive(left)
-    assert "resuming the sweep" in again.stdout
 
     best = json.loads((project / "tune/char_lm/best_params.json").read_text())
     assert best["num_trials"] == n and len({t["trial_id"] for t in best["trials"]}) == n
@@ -198,6 +199,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(fault_project):
         steps = [s for (s,) in _sql(project, "SELECT step FROM metrics WHERE run_uuid = ? AND key = 'val_loss' "
                                              "ORDER BY step", (rid,))]
         assert steps == list(range(1, len(steps) + 1)) and steps, (rid, steps)
+    assert "resuming the sweep" in again.stdout
 
 
 def test_killed_train_stage_leaves_last_good_outputs_and_resumes(fault_project):
@@ -234,3 +236,173 @@ def test_killed_train_stage_leaves_last_good_outputs_and_resumes(fault_project):
     assert "resumed from epoch" in again.stdout + again.stderr
     assert json.loads((project / "metrics/char_lm/train.json").read_text())["epochs"] == 3
     assert run(["dvc", "status", "train@char_lm"], project).stdout.strip().endswith("up to date.")
+
+
+# --- the tracking server goes away mid-run ---
+
+def _train_args(out) -> list[str]:
+    return [sys.executable, "-m", "pipelines.train", "--workload", "char_lm", "--data", "data/char_lm/normalized",
+            "--params", str(out / "params.yaml"), "--model", str(out / "model.pt"),
+            "--metrics", str(out / "train.json"), "--plot", str(out / "curve.csv")]
+
+
+def _start_train(project, out, server, store, epochs: int) -> tuple[subprocess.Popen, Path]:
+    out.mkdir(parents=True)
+    params = tiny_params()
+    params["char_lm"]["train"].update(epochs=epochs, steps_per_epoch=120)
+    (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = out / "train.log"
+    env = {**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store)}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(_train_args(out), cwd=project, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc, log
+
+
+def _val_steps(server, run_id: str) -> list[int]:
+    from mlflow import MlflowClient
+
+    return sorted(m.step for m in MlflowClient(server.uri).get_metric_history(run_id, "val_loss"))
+
+
+def _run_id(log: Path) -> str | None:
+    import re
+
+    m = re.search(r"MLflow run ([0-9a-f]{32})", log.read_text())
+    return m.group(1) if m else None
+
+
+def _journal_entries(store: Path) -> int:
+    return sum(len(f.read_text().splitlines()) for f in (store / "mlflow-journal").glob("*.jsonl"))
+
+
+def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_server, tmp_path):
+    project, server, store = fault_project, mlflow_server, tmp_path / "store"
+
+    # A: the server dies after epoch 1 and comes back while training goes on
+    proc, log = _start_train(project, tmp_path / "a", server, store, epochs=6)
+    try:
+        run_id = _wait_for(lambda: _run_id(log), 180, "the train run's id", every_s=0.5)
+        _wait_for(lambda: _val_steps(server, run_id), 300, "epoch 1 logged to the server", every_s=0.5)
+        server.kill()
+        _wait_for(lambda: _journal_entries(store) >= 1, 300, "an epoch kept in the journal", every_s=0.5)
+        assert proc.poll() is None, "training stopped when the tracking server went away"
+        server.start()
+        proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log.read_text()[-4000:]
+    assert _val_steps(server, run_id) == [1, 2, 3, 4, 5, 6]  # no gap
+    assert _journal_entries(store) == 0
+
+    # B: the server dies after epoch 1 and stays down to the end of the stage; the stage still
+    # publishes its model, and the next stage (evaluate) sends what was kept
+    proc, log = _start_train(project, tmp_path / "b", server, store, epochs=4)
+    try:
+        run_id = _wait_for(lambda: _run_id(log), 180, "the train run's id", every_s=0.5)
+        _wait_for(lambda: _val_steps(server, run_id), 300, "epoch 1 logged to the server", every_s=0.5)
+        server.kill()
+        proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log.read_text()[-4000:]
+    assert (tmp_path / "b/model.pt").exists() and "writes kept in" in log.read_text()
+    assert _journal_entries(store) >= 3  # epochs 2-4 at least, then the artifact and the status
+    server.start()
+    out = tmp_path / "b"
+    ev = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--workload", "char_lm",
+                         "--data", "data/char_lm/normalized", "--params", str(out / "params.yaml"),
+                         "--model", str(out / "model.pt"), "--train-metrics", str(out / "train.json"),
+                         "--metrics", str(out / "eval.json"), "--reports", str(out / "reports")],
+                        cwd=project, capture_output=True, text=True, timeout=600,
+                        env={**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store)})
+    assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
+    assert "writes kept while" in ev.stdout
+    assert _val_steps(server, run_id) == [1, 2, 3, 4]
+    assert _journal_entries(store) == 0
+    from mlflow import MlflowClient
+
+    run = MlflowClient(server.uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "curve.csv" in [a.path for a in MlflowClient(server.uri).list_artifacts(run_id)]
+
+
+# --- two pipelines register the same model name at the same moment ---
+
+def test_concurrent_registers_get_distinct_versions_and_the_better_champion(fault_project, tmp_path):
+    project = fault_project
+    params = tiny_params()
+    params["char_lm"]["register"]["model_name"] = "char-lm-race"
+    # two different models: trained with different seeds and lengths
+    models = []
+    for name, over in (("a", {}), ("b", {"seed": 7, "epochs": 3})):
+        d = tmp_path / name
+        d.mkdir()
+        p = tiny_params()
+        p["char_lm"]["train"].update(over)
+        (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+        m = {"model": str(d / "model.pt"), "eval": str(d / "eval.json"), "train": str(d / "train.json")}
+        common = ["--workload", "char_lm", "--data", "data/char_lm/normalized", "--params", str(d / "params.yaml"),
+                  "--model", m["model"]]
+        run([sys.executable, "-m", "pipelines.train", *common, "--metrics", m["train"], "--plot", str(d / "curve.csv")],
+            project)
+        run([sys.executable, "-m", "pipelines.evaluate", *common, "--train-metrics", m["train"], "--metrics", m["eval"],
+             "--reports", str(d / "reports")], project)
+        models.append(m)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    procs = [subprocess.Popen([sys.executable, "-m", "pipelines.register", "--workload", "char_lm",
+                               "--params", str(tmp_path / "params.yaml"), "--model", m["model"], "--eval", m["eval"],
+                               "--train-metrics", m["train"], "--data", "data/char_lm/normalized",
+                               "--out", str(tmp_path / f"registered-{i}.json")],
+                              cwd=project, env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i, m in enumerate(models)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+
+    losses = [json.loads(Path(m["eval"]).read_text())["val_loss"] for m in models]
+    assert losses[0] != losses[1]
+    regs = [json.loads((tmp_path / f"registered-{i}.json").read_text()) for i in (0, 1)]
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    versions = c.search_model_versions("name = 'char-lm-race'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]  # distinct versions, no collision
+    assert {regs[0]["version"], regs[1]["version"]} == {"1", "2"}
+    best = regs[losses.index(min(losses))]["version"]
+    assert str(c.get_model_version_by_alias("char-lm-race", "champion").version) == best
+    # each version's training run has its whole metric history
+    for m in models:
+        tr = json.loads(Path(m["train"]).read_text())
+        steps = sorted(x.step for x in c.get_metric_history(tr["run_id"], "val_loss"))
+        assert steps == list(range(1, tr["epochs"] + 1))
+    assert "trainyard.lease" not in c.get_registered_model("char-lm-race").tags  # released
+
+
+# --- a Parquet file damaged between stages (DVC does not re-check cached files) ---
+
+@pytest.mark.parametrize("damage", ["truncated", "zero-byte", "byte-flipped"])
+def test_damaged_parquet_between_stages_stops_train_naming_the_file(fault_project, tmp_path, damage):
+    import shutil
+
+    data = tmp_path / "normalized"
+    shutil.copytree(fault_project / "data/char_lm/normalized", data)
+    f = data / "train.parquet"
+    raw = bytearray(f.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif damage == "zero-byte":
+        raw = bytearray()
+    else:
+        raw[len(raw) // 3] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    p = run([sys.executable, "-m", "pipelines.train", "--workload", "char_lm", "--data", str(data),
+             "--model", str(out / "model.pt"), "--metrics", str(out / "train.json"), "--plot", str(out / "curve.csv")],
+            fault_project, timeout=300, check=False)
+    assert p.returncode == 1
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "train.parquet" in last, p.stderr[-2000:]
+    assert not out.exists()  # nothing published

@@ -101,3 +101,39 @@ def test_registered_pyfunc_generates_from_prompts(store, tmp_path):
     out = m.predict(pd.DataFrame({"prompt": ["abc", "h"], "n_chars": [5, 3], "seed": [1, 1]}))
     assert [len(t) for t in out] == [8, 4] and out[0].startswith("abc")
     assert m.predict(pd.DataFrame({"prompt": ["abc"], "n_chars": [5], "seed": [1]}))[0] == out[0]
+
+
+def test_two_registrations_deciding_at_once_crown_the_better(store, tmp_path, monkeypatch):
+    """Both read "no champion yet" before either writes one: without the lease, the one that
+    writes last wins, whatever its score. Here the worse one would write last."""
+    import threading
+    import time
+
+    c, exp = store
+    real = registry.alias_version
+
+    def slow_champion_read(client, name, alias):
+        got = real(client, name, alias)
+        if alias == registry.CHAMPION:
+            time.sleep(1.5)  # widen the read-then-write window the race lives in
+        return got
+
+    monkeypatch.setattr(registry, "alias_version", slow_champion_read)
+    out, errors = {}, []
+
+    def go(seed: int, value: float, delay: float) -> None:
+        try:
+            time.sleep(delay)
+            out[seed] = _register(runs.client(), exp, tmp_path, seed, value)
+        except Exception as err:  # handed to the test thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=go, args=(1, 1.5, 0.0)), threading.Thread(target=go, args=(2, 2.5, 0.5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert {out[1]["version"], out[2]["version"]} == {"1", "2"}
+    assert registry.alias_version(c, NAME, registry.CHAMPION) == out[1]["version"]  # the lower val_loss
+    assert "trainyard.lease" not in c.get_registered_model(NAME).tags

@@ -1,0 +1,215 @@
+"""What a stage owes MLflow while the tracking server is down, kept on disk and sent later.
+
+A long training run must not stop because the tracking server restarts. Every write after
+a run has been opened goes through `Writer`: when the server answers, straight to it (the
+journal first, so order is kept); when it does not, into a bounded JSON-lines journal under
+the local state folder, one file per tracking URI. The journal is replayed when the server
+answers again: at the next write of the same run, at the end of the stage, or when the next
+stage starts (`runs.client()`). Replays skip metric steps the run already has, so a replay
+cut short and run again writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from components.tracking.runs import TrackingError, server_answers
+
+MAX_ENTRIES = 100_000
+MAX_BYTES = 256 * 2**20
+
+
+class JournalFull(TrackingError):
+    """The journal reached its bound; nothing more is accepted until the server returns."""
+
+
+def journal_path(uri: str) -> Path:
+    """The journal file of a tracking URI, in this machine's local state folder."""
+    from components.runtime import local_state_dir
+
+    return local_state_dir() / "mlflow-journal" / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}.jsonl"
+
+
+class Journal:
+    """An append-only JSON-lines file with a bound on entries and bytes (files included)."""
+
+    def __init__(self, path: Path, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> None:
+        self.path, self.max_entries, self.max_bytes = Path(path), max_entries, max_bytes
+        self.files = self.path.with_suffix(".files")
+
+    def _lock(self):
+        from filelock import FileLock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path) + ".lock", timeout=60)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Entries in write order; a torn last line (a writer killed mid-append) is ignored."""
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                break
+        return out
+
+    def _size(self) -> int:
+        files = sum(f.stat().st_size for f in self.files.glob("*/*")) if self.files.is_dir() else 0
+        return (self.path.stat().st_size if self.path.exists() else 0) + files
+
+    def append(self, entry: dict[str, Any], file: str | Path | None = None) -> None:
+        """Add one entry (with a copy of `file`, for artifacts); JournalFull past the bound."""
+        with self._lock():
+            extra = Path(file).stat().st_size if file else 0
+            if len(self.entries()) >= self.max_entries or self._size() + extra > self.max_bytes:
+                raise JournalFull(f"the MLflow journal {self.path} is full ({self.max_entries} entries / "
+                                  f"{self.max_bytes // 2**20} MB); bring the tracking server back")
+            if file:
+                copy = self.files / uuid.uuid4().hex / Path(file).name  # the artifact keeps its name
+                copy.parent.mkdir(parents=True)
+                shutil.copy2(file, copy)
+                entry = {**entry, "file": str(copy)}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def __len__(self) -> int:
+        return len(self.entries())
+
+    def drain(self, send) -> int:
+        """Send every entry in order with `send(entry)`; stop at the first failure, keeping it
+        and everything after it. Returns how many were sent."""
+        with self._lock():
+            todo = self.entries()
+            sent = 0
+            try:
+                for entry in todo:
+                    send(entry)
+                    sent += 1
+            finally:
+                rest = todo[sent:]
+                if rest:
+                    tmp = self.path.with_suffix(".tmp")
+                    tmp.write_text("".join(json.dumps(e) + "\n" for e in rest))
+                    tmp.replace(self.path)
+                else:
+                    self.path.unlink(missing_ok=True)
+                    shutil.rmtree(self.files, ignore_errors=True)
+                for e in todo[:sent]:
+                    if "file" in e:
+                        shutil.rmtree(Path(e["file"]).parent, ignore_errors=True)
+            return sent
+
+
+def _quick_http_failures() -> None:
+    # MLflow retries a refused request 7 times with exponential backoff (minutes); a writer
+    # that can fall back to its journal wants to know within seconds.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+class Writer:
+    """MLflow writes for runs that already exist, journaled while the server is away."""
+
+    def __init__(self, uri: str, journal: Journal | None = None) -> None:
+        from mlflow import MlflowClient
+
+        _quick_http_failures()
+        self.uri = uri
+        self.journal = journal or Journal(journal_path(uri))
+        self.c = MlflowClient(tracking_uri=uri)
+
+    def _send(self, e: dict[str, Any]) -> None:
+        from components.tracking import runs
+
+        if e["op"] == "metrics":
+            runs.log_history(self.c, e["run_id"], e["rows"], e.get("step_key", "epoch"), timestamp=e["time"])
+        elif e["op"] == "artifact":
+            self.c.log_artifact(e["run_id"], e["file"], e.get("artifact_path"))
+        elif e["op"] == "terminate":
+            self.c.set_terminated(e["run_id"], status=e["status"], end_time=e["time"])
+        elif e["op"] == "tag":
+            self.c.set_tag(e["run_id"], e["key"], e["value"])
+        else:
+            raise ValueError(f"unknown journal entry {e['op']!r}")
+
+    def flush(self) -> int:
+        """Send what the journal holds, if the server answers; returns how many entries went."""
+        if not self.journal.path.exists() or not server_answers(self.uri):
+            return 0
+        try:
+            return self.journal.drain(self._send)
+        except Exception:  # the server went away again mid-replay: the rest stays queued
+            return 0
+
+    def write(self, entry: dict[str, Any], file: str | Path | None = None) -> bool:
+        """Send one write now if possible (after what is queued), else queue it; True if sent."""
+        entry = {"time": int(time.time() * 1000), **entry}
+        if server_answers(self.uri):
+            self.flush()
+            if not self.journal.path.exists():
+                try:
+                    self._send({**entry, "file": str(file)} if file else entry)
+                    return True
+                except Exception as err:  # noqa: BLE001 - any failure to send is queued, not lost
+                    if not _unreachable(err):
+                        raise
+        self.journal.append(entry, file)
+        return False
+
+    def log_history(self, run_id: str, rows: list[dict[str, Any]], step_key: str = "epoch") -> bool:
+        return self.write({"op": "metrics", "run_id": run_id, "rows": rows, "step_key": step_key})
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> bool:
+        return self.write({"op": "artifact", "run_id": run_id, "artifact_path": artifact_path}, file=path)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> bool:
+        return self.write({"op": "terminate", "run_id": run_id, "status": status})
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether an MLflow client error means "no server there" (vs. a refused request)."""
+    text = f"{type(err).__name__} {err}"
+    return any(s in text for s in ("ConnectionError", "Connection refused", "Max retries exceeded",
+                                   "ConnectTimeout", "ReadTimeout", "RemoteDisconnected", "503", "502"))
+
+
+def live_metrics_callback(uri: str, run_id: str, journal_file: str | Path, keys: tuple[str, ...]):
+    """A Ray Train callback that logs each epoch's rank-0 metrics to the run as it is reported.
+
+    It runs in Ray Train's controller, the one process that sees every report; the stage's
+    driver writes nothing to this run until training returns, so there is still one writer
+    at a time. A write that cannot be sent goes to the journal; if even that fails (full),
+    training goes on: the history is in every checkpoint and is logged again at the end.
+    """
+    import ray.train
+
+    class LiveMetrics(ray.train.UserCallback):
+        def __init__(self) -> None:
+            self.writer: Writer | None = None
+            self.warned = False
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            row = {k: v for k, v in (metrics[0] if metrics else {}).items() if k in keys}
+            if "epoch" not in row:
+                return
+            try:
+                if self.writer is None:
+                    self.writer = Writer(uri, Journal(Path(journal_file)))
+                if not self.writer.log_history(run_id, [row]) and not self.warned:
+                    print(f"[mlflow] {uri} does not answer: keeping metrics in {journal_file}", flush=True)
+                    self.warned = True
+            except Exception as err:  # noqa: BLE001 - tracking trouble never stops training
+                print(f"[mlflow] could not record epoch {row['epoch']}: {err}", flush=True)
+
+    return LiveMetrics()

@@ -1,0 +1,65 @@
+"""The MLflow journal: bounded, ordered, survives a torn write, keeps what it could not send."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.tracking.journal import Journal, JournalFull, Writer
+
+
+def test_entries_keep_order_and_a_torn_last_line_is_ignored(tmp_path):
+    j = Journal(tmp_path / "j.jsonl")
+    for i in range(3):
+        j.append({"op": "tag", "i": i})
+    with open(j.path, "a") as f:
+        f.write('{"op": "tag", "i"')  # a writer killed mid-append
+    assert [e["i"] for e in j.entries()] == [0, 1, 2]
+
+
+def test_bound_on_entries_and_bytes(tmp_path):
+    j = Journal(tmp_path / "j.jsonl", max_entries=2)
+    j.append({"op": "tag"})
+    j.append({"op": "tag"})
+    with pytest.raises(JournalFull, match="is full"):
+        j.append({"op": "tag"})
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 4096)
+    k = Journal(tmp_path / "k.jsonl", max_bytes=1024)
+    with pytest.raises(JournalFull):
+        k.append({"op": "artifact"}, file=big)
+    assert not k.path.exists()
+
+
+def test_drain_stops_at_the_first_failure_and_keeps_the_rest(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("x")
+    j = Journal(tmp_path / "j.jsonl")
+    j.append({"op": "artifact", "n": 0}, file=src)
+    for n in (1, 2, 3):
+        j.append({"op": "tag", "n": n})
+    sent = []
+
+    def send(e):
+        if e["n"] == 2:
+            raise ConnectionError("server went away again")
+        sent.append(e["n"])
+
+    with pytest.raises(ConnectionError):
+        j.drain(send)
+    assert sent == [0, 1] and [e["n"] for e in j.entries()] == [2, 3]
+    assert not list(j.files.glob("*/*"))  # the sent artifact's copy is gone
+    assert j.drain(lambda e: sent.append(e["n"])) == 2
+    assert sent == [0, 1, 2, 3] and not j.path.exists()
+
+
+def test_writer_queues_while_no_server_answers(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    w = Writer(f"http://127.0.0.1:{port}", Journal(tmp_path / "j.jsonl"))
+    assert w.log_history("run1", [{"epoch": 1, "val_loss": 2.0}]) is False
+    assert w.finish("run1") is False
+    assert [e["op"] for e in w.journal.entries()] == ["metrics", "terminate"]
+    assert w.flush() == 0 and len(w.journal) == 2  # still down: nothing lost
