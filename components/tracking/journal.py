@@ -167,6 +167,25 @@ class Writer:
         self.journal.append(entry, file)
         return False
 
+    def settle(self, grace_s: float | None = None) -> bool:
+        """At the end of a stage: if writes are queued, give a restarting server up to `grace_s`
+        (default `TRAINYARD_MLFLOW_GRACE_S`, 30 s) to come back and take them; True when nothing
+        is left queued."""
+        if grace_s is None:
+            grace_s = float(os.environ.get("TRAINYARD_MLFLOW_GRACE_S", "30"))
+        if not self.journal.path.exists():
+            return True
+        print(f"[mlflow] {self.uri} is down: waiting up to {grace_s:.0f} s for it to take "
+              f"{len(self.journal)} queued writes", flush=True)
+        deadline = time.monotonic() + grace_s
+        while True:
+            self.flush()
+            if not self.journal.path.exists():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
     def log_history(self, run_id: str, rows: list[dict[str, Any]], step_key: str = "epoch") -> bool:
         return self.write({"op": "metrics", "run_id": run_id, "rows": rows, "step_key": step_key})
 
@@ -200,13 +219,16 @@ def live_metrics_callback(uri: str, run_id: str, journal_file: str | Path, keys:
             self.warned = False
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
-            row = {k: v for k, v in (metrics[0] if metrics else {}).items() if k in keys}
+            report = metrics[0] if metrics else {}
+            row = {k: v for k, v in report.items() if k in keys}
             if "epoch" not in row:
                 return
+            # after a resume the report carries the restored history: fill any gap
+            rows = [{k: v for k, v in r.items() if k in keys} for r in report.get("history", [])] or [row]
             try:
                 if self.writer is None:
                     self.writer = Writer(uri, Journal(Path(journal_file)))
-                if not self.writer.log_history(run_id, [row]) and not self.warned:
+                if not self.writer.log_history(run_id, rows) and not self.warned:
                     print(f"[mlflow] {uri} does not answer: keeping metrics in {journal_file}", flush=True)
                     self.warned = True
             except Exception as err:  # noqa: BLE001 - tracking trouble never stops training

@@ -28,7 +28,13 @@ from torch.nn import functional as F
 from components.data.images import decode
 from components.data.shards import read_rows, row_shard
 from components.models.convnets import build
-from components.training.checkpoints import restore, resumes_after, save_state, seed_epoch
+from components.training.checkpoints import (
+    replaying,
+    restore,
+    resumes_after,
+    save_state,
+    seed_epoch,
+)
 from components.training.loop import DivergedError, _all_reduce_sum, make_optimizer, optimizer_step
 from components.training.schedules import multiplier
 
@@ -110,9 +116,10 @@ def image_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[train] resumed from epoch {start_epoch} checkpoint", flush=True)
     resumes = resumes_after(state, step)
+    replay = bool(state)  # the next report carries the restored history
     if state and start_epoch >= tp["epochs"]:
         # a finished run started again (a resumed sweep's trial): hand its result on, train nothing
-        ray.train.report(history[-1])
+        ray.train.report(replaying(history[-1], history))
         return
 
     for epoch in range(start_epoch, tp["epochs"]):
@@ -161,6 +168,8 @@ def image_loop_per_worker(config: dict[str, Any]) -> None:
                 print(f"[train] epoch {epoch + 1}/{tp['epochs']} train_loss {metrics['train_loss']:.4f} "
                       f"val_loss {metrics['val_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f} "
                       f"({elapsed:.1f}s)", flush=True)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+            ray.train.report(replaying(metrics, history) if replay else metrics, checkpoint=checkpoint,
+                             checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+            replay = False
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

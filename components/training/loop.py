@@ -24,7 +24,13 @@ from torch import nn
 
 from components.data.shards import BpttSampler, worker_streams
 from components.models.char_lm import CharLM, detach_hidden, model_kwargs, stream_loss
-from components.training.checkpoints import restore, resumes_after, save_state, seed_epoch
+from components.training.checkpoints import (
+    replaying,
+    restore,
+    resumes_after,
+    save_state,
+    seed_epoch,
+)
 from components.training.schedules import multiplier
 
 
@@ -99,9 +105,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[train] resumed from epoch {start_epoch} checkpoint", flush=True)
     resumes = resumes_after(state, step)
+    replay = bool(state)  # the next report carries the restored history
     if state and start_epoch >= tp["epochs"]:
         # a finished run started again (a resumed sweep's trial): hand its result on, train nothing
-        ray.train.report(history[-1])
+        ray.train.report(replaying(history[-1], history))
         return
 
     loss_fn = nn.CrossEntropyLoss()
@@ -175,4 +182,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 print(f"[train] epoch {epoch + 1}/{tp['epochs']} train_loss {metrics['train_loss']:.4f} "
                       f"val_loss {metrics['val_loss']:.4f} ({elapsed:.1f}s, {train_s:.0f}s training in all)",
                       flush=True)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+            ray.train.report(replaying(metrics, history) if replay else metrics, checkpoint=checkpoint,
+                             checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+            replay = False

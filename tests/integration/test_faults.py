@@ -48,12 +48,13 @@ def _trial_runs(project) -> list[tuple[str, str, int | None]]:
 
 
 def _stage_process(dvc: subprocess.Popen, module: str):
-    """The stage's own Python process, started by `dvc repro`."""
+    """The stage's own Python process, started by `dvc repro` (through `$SHELL -c`, or `/bin/sh -c`
+    when SHELL is unset: dash does not exec, so the shell itself names the module too)."""
     import psutil
 
     for p in psutil.Process(dvc.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if f"pipelines.{module}" in " ".join(p.cmdline()):
+            if f"pipelines.{module}" in p.cmdline()[1:3]:  # python -m pipelines.<module>; not sh -c "..."
                 return p
     return None
 
@@ -183,13 +184,14 @@ def _train_args(out) -> list[str]:
             "--metrics", str(out / "train.json"), "--plot", str(out / "curve.csv")]
 
 
-def _start_train(project, out, server, store, epochs: int) -> tuple[subprocess.Popen, Path]:
+def _start_train(project, out, server, store, epochs: int, grace_s: float) -> tuple[subprocess.Popen, Path]:
     out.mkdir(parents=True)
     params = tiny_params()
     params["char_lm"]["train"].update(epochs=epochs, steps_per_epoch=120)
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = out / "train.log"
-    env = {**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store)}
+    env = {**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store),
+           "TRAINYARD_MLFLOW_GRACE_S": str(grace_s)}
     with open(log, "w") as f:
         proc = subprocess.Popen(_train_args(out), cwd=project, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -216,8 +218,9 @@ def _journal_entries(store: Path) -> int:
 def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_server, tmp_path):
     project, server, store = fault_project, mlflow_server, tmp_path / "store"
 
-    # A: the server dies after epoch 1 and comes back while training goes on
-    proc, log = _start_train(project, tmp_path / "a", server, store, epochs=6)
+    # A: the server dies after epoch 1 and comes back (while training goes on, or within the
+    # stage's end-of-run grace when training is quicker than the server's restart)
+    proc, log = _start_train(project, tmp_path / "a", server, store, epochs=6, grace_s=240)
     try:
         run_id = wait_for(lambda: _run_id(log), 180, "the train run's id", every_s=0.5)
         wait_for(lambda: _val_steps(server, run_id), 300, "epoch 1 logged to the server", every_s=0.5)
@@ -235,7 +238,7 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
 
     # B: the server dies after epoch 1 and stays down to the end of the stage; the stage still
     # publishes its model, and the next stage (evaluate) sends what was kept
-    proc, log = _start_train(project, tmp_path / "b", server, store, epochs=4)
+    proc, log = _start_train(project, tmp_path / "b", server, store, epochs=4, grace_s=1)
     try:
         run_id = wait_for(lambda: _run_id(log), 180, "the train run's id", every_s=0.5)
         wait_for(lambda: _val_steps(server, run_id), 300, "epoch 1 logged to the server", every_s=0.5)
