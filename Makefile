@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast lint ray-up ray-down clean
+.PHONY: run test test-fast lint ray-up ray-down mlflow-up mlflow-down clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,22 @@ test: $(STAMP)
 ## test-fast: unit tests only
 test-fast: $(STAMP)
 	python -m pytest tests/unit
+
+## ray-up: a two-node Ray cluster on this machine (one CPU each); prints its RAY_ADDRESS
+ray-up: $(STAMP)
+	python infra/ray/local_cluster.py start --nodes $(or $(NODES),2) --cpus $(or $(CPUS),1)
+
+## ray-down: stop that cluster by process id
+ray-down: $(STAMP)
+	python infra/ray/local_cluster.py stop
+
+## mlflow-up: PostgreSQL + an MLflow server with basic auth on 127.0.0.1; prints its login
+mlflow-up: $(STAMP)
+	python infra/mlflow/local_server.py start
+
+## mlflow-down: stop them by process id
+mlflow-down: $(STAMP)
+	python infra/mlflow/local_server.py stop
 
 lint: $(STAMP)
 	ruff check .

@@ -73,6 +73,7 @@ class OptimParams(_Section):
     final_div: Annotated[float, Field(gt=1)] = 1e4  # onecycle: end at lr / (div_factor * final_div)
     time_budget_s: PositiveFloat | None = None  # stop after this many training seconds
     max_failures: Annotated[int, Field(ge=0)] = 2
+    placement: Literal["pack", "spread"] = "pack"  # Train workers: fill nodes in turn, or one per node first
 
 
 class TrainParams(OptimParams):

@@ -199,6 +199,15 @@ def probe_ray_address(address: str, timeout_s: float = 5.0) -> None:
         raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers ({err.strerror or err})") from None
 
 
+FORWARDED_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "TRAINYARD_STORE")
+
+
+def forwarded_env() -> dict[str, str]:
+    """The environment variables a cluster's workers need from the stage's process."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
 def init_ray() -> dict[str, float]:
     """Connect to `RAY_ADDRESS` if set, else start a local Ray; return the cluster's resources."""
     import ray
@@ -215,7 +224,12 @@ def init_ray() -> dict[str, float]:
         try:
             if address:
                 probe_ray_address(address)
-                ray.init(address=address, log_to_driver=True)
+                # A running cluster's processes do not see this shell's environment: hand
+                # them what the Train controller needs (poll interval, MLflow credentials).
+                # (A `ray job submit` driver already runs in the job's own runtime env.)
+                in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+                ray.init(address=address, log_to_driver=True,
+                         runtime_env=None if in_job else {"env_vars": forwarded_env()})
             else:
                 # A killed stage leaves its Ray behind (holding CPUs and memory): stop it first.
                 reap_stale_ray()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -65,7 +66,16 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
         sys.exit(130)
     except Exception as err:  # every failure ends as one clear line and a non-zero exit
         _quiet_ray()
+        if os.environ.get("TRAINYARD_TRACEBACK"):  # for bug reports: the whole story
+            import traceback
+
+            traceback.print_exc()
         root = _root_cause(err)
+        from components.tracking.runs import denied
+
+        if (why := denied(root)) is not None:
+            print(f"error: {why}", file=sys.stderr)
+            sys.exit(1)
         lines = str(root).strip().splitlines() or [type(root).__name__]
         # Ray's wrappers end with the useful line (after a traceback); other errors start with it.
         line = lines[-1] if type(root).__name__.startswith("Ray") else lines[0]

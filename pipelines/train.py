@@ -80,7 +80,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
                            storage_path=stage_storage(args.workload, "train"),
                            num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
                            use_gpu=gpu, max_failures=cfg["max_failures"], workload=args.workload,
-                           callbacks=[live])
+                           callbacks=[live], placement=cfg["placement"])
     try:
         outcome = fit(trainer, cfg["num_workers"])
     except BaseException:
@@ -101,7 +101,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     write_curve(args.plot, history)
     writer.log_artifact(run_id, args.plot)
     writer.finish(run_id)
-    if writer.journal.path.exists():
+    if not writer.settle():
         print(f"[mlflow] {writer.uri} is down: {len(writer.journal)} writes kept in {writer.journal.path}; "
               "they are sent when the next stage starts with the server back", flush=True)
     return metrics

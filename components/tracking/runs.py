@@ -7,6 +7,7 @@ of creating a duplicate, and metric history already logged is not logged twice.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import urllib.error
@@ -50,6 +51,47 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                             f"({getattr(err, 'reason', err)})") from None
 
 
+def _login_header() -> tuple[str | None, dict[str, str]]:
+    """(user, headers) from MLflow's own credential variables: basic auth, else a bearer token."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password is not None:
+        return user, {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return user, {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def check_login(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail before any compute when a server with logins refuses ours. Credentials come from the
+    environment only (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or
+    MLFLOW_TRACKING_TOKEN), never from params.yaml or the repository."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    user, headers = _login_header()
+    req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s):  # noqa: S310 - the configured server
+            pass
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            who = f"the login of user {user!r}" if user else "requests without a login"
+            raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: the server refused {who} (HTTP {err.code}); "
+                                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+    except (urllib.error.URLError, OSError):
+        pass  # reachability is check_tracking's to report
+
+
+def denied(err: BaseException) -> str | None:
+    """One line for an MLflow write the server refused for lack of permission, else None."""
+    code = getattr(err, "error_code", None)
+    if code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no login)"
+    first = str(getattr(err, "message", err)).strip().splitlines()[0]
+    return (f"MLFLOW_TRACKING_URI={tracking_uri()}: user {user!r} may not do this ({code}: {first}); "
+            "an admin can grant EDIT or MANAGE on the experiment or registered model")
+
+
 def server_answers(uri: str, timeout_s: float = 2.0) -> bool:
     """Whether the tracking server answers now (always true for a local store)."""
     try:
@@ -69,6 +111,7 @@ def client():
 
     uri = tracking_uri()
     check_tracking(uri)
+    check_login(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     writer = Writer(uri)

@@ -71,7 +71,7 @@ def loop_for(workload: str):
 
 def make_trainer(loop_config: dict[str, Any], *, name: str, storage_path: str, num_workers: int,
                  cpus_per_worker: float, use_gpu: bool, max_failures: int, callbacks: list | None = None,
-                 workload: str = "char_lm"):
+                 workload: str = "char_lm", placement: str = "pack"):
     """A TorchTrainer over the workload's per-worker loop, resumable by (`storage_path`, `name`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -80,7 +80,7 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage_path: str, n
         loop_for(workload),
         train_loop_config={**loop_config, "cpus_per_worker": cpus_per_worker},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu,
+            num_workers=num_workers, use_gpu=use_gpu, placement_strategy=placement.upper(),
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,

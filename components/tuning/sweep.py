@@ -8,6 +8,7 @@ trial id so a resumed sweep never duplicates them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +82,41 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
         {"train": train_cfg, "data": data},
         name=f"trial-{trial_id}", storage_path=storage,
         num_workers=tp.workers_per_trial, cpus_per_worker=tp.cpus_per_worker,
-        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()], workload=workload)
+        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()], workload=workload,
+        placement=train_cfg["placement"])
     trainer.fit()
+    _wait_for_tune_to_take_reports()
+
+
+def _wait_for_tune_to_take_reports(timeout_s: float = 600.0) -> None:
+    """Return only once Tune has taken the Train run's last report.
+
+    Ray Tune's function trainable deadlocks otherwise: the Train controller's last report can
+    still sit in the one-slot queue to the trial (Tune takes it when its driver asks for the
+    next result, late when the driver is busy, e.g. logging to a slow tracking server), and
+    the "function returned" marker Tune's wrapper puts into its own one-slot queue as soon
+    as we return would take the slot that report needs; both then wait forever.
+    """
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    pending = getattr(session, "_inter_actor_queue", None)
+    results = getattr(session, "result_queue", None)
+    if pending is None or results is None:  # not under Tune, or Ray changed: nothing to wait for
+        return
+
+    def idle() -> bool:
+        return pending.empty() and results.empty()
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # taken and handed on: both queues empty, twice, a moment apart (the hand-over
+        # between them takes microseconds)
+        if idle():
+            time.sleep(0.5)
+            if idle():
+                return
+        time.sleep(0.2)
 
 
 def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, str],
@@ -113,6 +147,9 @@ def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, st
             self._child(trial)
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            if "history" in result:  # a resumed trial: epochs this writer may have missed
+                runs.log_history(self.c, self._child(trial),
+                                 [{k: r[k] for k in RESULT_KEYS if k in r} for r in result["history"]])
             row = {k: result[k] for k in RESULT_KEYS[1:] if k in result}
             # the trial's own epoch, not Tune's iteration count: a trial resumed after a
             # killed sweep restarts its iteration count but goes on from its checkpoint's epoch

@@ -79,7 +79,7 @@ def test_mlflow_compose_has_postgres_object_store_and_auth():
     svc = _load("mlflow/compose.yaml")["services"]
     assert {"postgres", "minio", "mlflow"} <= set(svc)
     cmd = svc["mlflow"]["command"]
-    assert "--backend-store-uri postgresql://" in cmd and "--serve-artifacts" in cmd
+    assert "--backend-store-uri postgresql+psycopg2://" in cmd and "--serve-artifacts" in cmd
     assert "--app-name basic-auth" in cmd
     assert all(p.startswith("127.0.0.1:") for s in svc.values() for p in s.get("ports", []))
 
@@ -93,3 +93,65 @@ def test_dvc_stages_match_pipeline_entry_points(repo):
         assert f"python -m pipelines.{stage} --workload ${{key}}" in spec["do"]["cmd"]
         assert f"pipelines/{stage}.py" in spec["do"]["deps"]
         assert spec["do"]["params"] == [f"${{key}}.{stage}"] or stage == "tune"
+
+
+def _script(rel: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(rel.replace("/", "_").removesuffix(".py"), INFRA / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_local_mlflow_server_runs_what_compose_runs():
+    """The server the tests start natively is the compose file's: same flags, auth config,
+    backend driver, and the credential variables the pipeline and the cluster manifests use."""
+    import configparser
+
+    local = _script("mlflow/local_server.py")
+    svc = _load("mlflow/compose.yaml")["services"]["mlflow"]
+    cmd = svc["command"].split()
+    for i, flag in enumerate(local.SERVER_FLAGS):
+        if flag.startswith("--"):
+            nxt = local.SERVER_FLAGS[i + 1] if i + 1 < len(local.SERVER_FLAGS) else None
+            assert flag in cmd, f"compose lacks {flag}"
+            if nxt and not nxt.startswith("--"):
+                assert cmd[cmd.index(flag) + 1] == nxt
+    backend = cmd[cmd.index("--backend-store-uri") + 1]
+    assert backend.startswith(f"{local.BACKEND_SCHEME}://")
+    mounted = {v.split(":")[0]: v.split(":")[1] for v in svc["volumes"] if v.startswith("./")}
+    assert (INFRA / "mlflow" / "basic_auth.ini").resolve() == local.AUTH_INI.resolve()
+    assert mounted["./basic_auth.ini"] == svc["environment"]["MLFLOW_AUTH_CONFIG_PATH"]
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in svc["environment"]
+    ini = configparser.ConfigParser()
+    ini.read(local.AUTH_INI)
+    assert ini["mlflow"]["default_permission"] == "READ"  # readers can review, not register
+    auth_store = ini["mlflow"]["database_uri"].removeprefix("sqlite:///")
+    assert any(auth_store.startswith(v.split(":")[1]) for v in svc["volumes"] if not v.startswith("./"))
+
+
+def test_cluster_manifests_pass_the_variables_the_pipeline_forwards_to_workers():
+    from components.runtime import FORWARDED_ENV
+
+    job = _load("kuberay/rayjob.yaml")["spec"]["rayClusterSpec"]
+    pod_env = {e["name"] for e in job["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    launcher = {o.split()[1].split("=")[0] for o in _load("ray/cluster.yaml")["docker"]["run_options"]
+                if o.startswith("-e ")}
+    needed = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "TRAINYARD_STORE"}
+    assert needed <= set(FORWARDED_ENV) and needed <= pod_env and needed <= launcher
+
+
+def test_cluster_ports_agree():
+    """GCS 6379 and dashboard 8265 (where `ray job submit` goes) in the launcher config, the
+    KubeRay pods and the README's job example."""
+    head = " ".join(_load("ray/cluster.yaml")["head_start_ray_commands"])
+    assert "--port=6379" in head and "--dashboard-port=8265" in head
+    for rel in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml"):
+        spec = _load(rel)["spec"]
+        spec = spec.get("rayClusterSpec", spec)
+        ports = {p["name"]: p["containerPort"]
+                 for p in spec["headGroupSpec"]["template"]["spec"]["containers"][0].get("ports", [])}
+        assert ports.get("gcs", 6379) == 6379 and ports.get("dashboard", 8265) == 8265, rel
+    readme = (INFRA.parent / "README.md").read_text()
+    assert "ray job submit" in readme and ":8265" in readme

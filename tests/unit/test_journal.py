@@ -63,3 +63,36 @@ def test_writer_queues_while_no_server_answers(tmp_path):
     assert w.finish("run1") is False
     assert [e["op"] for e in w.journal.entries()] == ["metrics", "terminate"]
     assert w.flush() == 0 and len(w.journal) == 2  # still down: nothing lost
+
+
+def test_settle_waits_for_a_restarting_server_then_gives_up(tmp_path, monkeypatch):
+    import time
+
+    from components.tracking import journal
+
+    w = Writer("http://127.0.0.1:9", Journal(tmp_path / "j.jsonl"))
+    w.journal.append({"op": "tag", "n": 1})
+    t0 = time.monotonic()
+    assert w.settle(grace_s=0.3) is False and len(w.journal) == 1  # never came back: kept
+    assert time.monotonic() - t0 >= 0.3
+    probes = iter([False, False, True, True, True])
+    monkeypatch.setattr(journal, "server_answers", lambda uri: next(probes))
+    sent = []
+    monkeypatch.setattr(w, "_send", sent.append)
+    assert w.settle(grace_s=30) is True  # back on the third probe
+    assert [e["n"] for e in sent] == [1] and not w.journal.path.exists()
+
+
+def test_a_refused_write_is_explained_naming_the_user(monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    from components.tracking.runs import denied
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reviewer")
+    err = MlflowException("Permission denied", error_code=PERMISSION_DENIED)
+    line = denied(err)
+    assert line.startswith("MLFLOW_TRACKING_URI=http://127.0.0.1:5000: user 'reviewer' may not do this")
+    assert "PERMISSION_DENIED" in line
+    assert denied(MlflowException("other")) is None and denied(ValueError("x")) is None

@@ -1,0 +1,192 @@
+"""The pipeline against shared services started for real on this machine: a two-node Ray
+cluster (`ray start`, token auth) and a PostgreSQL-backed MLflow server with basic-auth logins."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import psutil
+import pytest
+
+from tests.integration.conftest import REPO, make_project, project_env, run, tiny_params
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+RAY_SCRIPT = REPO / "infra/ray/local_cluster.py"
+MLFLOW_SCRIPT = REPO / "infra/mlflow/local_server.py"
+MODEL = tiny_params()["char_lm"]["register"]["model_name"]
+
+
+def _gone(pids: list[int]) -> bool:
+    return not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """A head and one more node, one CPU each, stopped by PID at the end."""
+    state = tmp_path_factory.mktemp("cluster") / "cluster.json"
+    subprocess.run([sys.executable, str(RAY_SCRIPT), "start", "--nodes", "2", "--cpus", "1", "--state", str(state)],
+                   check=True, env=project_env(), timeout=300)
+    record = json.loads(state.read_text())
+    yield record
+    subprocess.run([sys.executable, str(RAY_SCRIPT), "stop", "--state", str(state)], check=True, env=project_env(),
+                   timeout=120)
+    assert _gone(record["pids"])
+
+
+@pytest.fixture(scope="module")
+def mlflow_auth(tmp_path_factory):
+    """PostgreSQL + `mlflow server --app-name basic-auth`, as infra/mlflow/compose.yaml runs them."""
+    state = tmp_path_factory.mktemp("mlflow") / "server.json"
+    subprocess.run([sys.executable, str(MLFLOW_SCRIPT), "start", "--state", str(state)], check=True,
+                   env=project_env(), timeout=300, stdout=subprocess.DEVNULL)
+    record = json.loads(state.read_text())
+    yield record
+    subprocess.run([sys.executable, str(MLFLOW_SCRIPT), "stop", "--state", str(state)], check=True,
+                   env=project_env(), timeout=120)
+    assert _gone([record["server_pid"], record["postgres"]["pid"]])
+
+
+@pytest.fixture(scope="module")
+def reviewer(mlflow_auth) -> tuple[str, str]:
+    """A user the admin creates: READ on everything (the server's default permission)."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    env = mlflow_auth["env"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", env["MLFLOW_TRACKING_USERNAME"])
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", env["MLFLOW_TRACKING_PASSWORD"])
+        AuthServiceClient(mlflow_auth["uri"]).create_user("reviewer", "reviewer-pass-1")
+    return "reviewer", "reviewer-pass-1"
+
+
+@pytest.fixture(scope="module")
+def cluster_project(two_nodes, mlflow_auth, tmp_path_factory):
+    """One `dvc repro` to the registry against both services; (project, env, output)."""
+    params = tiny_params()
+    params["char_lm"]["train"]["placement"] = "spread"
+    project = make_project(tmp_path_factory.mktemp("cluster-project"), params)
+    env = {**project_env(), **two_nodes["env"], **mlflow_auth["env"]}
+    p = subprocess.run(["dvc", "repro", "register@char_lm"], cwd=project, env=env, capture_output=True, text=True,
+                       timeout=1500)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
+    return project, env, p.stdout + p.stderr
+
+
+def _ray_records(address: str, env: dict[str, str]) -> dict:
+    """Nodes, and Train worker actors (node, job) from Ray's State API, in a fresh process."""
+    code = textwrap.dedent("""
+        import json, sys, ray
+        from ray.util.state import list_actors
+        ray.init(address=sys.argv[1], log_to_driver=False)
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10000,
+                             raise_on_missing_output=False)
+        print(json.dumps({"nodes": nodes, "workers": [[a.node_id, a.job_id] for a in actors]}))
+    """)
+    p = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env,
+                       timeout=120, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _rest(uri: str, path: str, user: str | None, password: str | None, **query) -> tuple[int, dict]:
+    """GET one MLflow REST endpoint; (HTTP status, JSON body)."""
+    req = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}")
+    if user:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback test server
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, {}
+
+
+def test_repro_spreads_over_both_nodes_and_registers_on_the_postgres_server(cluster_project, two_nodes,
+                                                                             mlflow_auth, reviewer):
+    project, env, out = cluster_project
+    assert "Started a local Ray instance" not in out  # it used the cluster
+
+    # Ray's own records: the sweep's trials and the train stage each ran workers on both nodes
+    rec = _ray_records(two_nodes["address"], env)
+    assert len(rec["nodes"]) == 2
+    by_job: dict[str, set[str]] = {}
+    for node, job in rec["workers"]:
+        by_job.setdefault(job, set()).add(node)
+    assert len(by_job) == 2 and all(nodes == set(rec["nodes"]) for nodes in by_job.values()), by_job
+    reg = json.loads((project / "registry/char_lm/registered.json").read_text())
+    assert "champion" in reg["aliases"]
+
+    # the registry, the runs and their metrics, through the REST API, as a reader
+    uri, (user, password) = mlflow_auth["uri"], reviewer
+    assert _rest(uri, "registered-models/alias", None, None, name=MODEL, alias="champion")[0] == 401
+    status, body = _rest(uri, "registered-models/alias", user, password, name=MODEL, alias="champion")
+    assert status == 200 and body["model_version"]["version"] == str(reg["version"])
+    run_id = body["model_version"]["run_id"]
+    status, body = _rest(uri, "runs/get", user, password, run_id=run_id)
+    assert status == 200 and body["run"]["info"]["status"] == "FINISHED"
+    status, body = _rest(uri, "metrics/get-history", user, password, run_id=run_id, metric_key="val_loss")
+    steps = sorted(m["step"] for m in body["metrics"])
+    assert status == 200 and steps == list(range(1, tiny_params()["char_lm"]["train"]["epochs"] + 1))
+    # the backend store is the Postgres database, not a file
+    assert mlflow_auth["postgres"]["port"] and not list(project.glob("mlflow.db"))
+
+
+def test_a_wrong_password_fails_before_any_compute(cluster_project, mlflow_auth, tmp_path):
+    project, env, _ = cluster_project
+    p = subprocess.run([sys.executable, "-m", "pipelines.train", "--workload", "char_lm",
+                        "--data", "data/char_lm/normalized", "--model", str(tmp_path / "model.pt"),
+                        "--metrics", str(tmp_path / "train.json"), "--plot", str(tmp_path / "curve.csv")],
+                       cwd=project, capture_output=True, text=True, timeout=300,
+                       env={**env, "MLFLOW_TRACKING_PASSWORD": "not-the-password"})
+    assert p.returncode == 1
+    assert "the server refused the login of user 'admin'" in p.stderr and mlflow_auth["uri"] in p.stderr
+    assert "[train]" not in p.stdout and not list(tmp_path.iterdir())
+
+
+def test_a_reader_cannot_register_a_model(cluster_project, mlflow_auth, reviewer, tmp_path):
+    project, env, _ = cluster_project
+    user, password = reviewer
+    before = _rest(mlflow_auth["uri"], "registered-models/get", user, password, name=MODEL)[1]
+    p = subprocess.run([sys.executable, "-m", "pipelines.register", "--workload", "char_lm",
+                        "--model", "models/char_lm/model.pt", "--eval", "metrics/char_lm/eval.json",
+                        "--train-metrics", "metrics/char_lm/train.json", "--data", "data/char_lm/normalized",
+                        "--out", str(tmp_path / "registered.json")],
+                       cwd=project, capture_output=True, text=True, timeout=300,
+                       env={**env, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password})
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "user 'reviewer' may not do this (PERMISSION_DENIED" in p.stderr
+    assert not (tmp_path / "registered.json").exists()
+    after = _rest(mlflow_auth["uri"], "registered-models/get", user, password, name=MODEL)[1]
+    assert after == before  # nothing changed: no version, no alias, no lease left behind
+
+
+def test_train_and_tune_run_as_ray_jobs_with_the_working_dir_shipped(two_nodes, tmp_path):
+    """What a KubeRay RayJob does: the entry point runs on the cluster, the code travels as
+    the job's working dir, paths and settings as arguments and runtime-env variables."""
+    project = make_project(tmp_path, tiny_params())
+    run(["dvc", "repro", "normalize@char_lm"], project)
+    out, data = tmp_path / "job-out", project / "data/char_lm/normalized"
+    env = {**project_env(), **two_nodes["env"], "RAY_ADDRESS": two_nodes["dashboard"]}
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{project}/mlflow.db",
+                                "TRAINYARD_STORE": str(project / ".trainyard")}}
+    entries = {
+        "train": f"python -m pipelines.train --workload char_lm --data {data} --model {out}/model.pt "
+                 f"--metrics {out}/train.json --plot {out}/curve.csv",
+        "tune": f"python -m pipelines.tune --workload char_lm --data {data} --out {out}/best_params.json",
+    }
+    for name, entry in entries.items():
+        p = subprocess.run(["ray", "job", "submit", "--working-dir", ".", "--runtime-env-json",
+                            json.dumps(runtime_env), "--", *entry.split()],
+                           cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, name + "\n" + p.stdout[-4000:] + p.stderr[-4000:]
+        assert "succeeded" in (p.stdout + p.stderr).lower(), name
+    metrics = json.loads((out / "train.json").read_text())
+    assert metrics["epochs"] == tiny_params()["char_lm"]["train"]["epochs"] and (out / "model.pt").exists()
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["num_trials"] == tiny_params()["char_lm"]["tune"]["num_samples"]
