@@ -287,6 +287,51 @@ def plan_trials(resources: dict[str, float], workers: int, cpus_per_worker: floa
     return TrialPlan(concurrent, need_cpu, need_gpu, driver_memory_mb)
 
 
+# Ray Train retries a worker group it cannot place every 60 s, by default forever: a run
+# whose CPUs are held by someone else would wait without a word. Bounded here.
+START_WAIT_ENV = "TRAINYARD_WORKER_START_TIMEOUT_S"
+_RAY_START_ATTEMPT_S = 60.0  # Ray Train's RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S default
+
+
+def start_wait_s() -> float:
+    """How long a training run may wait for its workers' resources (`TRAINYARD_WORKER_START_TIMEOUT_S`)."""
+    raw = os.environ.get(START_WAIT_ENV, "600")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ResourceError(f"{START_WAIT_ENV}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ResourceError(f"{START_WAIT_ENV}={raw!r} must be positive")
+    return value
+
+
+def start_attempts() -> int:
+    """Ray Train's `controller_failure_limit` that makes the wait last about `start_wait_s()`."""
+    attempt = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", _RAY_START_ATTEMPT_S))
+    return max(0, math.ceil(start_wait_s() / attempt) - 1)
+
+
+def start_timed_out(err: BaseException) -> bool:
+    """Whether `err` (from `TorchTrainer.fit`) is Ray Train giving up on placing the workers."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if type(err).__name__ == "WorkerGroupStartupTimeoutError":
+            return True
+        err = getattr(err, "controller_failure", None) or err.__cause__
+    return False
+
+
+def free_resources_line() -> str:
+    """`CPU 0/2 free, GPU 0/0 free` from Ray's view of the cluster now, for error messages."""
+    import ray
+
+    if not ray.is_initialized():
+        return "cluster state unknown"
+    total, free = ray.cluster_resources(), ray.available_resources()
+    return ", ".join(f"{k} {free.get(k, 0):g}/{total.get(k, 0):g} free" for k in ("CPU", "GPU"))
+
+
 def check_train_fits(resources: dict[str, float], workers: int, cpus_per_worker: float, gpu: bool) -> None:
     """Fail at once, with the numbers, when a training run can never be placed."""
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
@@ -295,3 +340,15 @@ def check_train_fits(resources: dict[str, float], workers: int, cpus_per_worker:
                             f"{workers * cpus_per_worker:g} CPUs; the cluster has {cpus:g}")
     if gpu and workers > gpus:
         raise ResourceError(f"train asks for {workers} GPU workers; the cluster has {gpus:g} GPUs")
+    free = free_cpus()
+    if free is not None and workers * cpus_per_worker > free + 1e-9:
+        # Placeable, but not now: say so, or the stage looks hung while it waits.
+        print(f"[train] waiting for {workers * cpus_per_worker:g} CPUs ({free_resources_line()}; other jobs hold "
+              f"the rest), at most {start_wait_s():g} s", flush=True)
+
+
+def free_cpus() -> float | None:
+    """CPUs free on the connected cluster now, or None when Ray is not connected."""
+    import ray
+
+    return float(ray.available_resources().get("CPU", 0.0)) if ray.is_initialized() else None

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from components.data.parquet import TOKENS_SCHEMA, check_table, load_manifest, read_json
-from components.runtime import stage_data
+from components.runtime import (
+    ResourceError,
+    free_resources_line,
+    stage_data,
+    start_attempts,
+    start_timed_out,
+    start_wait_s,
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage_path: str, n
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    start_wait_s()  # a bad TRAINYARD_WORKER_START_TIMEOUT_S fails here, before any compute
     return TorchTrainer(
         loop_for(workload),
         train_loop_config={**loop_config, "cpus_per_worker": cpus_per_worker},
@@ -85,7 +93,9 @@ def make_trainer(loop_config: dict[str, Any], *, name: str, storage_path: str, n
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             # Ray Train restarts the worker group from the last reported checkpoint.
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            # and gives up placing its workers after TRAINYARD_WORKER_START_TIMEOUT_S.
+            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                   controller_failure_limit=start_attempts()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or []),
     )
@@ -104,7 +114,16 @@ def fit(trainer, num_workers: int) -> TrainOutcome:
     """Run the trainer and load the last checkpoint it reported."""
     from components.training.checkpoints import load_state
 
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        if start_timed_out(err):
+            scaling = trainer.scaling_config
+            raise ResourceError(
+                f"the {num_workers} training workers ({scaling.resources_per_worker or {'CPU': 1}} each) could not be "
+                f"placed within {start_wait_s():g} s ({free_resources_line()} now): other jobs hold the cluster; "
+                f"raise TRAINYARD_WORKER_START_TIMEOUT_S to wait longer") from err
+        raise
     if result.checkpoint is None:
         raise RuntimeError("training finished without reporting a checkpoint")
     with result.checkpoint.as_directory() as d:

@@ -78,6 +78,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
         tune.report(done)
         return
     train_cfg = trial_train_config(base, tp, config, workload)
+    handover = _guard_report_handover()  # before the first report can exist
     trainer = make_trainer(
         {"train": train_cfg, "data": data},
         name=f"trial-{trial_id}", storage_path=storage,
@@ -85,38 +86,69 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
         use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()], workload=workload,
         placement=train_cfg["placement"])
     trainer.fit()
-    _wait_for_tune_to_take_reports()
+    _wait_for_tune_to_take_reports(handover)
 
 
-def _wait_for_tune_to_take_reports(timeout_s: float = 600.0) -> None:
+class _Handover:
+    """Counts the trial actor's result fetches: started and finished (one thread writes both)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.finished = 0
+
+
+def _guard_report_handover() -> _Handover | None:
+    """Make the trial actor's hand-over of Train reports to Tune observable; see below.
+
+    The trial actor's main thread moves each report from the Train controller's queue into
+    Tune's one-slot result queue inside one `_get_result_from_queues` call; counting those
+    calls lets the training thread wait until no report is half-way across.
+    """
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    fetch = getattr(session, "_get_result_from_queues", None)
+    if fetch is None:  # not under Tune, or Ray changed: nothing to guard
+        return None
+    counts = _Handover()
+
+    def counted(block: bool):
+        counts.started += 1
+        try:
+            return fetch(block)
+        finally:
+            counts.finished += 1
+
+    session._get_result_from_queues = counted
+    return counts
+
+
+def _wait_for_tune_to_take_reports(handover: _Handover | None, timeout_s: float = 600.0) -> None:
     """Return only once Tune has taken the Train run's last report.
 
     Ray Tune's function trainable deadlocks otherwise: the Train controller's last report can
     still sit in the one-slot queue to the trial (Tune takes it when its driver asks for the
     next result, late when the driver is busy, e.g. logging to a slow tracking server), and
-    the "function returned" marker Tune's wrapper puts into its own one-slot queue as soon
-    as we return would take the slot that report needs; both then wait forever.
+    the "function returned" marker Tune's wrapper puts into the trial's one-slot result queue
+    as soon as we return would take the slot that report needs; both then wait forever.
+    After `fit()` no new report arrives, so once the controller's queue is empty, every
+    fetch that could have taken a report has started; when those have finished, the last
+    report is in Tune's hands and returning is safe.
     """
     from ray.train._internal.session import get_session
 
-    session = get_session()
-    pending = getattr(session, "_inter_actor_queue", None)
-    results = getattr(session, "result_queue", None)
-    if pending is None or results is None:  # not under Tune, or Ray changed: nothing to wait for
+    pending = getattr(get_session(), "_inter_actor_queue", None)
+    if handover is None or pending is None:
         return
-
-    def idle() -> bool:
-        return pending.empty() and results.empty()
-
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        # taken and handed on: both queues empty, twice, a moment apart (the hand-over
-        # between them takes microseconds)
-        if idle():
-            time.sleep(0.5)
-            if idle():
-                return
+    while time.monotonic() < deadline and not pending.empty():
         time.sleep(0.2)
+    began = handover.started  # read after seeing the queue empty: later fetches find nothing
+    while time.monotonic() < deadline:
+        if handover.finished >= began:
+            return
+        time.sleep(0.05)
+    print(f"[tune] warning: Tune did not take the trial's last report within {timeout_s:g} s", flush=True)
 
 
 def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, str],

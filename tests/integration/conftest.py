@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -79,9 +81,32 @@ def project_env() -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command in the project; on failure show its output."""
-    p = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout)
+def run_bounded(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float,
+                report: Callable[[], str] | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` in its own process group. Past `timeout`, fail with its output and `report()`
+    (taken while everything still runs), and kill the whole group: a killed `dvc` alone
+    would leave its stage's process running, holding the cluster for the tests after it."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        extra = report() if report else ""
+        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # a grandchild outside the group holds the pipes
+            proc.kill()
+            out, err = "", ""
+        raise AssertionError(f"{' '.join(cmd)} ran past {timeout:g} s\n--- stdout\n{out[-6000:]}\n"
+                             f"--- stderr\n{err[-6000:]}\n{extra}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 900, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command in the project (bounded, see `run_bounded`); on failure show its output."""
+    p = run_bounded(cmd, cwd, env or project_env(), timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-6000:]}\n--- stderr\n{p.stderr[-6000:]}")
     return p

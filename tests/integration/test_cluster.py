@@ -5,17 +5,26 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.integration.conftest import REPO, make_project, project_env, run, tiny_params
+from tests.integration.conftest import (
+    REPO,
+    make_project,
+    project_env,
+    run,
+    run_bounded,
+    tiny_params,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 RAY_SCRIPT = REPO / "infra/ray/local_cluster.py"
@@ -28,13 +37,19 @@ def _gone(pids: list[int]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
+def two_nodes(tmp_path_factory, request):
     """A head and one more node, one CPU each, stopped by PID at the end."""
     state = tmp_path_factory.mktemp("cluster") / "cluster.json"
     subprocess.run([sys.executable, str(RAY_SCRIPT), "start", "--nodes", "2", "--cpus", "1", "--state", str(state)],
                    check=True, env=project_env(), timeout=300)
     record = json.loads(state.read_text())
+    failed_before = request.session.testsfailed
     yield record
+    if request.session.testsfailed > failed_before:  # the nodes' logs go with their temp dir: keep them
+        kept = state.parent / "ray-logs"
+        for logs in Path(record["temp_dir"]).glob("n*/session_latest/logs"):
+            shutil.copytree(logs, kept / logs.parents[1].name, ignore=shutil.ignore_patterns("*.sock"))
+        print(f"# the Ray nodes' logs: {kept}")
     subprocess.run([sys.executable, str(RAY_SCRIPT), "stop", "--state", str(state)], check=True, env=project_env(),
                    timeout=120)
     assert _gone(record["pids"])
@@ -73,10 +88,34 @@ def cluster_project(two_nodes, mlflow_auth, tmp_path_factory):
     params["char_lm"]["train"]["placement"] = "spread"
     project = make_project(tmp_path_factory.mktemp("cluster-project"), params)
     env = {**project_env(), **two_nodes["env"], **mlflow_auth["env"]}
-    p = subprocess.run(["dvc", "repro", "register@char_lm"], cwd=project, env=env, capture_output=True, text=True,
-                       timeout=1500)
+    # ~4 min here; the bound only keeps a hang from holding the cluster for the tests after it
+    p = run_bounded(["dvc", "repro", "register@char_lm"], project, env, timeout=900,
+                    report=lambda: _cluster_report(two_nodes["address"], env))
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
     return project, env, p.stdout + p.stderr
+
+
+def _cluster_report(address: str, env: dict[str, str]) -> str:
+    """What holds the cluster now (nodes, free resources, placement groups, live actors): for
+    the failure message of a command that waited too long."""
+    code = textwrap.dedent("""
+        import json, sys, ray
+        from ray.util.state import list_actors
+        ray.init(address=sys.argv[1], log_to_driver=False)
+        print("nodes:", [(n["NodeID"][:8], n["Alive"], n["Resources"].get("CPU")) for n in ray.nodes()])
+        print("total:", ray.cluster_resources(), "free:", ray.available_resources())
+        for pg in ray.util.placement_group_table().values():
+            print("pg:", pg["placement_group_id"][:8], pg["state"], pg["strategy"], pg["bundles"])
+        for a in list_actors(filters=[("state", "!=", "DEAD")], detail=True, limit=1000,
+                             raise_on_missing_output=False):
+            print("actor:", a.class_name, a.state, (a.node_id or "")[:8], a.job_id, a.required_resources)
+    """)
+    try:
+        p = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env,
+                           timeout=120)
+        return "--- the cluster\n" + p.stdout + p.stderr[-2000:]
+    except subprocess.TimeoutExpired:
+        return "--- the cluster did not answer within 120 s"
 
 
 def _ray_records(address: str, env: dict[str, str]) -> dict:
@@ -139,11 +178,10 @@ def test_repro_spreads_over_both_nodes_and_registers_on_the_postgres_server(clus
 
 def test_a_wrong_password_fails_before_any_compute(cluster_project, mlflow_auth, tmp_path):
     project, env, _ = cluster_project
-    p = subprocess.run([sys.executable, "-m", "pipelines.train", "--workload", "char_lm",
-                        "--data", "data/char_lm/normalized", "--model", str(tmp_path / "model.pt"),
-                        "--metrics", str(tmp_path / "train.json"), "--plot", str(tmp_path / "curve.csv")],
-                       cwd=project, capture_output=True, text=True, timeout=300,
-                       env={**env, "MLFLOW_TRACKING_PASSWORD": "not-the-password"})
+    p = run_bounded([sys.executable, "-m", "pipelines.train", "--workload", "char_lm",
+                     "--data", "data/char_lm/normalized", "--model", str(tmp_path / "model.pt"),
+                     "--metrics", str(tmp_path / "train.json"), "--plot", str(tmp_path / "curve.csv")],
+                    project, {**env, "MLFLOW_TRACKING_PASSWORD": "not-the-password"}, timeout=300)
     assert p.returncode == 1
     assert "the server refused the login of user 'admin'" in p.stderr and mlflow_auth["uri"] in p.stderr
     assert "[train]" not in p.stdout and not list(tmp_path.iterdir())
@@ -153,12 +191,12 @@ def test_a_reader_cannot_register_a_model(cluster_project, mlflow_auth, reviewer
     project, env, _ = cluster_project
     user, password = reviewer
     before = _rest(mlflow_auth["uri"], "registered-models/get", user, password, name=MODEL)[1]
-    p = subprocess.run([sys.executable, "-m", "pipelines.register", "--workload", "char_lm",
-                        "--model", "models/char_lm/model.pt", "--eval", "metrics/char_lm/eval.json",
-                        "--train-metrics", "metrics/char_lm/train.json", "--data", "data/char_lm/normalized",
-                        "--out", str(tmp_path / "registered.json")],
-                       cwd=project, capture_output=True, text=True, timeout=300,
-                       env={**env, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password})
+    p = run_bounded([sys.executable, "-m", "pipelines.register", "--workload", "char_lm",
+                     "--model", "models/char_lm/model.pt", "--eval", "metrics/char_lm/eval.json",
+                     "--train-metrics", "metrics/char_lm/train.json", "--data", "data/char_lm/normalized",
+                     "--out", str(tmp_path / "registered.json")],
+                    project, {**env, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password},
+                    timeout=300)
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
     assert "user 'reviewer' may not do this (PERMISSION_DENIED" in p.stderr
     assert not (tmp_path / "registered.json").exists()
@@ -181,9 +219,14 @@ def test_train_and_tune_run_as_ray_jobs_with_the_working_dir_shipped(two_nodes, 
         "tune": f"python -m pipelines.tune --workload char_lm --data {data} --out {out}/best_params.json",
     }
     for name, entry in entries.items():
-        p = subprocess.run(["ray", "job", "submit", "--working-dir", ".", "--runtime-env-json",
-                            json.dumps(runtime_env), "--", *entry.split()],
-                           cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        job = f"trainyard-{name}-{tmp_path.name}"
+
+        def report(job: str = job) -> str:  # stop the job too: it outlives its `ray job submit`
+            stop = subprocess.run(["ray", "job", "stop", job], env=env, capture_output=True, text=True, timeout=120)
+            return _cluster_report(two_nodes["address"], {**env, **two_nodes["env"]}) + stop.stdout[-1000:]
+
+        p = run_bounded(["ray", "job", "submit", "--submission-id", job, "--working-dir", ".", "--runtime-env-json",
+                         json.dumps(runtime_env), "--", *entry.split()], project, env, timeout=600, report=report)
         assert p.returncode == 0, name + "\n" + p.stdout[-4000:] + p.stderr[-4000:]
         assert "succeeded" in (p.stdout + p.stderr).lower(), name
     metrics = json.loads((out / "train.json").read_text())

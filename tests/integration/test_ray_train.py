@@ -43,6 +43,29 @@ def test_impossible_requests_fail_against_the_real_cluster(ray_local):
     assert plan_trials(ray_local, 1, 1, 0, 256, None).concurrent == 2
 
 
+def test_workers_that_cannot_be_placed_fail_with_the_numbers_instead_of_waiting_forever(
+        ray_local, token_data, tmp_path, monkeypatch):
+    """Someone else holds a CPU: Ray Train would retry placing the 2 workers every minute,
+    forever; the run gives up after TRAINYARD_WORKER_START_TIMEOUT_S and says why."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    monkeypatch.setenv("TRAINYARD_WORKER_START_TIMEOUT_S", "6")
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "2")  # Ray's attempt length (default 60 s)
+    other = placement_group([{"CPU": 1}])
+    assert other.wait(30)
+    try:
+        trainer = make_trainer({"train": small_train_cfg(), "data": token_data}, name="run-blocked",
+                               storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1, use_gpu=False,
+                               max_failures=0)
+        t0 = time.monotonic()
+        with pytest.raises(ResourceError, match=r"2 training workers .* could not be placed within 6 s "
+                                                r"\(CPU 1/2 free"):
+            fit(trainer, 2)
+        assert time.monotonic() - t0 < 120
+    finally:
+        remove_placement_group(other)
+
+
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(ray_local, token_data, tmp_path):
     import math
     from pathlib import Path

@@ -61,3 +61,29 @@ def test_a_ray_address_that_does_not_answer_fails_at_once(monkeypatch):
         with pytest.raises(ResourceError, match="ray://127.0.0.1"):
             probe_ray_address(f"ray://127.0.0.1:{port}")
     probe_ray_address("auto")  # not host:port: left to Ray
+
+
+def test_worker_start_wait_is_bounded_and_validated(monkeypatch):
+    from components.runtime import start_attempts, start_timed_out, start_wait_s
+
+    monkeypatch.delenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", raising=False)
+    monkeypatch.setenv("TRAINYARD_WORKER_START_TIMEOUT_S", "600")
+    assert start_attempts() == 9  # 10 attempts of Ray Train's 60 s
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "2")
+    monkeypatch.setenv("TRAINYARD_WORKER_START_TIMEOUT_S", "5")
+    assert (start_wait_s(), start_attempts()) == (5.0, 2)
+    for bad in ("soon", "0", "-3"):
+        monkeypatch.setenv("TRAINYARD_WORKER_START_TIMEOUT_S", bad)
+        with pytest.raises(ResourceError, match=f"TRAINYARD_WORKER_START_TIMEOUT_S='{bad}'"):
+            start_wait_s()
+
+    class WorkerGroupStartupTimeoutError(Exception):
+        pass
+
+    class ControllerError(Exception):
+        def __init__(self, inner):
+            self.controller_failure = inner
+
+    assert start_timed_out(ControllerError(WorkerGroupStartupTimeoutError()))
+    assert not start_timed_out(ControllerError(ValueError()))
+    assert not start_timed_out(RuntimeError("x"))
