@@ -163,6 +163,51 @@ def reap_stale_ray(timeout_s: float = 10.0) -> list[int]:
     return stopped
 
 
+def reap_leaked_placement_groups() -> list[str]:
+    """Remove placement groups that hold resources for nobody; returns their ids.
+
+    Ray removes a placement group once both its job and the actor that created it are gone,
+    but misses the actor's death when the group's create request reaches the GCS after the
+    actor died: it happens when Tune stops a trial while the trial's Train controller starts
+    its workers. Such a group holds its CPUs until the cluster stops and every later run
+    waits for them. Removed here: groups created by an actor that is dead, when the job that
+    created them has ended too or is this one (whose groups only Ray Train creates).
+    """
+    import ray
+
+    try:
+        from ray._raylet import ActorID, JobID, PlacementGroupID
+        from ray.core.generated import gcs_pb2
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        state = ray._private.state.state  # noqa: SLF001 - the GCS tables; the State API needs a dashboard
+        table = state._connect_and_get_accessor().get_placement_group_table()  # noqa: SLF001
+        this_job = ray.get_runtime_context().get_job_id()
+    except Exception:  # noqa: BLE001 - Ray moved its internals: leave cleaning to Ray
+        return []
+    removed = []
+    for raw in table:
+        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        if pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or not pg.creator_actor_id:
+            continue
+        if ActorID(pg.creator_actor_id).is_nil():
+            continue  # created by a driver: lives and dies with its job, as it should
+        job = JobID(pg.creator_job_id).hex()
+        if not (pg.creator_job_dead or job == this_job):
+            continue  # someone else's running job: not ours to judge
+        actor = state.actor_table(ActorID(pg.creator_actor_id).hex())
+        if not actor or actor.get("State") != "DEAD":
+            continue
+        pg_id = PlacementGroupID(pg.placement_group_id)
+        with contextlib.suppress(Exception):  # removed meanwhile by Ray itself
+            remove_placement_group(PlacementGroup(pg_id))
+            cpus = sum(b.unit_resources.get("CPU", 0.0) for b in pg.bundles)
+            print(f"[ray] removed placement group {pg_id.hex()[:8]} ({cpus:g} CPU) left by a dead "
+                  f"{actor.get('ActorClassName', 'actor')} of job {job}", flush=True)
+            removed.append(pg_id.hex())
+    return removed
+
+
 def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
     """Make data files readable from every Ray node; return name -> path or URI.
 
@@ -239,6 +284,7 @@ def init_ray() -> dict[str, float]:
                 record_ray_processes()
         except ConnectionError as err:
             raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({err})") from None
+        reap_leaked_placement_groups()
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 

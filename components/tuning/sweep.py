@@ -18,6 +18,7 @@ from components.runtime import (
     init_ray,
     plan_trials,
     read_store_json,
+    reap_leaked_placement_groups,
     want_gpu,
     write_store_json,
 )
@@ -78,6 +79,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
         tune.report(done)
         return
     train_cfg = trial_train_config(base, tp, config, workload)
+    reap_leaked_placement_groups()  # CPUs a stopped trial's Train run may have left held
     handover = _guard_report_handover()  # before the first report can exist
     trainer = make_trainer(
         {"train": train_cfg, "data": data},
@@ -205,6 +207,24 @@ def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, st
     return MlflowSweepCallback()
 
 
+def _reaper(every_s: float = 10.0):
+    """A Tune callback that frees, every `every_s`, the CPUs a stopped trial's Train run left
+    held (see `reap_leaked_placement_groups`): a trial already waiting for them gets them
+    now, not when the next trial starts."""
+    from ray import tune
+
+    class ReapLeakedGroups(tune.Callback):
+        def __init__(self) -> None:
+            self.next = 0.0
+
+        def on_step_begin(self, iteration, trials, **info) -> None:
+            if time.monotonic() >= self.next:
+                reap_leaked_placement_groups()
+                self.next = time.monotonic() + every_s
+
+    return ReapLeakedGroups()
+
+
 @dataclass(frozen=True)
 class SweepOutcome:
     best_params: dict[str, Any]
@@ -247,7 +267,7 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         # The restored run config comes from the pickled sweep state; attach this
         # process's MLflow writer (the old one died with the killed driver).
-        tuner._local_tuner.get_run_config().callbacks = [callback]
+        tuner._local_tuner.get_run_config().callbacks = [callback, _reaper()]
     else:
         tuner = tune.Tuner(
             trainable,
@@ -259,7 +279,7 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
                 # The concurrency limit must live in the generator: Tune ignores
                 # max_concurrent_trials when a BasicVariantGenerator is passed.
                 search_alg=BasicVariantGenerator(random_state=tp.seed, max_concurrent=plan.concurrent)),
-            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback], verbose=1),
+            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback, _reaper()], verbose=1),
         )
     grid = tuner.fit()
     trials = []

@@ -66,6 +66,36 @@ def test_workers_that_cannot_be_placed_fail_with_the_numbers_instead_of_waiting_
         remove_placement_group(other)
 
 
+def test_a_placement_group_whose_creator_died_is_removed_so_its_cpus_come_back(ray_local):
+    """What a Train controller killed as Tune stops its trial can leave: a group holding a CPU
+    for no one, which Ray keeps while the job lives and, if the create request lost the race
+    with the actor's death, after it too. The next run start (or trial) removes it."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from components.runtime import reap_leaked_placement_groups
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def start_workers(self) -> str:
+            pg = placement_group([{"CPU": 1}])
+            ray.get(pg.ready())
+            return pg.id.hex()
+
+    live, doomed = Controller.remote(), Controller.remote()
+    kept, leaked = ray.get(live.start_workers.remote()), ray.get(doomed.start_workers.remote())
+    ray.kill(doomed)
+    wait_for(lambda: ray._private.state.state.actor_table(doomed._actor_id.hex())["State"] == "DEAD", 30, "the killed actor")
+    assert placement_group_table()[leaked]["state"] == "CREATED"  # Ray keeps it: the job lives
+    assert ray.available_resources().get("CPU", 0) == 0
+    assert reap_leaked_placement_groups() == [leaked]  # the live controller's group stays
+    wait_for(lambda: ray.available_resources().get("CPU", 0) == 1, 30, "the leaked group's CPU")
+    assert placement_group_table()[kept]["state"] == "CREATED"
+    ray.kill(live)
+    assert reap_leaked_placement_groups() == [kept]
+    wait_for(lambda: ray.available_resources().get("CPU", 0) == 2, 30, "both CPUs")
+
+
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(ray_local, token_data, tmp_path):
     import math
     from pathlib import Path
