@@ -91,6 +91,7 @@ def cluster_project(two_nodes, mlflow_auth, tmp_path_factory):
     # ~4 min here; the bound only keeps a hang from holding the cluster for the tests after it
     p = run_bounded(["dvc", "repro", "register@char_lm"], project, env, timeout=900,
                     report=lambda: _cluster_report(two_nodes["address"], env))
+    (project.parent / "repro.log").write_text(p.stdout + p.stderr)  # kept with the test's temp dir
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
     return project, env, p.stdout + p.stderr
 
