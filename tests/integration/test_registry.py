@@ -105,30 +105,40 @@ def test_registered_pyfunc_generates_from_prompts(store, tmp_path):
 
 def test_two_registrations_deciding_at_once_crown_the_better(store, tmp_path, monkeypatch):
     """Both read "no champion yet" before either writes one: without the lease, the one that
-    writes last wins, whatever its score. Here the worse one would write last."""
+    writes last wins, whatever its score. Here the worse one writes last. A barrier holds each
+    registration after its champion read until the other has read too (or 5 s, which is what
+    happens under the lease: the other waits for the lease, not for the barrier)."""
+    import contextlib
     import threading
     import time
 
     c, exp = store
     real = registry.alias_version
+    both_read = threading.Barrier(2)
+    waited: set[str] = set()
 
-    def slow_champion_read(client, name, alias):
+    def champion_read_then_pause(client, name, alias):
         got = real(client, name, alias)
-        if alias == registry.CHAMPION:
-            time.sleep(1.5)  # widen the read-then-write window the race lives in
+        me = threading.current_thread().name
+        if alias == registry.CHAMPION and me not in waited:  # the decision's read, not describe()'s
+            waited.add(me)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_read.wait(timeout=5)
+            if me == "worse":
+                time.sleep(1.0)  # a slow writer: its alias write lands after the better one's
         return got
 
-    monkeypatch.setattr(registry, "alias_version", slow_champion_read)
+    monkeypatch.setattr(registry, "alias_version", champion_read_then_pause)
     out, errors = {}, []
 
-    def go(seed: int, value: float, delay: float) -> None:
+    def go(seed: int, value: float) -> None:
         try:
-            time.sleep(delay)
             out[seed] = _register(runs.client(), exp, tmp_path, seed, value)
         except Exception as err:  # handed to the test thread
             errors.append(err)
 
-    threads = [threading.Thread(target=go, args=(1, 1.5, 0.0)), threading.Thread(target=go, args=(2, 2.5, 0.5))]
+    threads = [threading.Thread(target=go, args=(1, 1.5), name="better"),
+               threading.Thread(target=go, args=(2, 2.5), name="worse")]
     for t in threads:
         t.start()
     for t in threads:
