@@ -346,3 +346,31 @@ def test_damaged_parquet_between_stages_stops_train_naming_the_file(fault_projec
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "train.parquet" in last, p.stderr[-2000:]
     assert not out.exists()  # nothing published
+
+
+# --- requests the cluster can never hold: the stage itself fails at once, not Ray after a wait ---
+
+@pytest.mark.parametrize("stage, over, needle", [
+    ("train", {"train": {"num_workers": 3, "bs": 48}}, "train asks for 3 workers x 1 CPU = 3 CPUs; the cluster has 2"),
+    ("tune", {"train": {"bs": 48}, "tune": {"workers_per_trial": 3}}, "one trial needs 3 workers x 1 CPU = 3 CPUs"),
+    # (`use_gpu: auto` with gpus_per_worker set runs on CPUs where there are no GPUs: same params everywhere)
+    ("tune", {"train": {"use_gpu": True}, "tune": {"gpus_per_worker": 1}},
+     "use_gpu is true for 1 workers but the cluster has 0 GPUs"),
+])
+def test_impossible_requests_stop_the_stage_at_once_with_the_numbers(fault_project, tmp_path, stage, over, needle):
+    params = tiny_params()
+    for section, values in over.items():
+        params["char_lm"][section].update(values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = tmp_path / "out"
+    args = {"train": ["--model", str(out / "model.pt"), "--metrics", str(out / "train.json"),
+                      "--plot", str(out / "curve.csv")],
+            "tune": ["--out", str(out / "best_params.json")]}[stage]
+    # Ray would retry placing them for this long; the stage must not get that far
+    env = {**project_env(), "TRAINYARD_WORKER_START_TIMEOUT_S": "3600"}
+    p = run([sys.executable, "-m", f"pipelines.{stage}", "--workload", "char_lm", "--data", "data/char_lm/normalized",
+             "--params", str(tmp_path / "params.yaml"), *args], fault_project, timeout=240, check=False, env=env)
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and needle in last, p.stderr[-2000:]
+    assert not out.exists()  # nothing published
