@@ -2,6 +2,7 @@
 on CPU (and on a GPU where the cluster has one). Measured side by side in one run.
 
     python bench/resnet18_throughput.py --steps 20
+    python bench/resnet18_throughput.py --runs cpu1,gpu1 --steps 10 --bs 128   # on a GPU machine
 
 Synthetic CIFAR-shaped data in the pipeline's Parquet schema; the first epoch is warm-up,
 the second is timed. The last line is JSON.
