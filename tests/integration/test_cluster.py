@@ -32,6 +32,14 @@ MLFLOW_SCRIPT = REPO / "infra/mlflow/local_server.py"
 MODEL = tiny_params()["char_lm"]["register"]["model_name"]
 
 
+def cluster_params() -> dict:
+    """The tiny params with a 2-trial sweep: one trial per one-CPU node at once is what this
+    file checks (the end-to-end tests count a 6-trial sweep and ASHA's stops)."""
+    params = tiny_params()
+    params["char_lm"]["tune"]["num_samples"] = 2
+    return params
+
+
 def _gone(pids: list[int]) -> bool:
     return not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
 
@@ -84,7 +92,7 @@ def reviewer(mlflow_auth) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def cluster_project(two_nodes, mlflow_auth, tmp_path_factory):
     """One `dvc repro` to the registry against both services; (project, env, output)."""
-    params = tiny_params()
+    params = cluster_params()
     params["char_lm"]["train"]["placement"] = "spread"
     project = make_project(tmp_path_factory.mktemp("cluster-project"), params)
     env = {**project_env(), **two_nodes["env"], **mlflow_auth["env"]}
@@ -208,7 +216,7 @@ def test_a_reader_cannot_register_a_model(cluster_project, mlflow_auth, reviewer
 def test_train_and_tune_run_as_ray_jobs_with_the_working_dir_shipped(two_nodes, tmp_path):
     """What a KubeRay RayJob does: the entry point runs on the cluster, the code travels as
     the job's working dir, paths and settings as arguments and runtime-env variables."""
-    project = make_project(tmp_path, tiny_params())
+    project = make_project(tmp_path, cluster_params())
     run(["dvc", "repro", "normalize@char_lm"], project)
     out, data = tmp_path / "job-out", project / "data/char_lm/normalized"
     env = {**project_env(), **two_nodes["env"], "RAY_ADDRESS": two_nodes["dashboard"]}
@@ -233,4 +241,4 @@ def test_train_and_tune_run_as_ray_jobs_with_the_working_dir_shipped(two_nodes, 
     metrics = json.loads((out / "train.json").read_text())
     assert metrics["epochs"] == tiny_params()["char_lm"]["train"]["epochs"] and (out / "model.pt").exists()
     best = json.loads((out / "best_params.json").read_text())
-    assert best["num_trials"] == tiny_params()["char_lm"]["tune"]["num_samples"]
+    assert best["num_trials"] == cluster_params()["char_lm"]["tune"]["num_samples"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,17 +95,40 @@ def _alive(left) -> list[int]:
     return out
 
 
+def fault_params() -> dict:
+    """The tiny params with a 4-trial sweep: two waves of two trials, enough for a kill with
+    trials finished and running, and one wave less than the end-to-end sweep."""
+    params = tiny_params()
+    params["char_lm"]["tune"]["num_samples"] = 4
+    return params
+
+
 @pytest.fixture(scope="module")
 def fault_project(tmp_path_factory):
-    """A repository copy with tiny params, its char-LM data prepared."""
-    project = make_project(tmp_path_factory.mktemp("faults"), tiny_params())
+    """A repository copy with the fault params, its char-LM data prepared."""
+    project = make_project(tmp_path_factory.mktemp("faults"), fault_params())
     run(["dvc", "repro", "normalize@char_lm"], project)
     return project
 
 
+@pytest.fixture(scope="module")
+def good_train(fault_project, tmp_path_factory) -> dict:
+    """One good `dvc repro train@char_lm` in the fault project: its dvc.lock, and its model and
+    metrics copied aside (the killed-train test then overwrites the project's)."""
+    run(["dvc", "repro", "train@char_lm"], fault_project)
+    keep = tmp_path_factory.mktemp("good-train")
+    out = {"lock": (fault_project / "dvc.lock").read_text(),
+           "md5": file_md5(fault_project / "models/char_lm/model.pt"),
+           "model": keep / "model.pt", "train": keep / "train.json", "params": keep / "params.yaml"}
+    shutil.copy2(fault_project / "models/char_lm/model.pt", out["model"])
+    shutil.copy2(fault_project / "metrics/char_lm/train.json", out["train"])
+    shutil.copy2(fault_project / "params.yaml", out["params"])
+    return out
+
+
 def test_killed_sweep_resumes_without_rerunning_finished_trials(fault_project):
     project = fault_project
-    n = tiny_params()["char_lm"]["tune"]["num_samples"]
+    n = fault_params()["char_lm"]["tune"]["num_samples"]
 
     def some_done_some_running():
         runs = _trial_runs(project)
@@ -140,13 +164,12 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(fault_project):
     assert "resuming the sweep" in again.stdout
 
 
-def test_killed_train_stage_leaves_last_good_outputs_and_resumes(fault_project):
+def test_killed_train_stage_leaves_last_good_outputs_and_resumes(fault_project, good_train):
     project = fault_project
-    run(["dvc", "repro", "train@char_lm"], project)
-    lock = (project / "dvc.lock").read_text()
-    good_md5 = file_md5(project / "models/char_lm/model.pt")
+    lock, good_md5 = good_train["lock"], good_train["md5"]
+    assert (project / "dvc.lock").read_text() == lock  # the last good run's
 
-    params = tiny_params()
+    params = fault_params()
     params["char_lm"]["train"]["epochs"] = 3
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     store = project / ".trainyard/char_lm/train"
@@ -186,7 +209,7 @@ def _train_args(out) -> list[str]:
 
 def _start_train(project, out, server, store, epochs: int, grace_s: float) -> tuple[subprocess.Popen, Path]:
     out.mkdir(parents=True)
-    params = tiny_params()
+    params = fault_params()
     params["char_lm"]["train"].update(epochs=epochs, steps_per_epoch=120)
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = out / "train.log"
@@ -271,23 +294,29 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
 
 # --- two pipelines register the same model name at the same moment ---
 
-def test_concurrent_registers_get_distinct_versions_and_the_better_champion(fault_project, tmp_path):
+def test_concurrent_registers_get_distinct_versions_and_the_better_champion(fault_project, good_train, tmp_path):
     project = fault_project
-    params = tiny_params()
+    params = fault_params()
     params["char_lm"]["register"]["model_name"] = "char-lm-race"
-    # two different models: trained with different seeds and lengths
+    # two different models: the good train stage's (tuned values, seed 0, 2 epochs), and one
+    # trained here with another seed and length
     models = []
-    for name, over in (("a", {}), ("b", {"seed": 7, "epochs": 3})):
+    for name, over in (("a", None), ("b", {"seed": 7, "epochs": 3})):
         d = tmp_path / name
         d.mkdir()
-        p = tiny_params()
-        p["char_lm"]["train"].update(over)
+        p = fault_params()
+        if over is None:
+            shutil.copy2(good_train["model"], d / "model.pt")
+            shutil.copy2(good_train["train"], d / "train.json")
+        else:
+            p["char_lm"]["train"].update(over)
         (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
         m = {"model": str(d / "model.pt"), "eval": str(d / "eval.json"), "train": str(d / "train.json")}
         common = ["--workload", "char_lm", "--data", "data/char_lm/normalized", "--params", str(d / "params.yaml"),
                   "--model", m["model"]]
-        run([sys.executable, "-m", "pipelines.train", *common, "--metrics", m["train"], "--plot", str(d / "curve.csv")],
-            project)
+        if over is not None:
+            run([sys.executable, "-m", "pipelines.train", *common, "--metrics", m["train"],
+                 "--plot", str(d / "curve.csv")], project)
         run([sys.executable, "-m", "pipelines.evaluate", *common, "--train-metrics", m["train"], "--metrics", m["eval"],
              "--reports", str(d / "reports")], project)
         models.append(m)
@@ -325,8 +354,6 @@ def test_concurrent_registers_get_distinct_versions_and_the_better_champion(faul
 
 @pytest.mark.parametrize("damage", ["truncated", "zero-byte", "byte-flipped"])
 def test_damaged_parquet_between_stages_stops_train_naming_the_file(fault_project, tmp_path, damage):
-    import shutil
-
     data = tmp_path / "normalized"
     shutil.copytree(fault_project / "data/char_lm/normalized", data)
     f = data / "train.parquet"
@@ -358,7 +385,7 @@ def test_damaged_parquet_between_stages_stops_train_naming_the_file(fault_projec
      "use_gpu is true for 1 workers but the cluster has 0 GPUs"),
 ])
 def test_impossible_requests_stop_the_stage_at_once_with_the_numbers(fault_project, tmp_path, stage, over, needle):
-    params = tiny_params()
+    params = fault_params()
     for section, values in over.items():
         params["char_lm"][section].update(values)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
