@@ -244,8 +244,8 @@ def probe_ray_address(address: str, timeout_s: float = 5.0) -> None:
         raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers ({err.strerror or err})") from None
 
 
-FORWARDED_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "TRAINYARD_STORE")
+FORWARDED_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PRINT_PATCH", "MLFLOW_TRACKING_URI",
+                 "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "TRAINYARD_STORE")
 
 
 def forwarded_env() -> dict[str, str]:
@@ -261,6 +261,9 @@ def init_ray() -> dict[str, float]:
     # default), so each report() of a short epoch waited up to 2 s: 15 digits epochs took
     # 61 s instead of 28. Set before Ray starts so Tune's trial processes inherit it too.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    # Ray Train turns a worker's print() into a log record and, because Ray wraps the
+    # worker's stdout, also prints it: every progress line reached the console twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner

@@ -113,6 +113,15 @@ def test_champion_loads_in_a_fresh_process_and_generates(tiny_project):
     assert len(texts) == 2 and texts[0].startswith("for thos") and len(texts[0]) == 38
 
 
+def test_training_progress_reaches_the_console_once(tiny_project):
+    # Ray Train's default print patch printed each worker line twice (log record + stdout)
+    log = (tiny_project / "repro.log").read_text()
+    lines = [ln for ln in log.splitlines() if "[train] epoch " in ln]
+    assert lines, log[-3000:]
+    twice = sorted({ln for ln in lines if lines.count(ln) > 1})
+    assert not twice, twice[:5]
+
+
 def test_repro_again_skips_everything_and_status_is_clean(tiny_project):
     p = run(["dvc", "repro"], tiny_project)
     assert "Running stage" not in p.stdout
