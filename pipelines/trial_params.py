@@ -1,0 +1,26 @@
+"""trial_params: the train params a sweep trial uses (all but the keys only the final run
+reads: epochs, steps_per_epoch, num_workers, seed, ...), as JSON.
+
+    python -m pipelines.trial_params --workload char_lm --out tune/char_lm/trial_params.json
+
+`tune` depends on this file instead of on all of `<workload>.train`: DVC reruns this stage
+(a second) when any train key changes, and `tune` only when the file does.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from components.config import trial_params
+from components.data.parquet import write_json
+from pipelines.common import main, params, paths
+
+
+def run(args: argparse.Namespace) -> None:
+    base = trial_params(getattr(params(args), args.workload).train)
+    write_json(args.out, {"train": base})
+    print(f"[trial_params] {len(base)} train keys reach a trial -> {args.out}")
+
+
+if __name__ == "__main__":
+    main(run, __doc__, paths("--out"), workloads=("char_lm", "image_classifier"))
