@@ -113,3 +113,22 @@ def test_train_says_which_hand_set_values_the_sweep_overrides():
     assert line == ("bptt 64 (tuned; same as params.yaml), "
                     "lr 0.00404 (tuned; params.yaml's 0.01 unused while use_tuned is true), dropout 0.1")
     assert describe_values(hand, hand, {}, ["lr"]) == "lr 0.01"
+
+
+@pytest.mark.parametrize("name", ["char-lm", "image.classifier_v2", "a/b c", "a:b", "x@champion", " lm", ""])
+def test_model_names_we_accept_mlflow_accepts(name):
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        parse_params({"char_lm": {"register": {"model_name": name}}})
+        ours = True
+    except ParamsError:
+        ours = False
+    try:
+        _validate_model_name(name)
+        theirs = True
+    except MlflowException:
+        theirs = False
+    assert theirs or not ours  # never accept what MLflow would refuse after training
+    assert ours == (name in ("char-lm", "image.classifier_v2"))
