@@ -44,11 +44,14 @@ def effective_train_params(tp, tuned_file: str | None) -> tuple[dict[str, Any], 
 def describe_values(cfg: dict[str, Any], hand: dict[str, Any], tuned: dict[str, Any], keys: list[str]) -> str:
     """`lr 0.00404 (tuned; params.yaml's 0.01 unused while use_tuned is true), bptt 64`: which
     values the run uses, and where a tuned one overrides a hand-set value."""
+    def show(v: Any) -> str:  # a searched knob may be a string (schedule) or a bool
+        return f"{v:.3g}" if isinstance(v, float | int) and not isinstance(v, bool) else str(v)
+
     out = []
     for k in keys:
-        line = f"{k} {cfg[k]:.3g}"
+        line = f"{k} {show(cfg[k])}"
         if k in tuned:
-            line += (f" (tuned; params.yaml's {hand[k]:.3g} unused while use_tuned is true)"
+            line += (f" (tuned; params.yaml's {show(hand[k])} unused while use_tuned is true)"
                      if hand[k] != cfg[k] else " (tuned; same as params.yaml)")
         out.append(line)
     return ", ".join(out)

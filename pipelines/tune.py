@@ -23,13 +23,12 @@ from pipelines.common import main, params, paths
 
 
 def sweep_base(train_schema, path: str) -> dict:
-    """The trial params `trial_params` wrote, checked against train's schema again."""
-    from components.config import FINAL_ONLY
-
+    """The trial params the `trial_params` stage wrote, checked against train's schema again
+    (`trial_train_config` sets the final-run keys per trial)."""
     base = read_json(path)["train"]
     # num_workers is the trial's own (tune.workers_per_trial); 1 divides every bs
     train_schema.model_validate({**base, "num_workers": 1})
-    return {k: v for k, v in base.items() if k not in FINAL_ONLY}
+    return base
 
 
 def run(args: argparse.Namespace) -> None:

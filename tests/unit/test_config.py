@@ -132,3 +132,11 @@ def test_model_names_we_accept_mlflow_accepts(name):
         theirs = False
     assert theirs or not ours  # never accept what MLflow would refuse after training
     assert ours == (name in ("char-lm", "image.classifier_v2"))
+
+
+def test_train_line_shows_a_searched_string_knob():
+    from pipelines.train import describe_values
+
+    hand, cfg = {"schedule": "cosine", "lr": 0.003}, {"schedule": "onecycle", "lr": 0.003}
+    line = describe_values(cfg, hand, {"schedule": "onecycle"}, ["lr", "schedule"])
+    assert line == "lr 0.003, schedule onecycle (tuned; params.yaml's cosine unused while use_tuned is true)"
