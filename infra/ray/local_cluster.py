@@ -31,11 +31,17 @@ from pathlib import Path
 DEFAULT_STATE = Path(".trainyard/ray-cluster.json")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports on 127.0.0.1 that nothing listens on now.
+
+    All are bound at once: a port closed and asked for again may come back (the kernel
+    offered the same one for the dashboard and the agent's gRPC port once, and `ray start`
+    failed), so asking one at a time does not make them distinct."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def _ray() -> str:
@@ -45,10 +51,13 @@ def _ray() -> str:
     return exe
 
 
-def _node_ports() -> list[str]:
+NODE_PORT_FLAGS = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+                   "--metrics-export-port"]
+
+
+def _node_ports(ports: list[int]) -> list[str]:
     # Two nodes on one host must not share an agent, metrics or client port.
-    return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+    return [arg for flag, port in zip(NODE_PORT_FLAGS, ports, strict=True) for arg in (flag, str(port))]
 
 
 def cluster_pids(temp_dir: str) -> list[int]:
@@ -71,7 +80,10 @@ def start(nodes: int, cpus: float, state: Path, timeout_s: float = 120) -> dict:
     """Start a head and `nodes - 1` more nodes; return the state written to `state`."""
     if state.exists():
         raise SystemExit(f"error: {state} exists: a cluster is already recorded there; stop it first")
-    port, dash = free_port(), free_port()
+    # Every port of every node drawn in one go, so no two can be the same.
+    ports = free_ports(3 + len(NODE_PORT_FLAGS) * nodes)
+    port, dash, client = ports[:3]
+    per_node = [ports[3 + len(NODE_PORT_FLAGS) * i:3 + len(NODE_PORT_FLAGS) * (i + 1)] for i in range(nodes)]
     temp_dir = tempfile.mkdtemp(prefix="ty-ray-")  # short: Ray's socket paths live under it
     state.parent.mkdir(parents=True, exist_ok=True)
     token = state.with_suffix(".token")
@@ -88,11 +100,12 @@ def start(nodes: int, cpus: float, state: Path, timeout_s: float = 120) -> dict:
         return ["--temp-dir", str(Path(temp_dir) / f"n{i}")]
 
     address = f"127.0.0.1:{port}"
-    subprocess.run([_ray(), "start", "--head", "--port", str(port), "--ray-client-server-port", str(free_port()),
+    subprocess.run([_ray(), "start", "--head", "--port", str(port), "--ray-client-server-port", str(client),
                     "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                    *common, *node_dir(0), *_node_ports()], check=True, stdout=subprocess.DEVNULL, env=ray_env)
+                    *common, *node_dir(0), *_node_ports(per_node[0])], check=True, stdout=subprocess.DEVNULL,
+                   env=ray_env)
     for i in range(1, nodes):
-        subprocess.run([_ray(), "start", "--address", address, *common, *node_dir(i), *_node_ports()],
+        subprocess.run([_ray(), "start", "--address", address, *common, *node_dir(i), *_node_ports(per_node[i])],
                        check=True, stdout=subprocess.DEVNULL, env=ray_env)
     record = {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": temp_dir,
               "nodes": nodes, "cpus_per_node": cpus, "pids": cluster_pids(temp_dir),

@@ -157,3 +157,42 @@ def test_cluster_ports_agree():
         assert ports.get("gcs", 6379) == 6379 and ports.get("dashboard", 8265) == 8265, rel
     readme = (INFRA.parent / "README.md").read_text()
     assert "ray job submit" in readme and ":8265" in readme
+
+
+class _LowestFreePortSocket:
+    """A socket whose bind(0) gets the lowest port not bound now: a kernel that offers a
+    just-closed port again, as Linux sometimes does."""
+
+    bound: set[int] = set()
+
+    def __init__(self, *a):
+        self.port = None
+
+    def bind(self, addr):
+        self.port = min(set(range(40000, 40100)) - self.bound)
+        self.bound.add(self.port)
+
+    def getsockname(self):
+        return ("127.0.0.1", self.port)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bound.discard(self.port)
+
+
+def test_local_cluster_gives_every_ray_port_of_every_node_its_own_number(monkeypatch, tmp_path):
+    """`ray start` fails when two of its ports are equal (CI once got the dashboard port as the
+    agent's gRPC port): each port of the head and of every node must be distinct."""
+    cluster = _script("ray/local_cluster.py")
+    monkeypatch.setattr(cluster.socket, "socket", _LowestFreePortSocket)
+    monkeypatch.setattr(_LowestFreePortSocket, "bound", set())
+    calls = []
+    monkeypatch.setattr(cluster.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr(cluster, "_wait_nodes", lambda *a: None)
+    monkeypatch.setattr(cluster, "cluster_pids", lambda d: [])
+    cluster.start(3, 1, tmp_path / "cluster.json")
+    ports = [int(cmd[i + 1]) for cmd in calls for i, a in enumerate(cmd) if a.endswith("-port")]
+    assert len(calls) == 3 and len(ports) == 3 + 4 * 3
+    assert len(set(ports)) == len(ports), f"a port is used twice: {sorted(ports)}"
