@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpt import GPT, GPTConfig  # noqa: E402
 
-from components.config import TrainParams  # noqa: E402
 from components.data.parquet import TOKEN_ROW_GROUP, write_table  # noqa: E402
-from components.data.text import Vocab, tokens_table  # noqa: E402
-from components.models.char_lm import CharLM, model_kwargs  # noqa: E402
+from components.workloads.char_lm.data import Vocab, tokens_table  # noqa: E402
+from components.workloads.char_lm.model import CharLM, model_kwargs  # noqa: E402
+from components.workloads.char_lm.params import TrainParams  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 THREADS = 2
@@ -96,9 +96,10 @@ def load_split(path: Path) -> tuple[Vocab, torch.Tensor, torch.Tensor, torch.Ten
 def run_ours(budget: float, steps_per_epoch: int, vocab: Vocab, train: torch.Tensor, val: torch.Tensor,
              work: Path) -> dict:
     """Train through Ray Train (TorchTrainer, DDP) for `budget` training seconds."""
-    from components.runtime import init_ray
+    from components.cluster.connect import init_ray
     from components.training.checkpoints import load_state
     from components.training.driver import make_trainer
+    from components.workloads.char_lm.loop import train_loop_per_worker
 
     for name, ids in (("train", train), ("val", val)):
         write_table(work / f"{name}.parquet", tokens_table(ids.numpy().astype(np.uint16)), row_group_size=TOKEN_ROW_GROUP)
@@ -109,7 +110,7 @@ def run_ours(budget: float, steps_per_epoch: int, vocab: Vocab, train: torch.Ten
     init_ray()
     ray_init_s = time.perf_counter() - t0
     name = f"bench-{int(time.time())}"
-    trainer = make_trainer({"train": cfg, "data": data}, name=name, storage_path=str(work / "runs"),
+    trainer = make_trainer(train_loop_per_worker, {"train": cfg, "data": data}, name=name, storage_path=str(work / "runs"),
                            num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
                            use_gpu=False, max_failures=0)
     t0 = time.perf_counter()

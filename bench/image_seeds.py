@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.config import load_params  # noqa: E402
+from components.params import load_params  # noqa: E402
 
 
 def main() -> None:
@@ -28,37 +28,36 @@ def main() -> None:
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     args = ap.parse_args()
 
+    from components.cluster.connect import init_ray
     from components.data.parquet import load_manifest
-    from components.evaluation.images import (
+    from components.training.driver import fit, make_trainer
+    from components.workloads import get
+    from components.workloads.image_classifier.evaluate import (
         classification_metrics,
-        load_image_model,
         predict,
-        publish_image_model,
         read_images,
     )
-    from components.runtime import init_ray
-    from components.training.driver import fit, image_data, make_trainer
-    from pipelines.normalize import normalize_images
-    from pipelines.prepare import prepare_images
+    from components.workloads.image_classifier.model import load_model
 
+    w = get("image_classifier")
     p = load_params(args.params).image_classifier
     results = []
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        prepare_images(p.prepare, str(work / "prepared"))
-        normalize_images(work / "prepared", work / "normalized", p.normalize)
-        data = image_data(work / "normalized", p.train.flip, p.train.crop, p.prepare.source)
+        w.prepare(p, str(work / "prepared"))
+        w.normalize(p, str(work / "prepared"), str(work / "normalized"))
+        data = w.training_data(str(work / "normalized"), p.train.model_dump(), p).workers
         x, y = read_images(work / "normalized", "test", load_manifest(work / "normalized"))
         init_ray()
         for seed in range(args.seeds):
             cfg = p.train.model_dump() | {"seed": seed}
             t0 = time.perf_counter()
-            out = fit(make_trainer({"train": cfg, "data": data}, name=f"seed-{seed}-{int(time.time())}",
+            out = fit(make_trainer(w.worker_loop(), {"train": cfg, "data": data}, name=f"seed-{seed}-{int(time.time())}",
                                    storage_path=str(work / "runs"), num_workers=cfg["num_workers"],
-                                   cpus_per_worker=cfg["cpus_per_worker"], use_gpu=False, max_failures=0,
-                                   workload="image_classifier"), cfg["num_workers"])
-            publish_image_model(work / "m.pt", out.state, data, cfg["arch"], cfg["dropout"])
-            model, blob = load_image_model(work / "m.pt")
+                                   cpus_per_worker=cfg["cpus_per_worker"], use_gpu=False, max_failures=0),
+                      cfg["num_workers"])
+            w.publish(work / "m.pt", out.state, str(work / "normalized"), data, cfg)
+            model, blob = load_model(work / "m.pt")
             m, _ = classification_metrics("test", predict(model, blob, x), y, blob["classes"])
             results.append(m["test_accuracy"])
             print(f"seed {seed}: test accuracy {m['test_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)

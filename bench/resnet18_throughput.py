@@ -36,11 +36,12 @@ def main() -> None:
 
     import torch
 
-    from components.config import ImageTrainParams
-    from components.data.images import ImageSet, images_table
+    from components.cluster.connect import init_ray
     from components.data.parquet import write_table
-    from components.runtime import init_ray
     from components.training.driver import fit, make_trainer
+    from components.workloads.image_classifier.data import ImageSet, images_table
+    from components.workloads.image_classifier.loop import train_loop_per_worker
+    from components.workloads.image_classifier.params import ImageTrainParams
 
     rng = np.random.default_rng(0)
     n = 4096
@@ -59,9 +60,9 @@ def main() -> None:
             cfg = ImageTrainParams(arch="resnet18", num_workers=workers, bs=args.bs, epochs=2,
                                    steps_per_epoch=args.steps, schedule="constant").model_dump()
             t0 = time.perf_counter()
-            res = fit(make_trainer({"train": cfg, "data": data}, name=f"tp-{device}-{workers}-{int(time.time())}",
+            res = fit(make_trainer(train_loop_per_worker, {"train": cfg, "data": data}, name=f"tp-{device}-{workers}-{int(time.time())}",
                                    storage_path=str(work / "runs"), num_workers=workers, cpus_per_worker=1,
-                                   use_gpu=device == "gpu", max_failures=0, workload="image_classifier"), workers)
+                                   use_gpu=device == "gpu", max_failures=0), workers)
             timed = res.state["history"][-1]
             key = f"{device}_{workers}w_images_per_s"
             out[key] = round(timed["images_per_s"], 1)

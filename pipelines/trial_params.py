@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import argparse
 
+from components.cli.entry import main, paths, workload
 from components.config import trial_params
 from components.data.parquet import write_json
-from pipelines.common import main, params, paths
 
 
 def run(args: argparse.Namespace) -> None:
-    base = trial_params(getattr(params(args), args.workload).train)
+    _, p = workload(args)
+    base = trial_params(p.train)
     write_json(args.out, {"train": base})
     print(f"[trial_params] {len(base)} train keys reach a trial -> {args.out}")
 
 
 if __name__ == "__main__":
-    main(run, __doc__, paths("--out"), workloads=("char_lm", "image_classifier"))
+    main(run, __doc__, paths("--out"))

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 
+from components.cli.entry import main, paths, workload
 from components.config import trial_params
 from components.data.parquet import load_manifest, read_json, write_json
 from components.fingerprint import code_fingerprint
-from components.runtime import params_key, stage_storage
-from components.tracking import runs
-from components.training.driver import char_lm_data, image_data
+from components.store import params_key, stage_storage
+from components.tracking.session import connect
 from components.tuning.sweep import run_sweep
-from pipelines.common import main, params, paths
 
 
 def sweep_base(train_schema, path: str) -> dict:
@@ -32,20 +31,17 @@ def sweep_base(train_schema, path: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
-    p = getattr(params(args), args.workload)
-    runs.client()  # fails here, before any compute, if MLflow does not answer
+    w, p = workload(args)
+    connect(args.tracking_uri)  # fails here, before any compute, if MLflow does not answer
     # dvc.yaml passes the trial_params stage's file (what tune depends on); by hand, params.yaml's
-    base = sweep_base(type(p.train), args.trial_params) if args.trial_params else trial_params(p.train)
-    if args.workload == "image_classifier":
-        data = image_data(args.data, base["flip"], base["crop"], p.prepare.source)
-    else:
-        data = char_lm_data(args.data).as_dict()
+    base = sweep_base(w.train_schema, args.trial_params) if args.trial_params else trial_params(p.train)
+    data = w.training_data(args.data, base, p).workers
     # Same code + data + params -> same sweep name -> a killed sweep resumes; any change -> a new sweep.
-    code = code_fingerprint("pipelines.tune")
+    code = code_fingerprint("pipelines.tune", args.workload)
     key = params_key(p.tune.model_dump(), base, load_manifest(args.data)["files"], code)
-    outcome = run_sweep(p.tune, base, data, experiment=args.workload, code=code,
+    outcome = run_sweep(p.tune, base, data, workload=w, tracking_uri=args.tracking_uri, code=code,
                         storage=stage_storage(args.workload, "tune"), name=f"sweep-{key}",
-                        use_gpu_setting=base["use_gpu"], workload=args.workload)
+                        use_gpu_setting=base["use_gpu"])
     stopped = sum(1 for t in outcome.trials if (t["epochs"] or 0) < p.tune.epochs)
     write_json(args.out, {
         "params": outcome.best_params, p.tune.metric: outcome.best_metric, "trial_id": outcome.best_trial,
@@ -58,5 +54,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__, paths("--data", "--out", optional=("--trial-params",)),
-         workloads=("char_lm", "image_classifier"))
+    main(run, __doc__, paths("--data", "--out", optional=("--trial-params",)))

@@ -5,7 +5,7 @@ a run has been opened goes through `Writer`: when the server answers, straight t
 journal first, so order is kept); when it does not, into a bounded JSON-lines journal under
 the local state folder, one file per tracking URI. The journal is replayed when the server
 answers again: at the next write of the same run, at the end of the stage, or when the next
-stage starts (`runs.client()`). Replays skip metric steps the run already has, so a replay
+stage starts (`session.connect`). Replays skip metric steps the run already has, so a replay
 cut short and run again writes nothing twice.
 """
 
@@ -20,7 +20,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from components.tracking.runs import TrackingError, server_answers
+from components.store import local_state_dir
+from components.tracking import runs
+from components.tracking.server import TrackingError, server_answers
 
 MAX_ENTRIES = 100_000
 MAX_BYTES = 256 * 2**20
@@ -32,8 +34,6 @@ class JournalFull(TrackingError):
 
 def journal_path(uri: str) -> Path:
     """The journal file of a tracking URI, in this machine's local state folder."""
-    from components.runtime import local_state_dir
-
     return local_state_dir() / "mlflow-journal" / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}.jsonl"
 
 
@@ -130,8 +130,6 @@ class Writer:
         self.c = MlflowClient(tracking_uri=uri)
 
     def _send(self, e: dict[str, Any]) -> None:
-        from components.tracking import runs
-
         if e["op"] == "metrics":
             runs.log_history(self.c, e["run_id"], e["rows"], e.get("step_key", "epoch"), timestamp=e["time"])
         elif e["op"] == "artifact":

@@ -1,6 +1,6 @@
 """Ray Tune sweeps where every trial is a Ray Train run.
 
-Kept apart as in Ray's examples: the worker function (training/loop.py), the per-trial
+Kept apart as in Ray's examples: the worker function (a workload's loop.py), the per-trial
 driver (`_trial`, which starts a TorchTrainer) and the tuner (`run_sweep`). The Tune driver
 process is the only MLflow writer: one parent run, one child run per trial, keyed by the
 trial id so a resumed sweep never duplicates them.
@@ -9,22 +9,20 @@ trial id so a resumed sweep never duplicates them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from components.config import FINAL_ONLY, SearchDim, TuneParams
-from components.runtime import (
-    TrialPlan,
-    init_ray,
-    plan_trials,
-    read_store_json,
-    reap_leaked_placement_groups,
-    want_gpu,
-    write_store_json,
-)
-from components.tracking import runs
+from pydantic import BaseModel
 
-RESULT_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "tokens_per_s")
+from components.cluster.connect import init_ray
+from components.cluster.processes import reap_leaked_placement_groups
+from components.cluster.resources import TrialPlan, plan_trials, want_gpu
+from components.config import FINAL_ONLY, SearchDim, TuneParams
+from components.store import read_store_json, write_store_json
+from components.tracking import runs
+from components.tracking.session import connect
+from components.workloads.base import Workload
 
 
 def _done_marker(storage: str, sweep: str, trial_id: str) -> str:
@@ -51,22 +49,21 @@ def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
 
 
 def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, Any],
-                       workload: str = "char_lm") -> dict[str, Any]:
+                       schema: type[BaseModel]) -> dict[str, Any]:
     """The train config one trial runs: the trial's train params (`trial_params`), the sweep's
     budget, the sampled values; final-run-only keys at their defaults, so they cannot
-    change a trial's result (tune does not rerun when they change)."""
-    from components.config import ImageTrainParams, TrainParams
-
-    schema = ImageTrainParams if workload == "image_classifier" else TrainParams
+    change a trial's result (tune does not rerun when they change). `schema`: the workload's
+    train section."""
     cfg = {k: v for k, v in base.items() if k not in FINAL_ONLY}
-    cfg |= {"epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch, "time_budget_s": None,
-            "num_workers": tp.workers_per_trial, "seed": tp.seed, **sampled}
+    cfg |= {"epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch, "num_workers": tp.workers_per_trial,
+            "seed": tp.seed, **sampled}
     # Sampled values obey the same schema as hand-written ones (checked at load: config.py).
     return schema.model_validate(cfg).model_dump()
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data: dict[str, Any],
-           storage: str, sweep: str, use_gpu: bool, workload: str) -> None:
+           storage: str, sweep: str, use_gpu: bool, loop: Callable[[dict[str, Any]], None],
+           schema: type[BaseModel]) -> None:
     """One trial's driver: a TorchTrainer whose rank-0 reports flow to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -80,14 +77,14 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
         # the sweep: hand back the recorded result instead of training again.
         tune.report(done)
         return
-    train_cfg = trial_train_config(base, tp, config, workload)
+    train_cfg = trial_train_config(base, tp, config, schema)
     reap_leaked_placement_groups()  # CPUs a stopped trial's Train run may have left held
     handover = _guard_report_handover()  # before the first report can exist
     trainer = make_trainer(
-        {"train": train_cfg, "data": data},
+        loop, {"train": train_cfg, "data": data},
         name=f"{sweep}-{trial_id}", storage_path=storage,  # the sweep's key: never another's run
         num_workers=tp.workers_per_trial, cpus_per_worker=tp.cpus_per_worker,
-        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()], workload=workload,
+        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()],
         placement=train_cfg["placement"])
     trainer.fit()
     _wait_for_tune_to_take_reports(handover)
@@ -155,16 +152,16 @@ def _wait_for_tune_to_take_reports(handover: _Handover | None, timeout_s: float 
     print(f"[tune] warning: Tune did not take the trial's last report within {timeout_s:g} s", flush=True)
 
 
-def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, str],
-                     parent_params: dict[str, Any], max_t: int, storage: str, sweep: str):
+def _mlflow_callback(tracking_uri: str, experiment: str, parent_key: str, parent_tags: dict[str, str],
+                     parent_params: dict[str, Any], max_t: int, storage: str, sweep: str, keys: tuple[str, ...]):
     from ray import tune
 
     class MlflowSweepCallback(tune.Callback):
         """Runs in the Tune driver: the sweep's single MLflow writer."""
 
         def setup(self, **info) -> None:
-            self.c = runs.client()
-            self.exp = runs.experiment_id(self.c, experiment)
+            t = connect(tracking_uri)
+            self.c, self.exp = t.client, t.experiment_id(experiment)
             self.parent = runs.start_run(self.c, self.exp, parent_key, f"tune-{parent_key.rsplit('/', 1)[-1]}",
                                          parent_tags)
             runs.log_params(self.c, self.parent, parent_params)
@@ -185,8 +182,8 @@ def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, st
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             if "history" in result:  # a resumed trial: epochs this writer may have missed
                 runs.log_history(self.c, self._child(trial),
-                                 [{k: r[k] for k in RESULT_KEYS if k in r} for r in result["history"]])
-            row = {k: result[k] for k in RESULT_KEYS[1:] if k in result}
+                                 [{k: r[k] for k in keys if k in r} for r in result["history"]])
+            row = {k: result[k] for k in keys if k != "epoch" and k in result}
             # the trial's own epoch, not Tune's iteration count: a trial resumed after a
             # killed sweep restarts its iteration count but goes on from its checkpoint's epoch
             row["epoch"] = result.get("epoch", result["training_iteration"])
@@ -194,7 +191,7 @@ def _mlflow_callback(experiment: str, parent_key: str, parent_tags: dict[str, st
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             run_id = self._child(trial)
-            last = {k: v for k, v in (trial.last_result or {}).items() if k in RESULT_KEYS}
+            last = {k: v for k, v in (trial.last_result or {}).items() if k in keys}
             # recorded first: a sweep resumed after this point never trains this trial again
             write_store_json(_done_marker(storage, sweep, trial.trial_id), last)
             self.c.set_tag(run_id, "trainyard.stopped_early", str(last.get("epoch", 0) < max_t).lower())
@@ -237,10 +234,11 @@ class SweepOutcome:
     parent_run_id: str
 
 
-def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], *, experiment: str,
-              storage: str, name: str, use_gpu_setting: str | bool = "auto", workload: str = "char_lm",
+def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], *, workload: Workload,
+              tracking_uri: str, storage: str, name: str, use_gpu_setting: str | bool = "auto",
               code: str = "") -> SweepOutcome:
-    """Run (or resume) the sweep stored at `storage/name`; return the best trial's params."""
+    """Run (or resume) the sweep stored at `storage/name`; return the best trial's params.
+    MLflow: experiment `workload.name`, a parent run and a child run per trial, at `tracking_uri`."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -255,15 +253,16 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base_train, tp=tp, data=data, storage=storage, sweep=name,
-                             use_gpu=use_gpu, workload=workload),
+                             use_gpu=use_gpu, loop=workload.worker_loop(), schema=workload.train_schema),
         # The driver only waits on its TorchTrainer: it holds memory, not a CPU; the CPUs
         # go to the Train workers, which Ray Train places in their own placement group.
         {"CPU": 0, "memory": tp.driver_memory_mb * 2**20})
+    experiment = workload.name
     parent_key = f"{experiment}/tune/{name}"
-    callback = _mlflow_callback(experiment, parent_key, {"trainyard.stage": "tune", "trainyard.code": code},
+    callback = _mlflow_callback(tracking_uri, experiment, parent_key, {"trainyard.stage": "tune", "trainyard.code": code},
                                 {f"space.{k}": v.model_dump_json(exclude_none=True) for k, v in tp.space.items()}
                                 | {"num_samples": tp.num_samples, "concurrent": plan.concurrent}, tp.epochs,
-                                storage, name)
+                                storage, name, workload.live_metrics)
     path = f"{storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
         print(f"[tune] resuming the sweep at {path}", flush=True)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from components.data.parquet import TOKEN_ROW_GROUP, write_table
-from components.data.text import Vocab, split_text, tokens_table
+from components.workloads.char_lm.data import Vocab, split_text, tokens_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def token_data(tmp_path_factory, corpus_text):
 
 def small_train_cfg(**kw) -> dict:
     """A char-LM train config small enough for seconds per epoch."""
-    from components.config import TrainParams
+    from components.workloads.char_lm.params import TrainParams
 
     return TrainParams(**{"epochs": 2, "steps_per_epoch": 8, "bs": 8, "n_hidden": 32, "val_bptt": 64, **kw}).model_dump()
 

@@ -154,7 +154,7 @@ def test_image_classifier_registered_beside_the_char_lm(tiny_project):
     assert tr["samples_padded"] == 64 * -(-((n_train + 1) // 2) // 32) - n_train
     code = textwrap.dedent("""
         import mlflow, numpy as np, pyarrow.parquet as pq
-        from components.data.images import decode
+        from components.workloads.image_classifier.data import decode
         mlflow.set_tracking_uri('sqlite:///mlflow.db')
         m = mlflow.pyfunc.load_model('models:/image-classifier@champion')
         t = pq.read_table('data/image_classifier/normalized/test.parquet').combine_chunks()
@@ -187,11 +187,32 @@ def test_changing_num_samples_reruns_tune_and_after_only(tiny_project):
 
 
 def test_registry_cli_lists_promotes_and_rolls_back(tiny_project):
-    lst = run([sys.executable, "-m", "pipelines.registry", "list"], tiny_project).stdout
+    lst = run([sys.executable, "-m", "components.cli.registry", "list"], tiny_project).stdout
     assert "champion" in lst and "val_loss=" in lst
-    p = run([sys.executable, "-m", "pipelines.registry", "rollback", "--why", "x"], tiny_project, check=False)
+    p = run([sys.executable, "-m", "components.cli.registry", "rollback", "--why", "x"], tiny_project, check=False)
     assert p.returncode == 1 and "no earlier champion" in p.stderr
-    assert project_env()  # environment has no stray RAY_ADDRESS
+    # a model of its own, two versions of the char-LM's files, so char-lm stays as the other tests see it
+    _mlflow(tiny_project, """
+        src = c.get_model_version_by_alias('char-lm', 'champion')
+        c.create_registered_model('cli-review')
+        for _ in range(2):
+            c.create_model_version('cli-review', src.source, run_id=src.run_id)
+    """)
+    cli = [sys.executable, "-m", "components.cli.registry", "--name", "cli-review"]
+    assert "champion -> v1 (first look)" in run([*cli, "promote", "1", "--why", "first look"], tiny_project).stdout
+    out = run([*cli, "promote", "2", "--why", "better samples", "--who", "reviewer"], tiny_project).stdout
+    assert "champion -> v2 (better samples)" in out
+    shown = json.loads(run([*cli, "show", "2"], tiny_project).stdout)
+    assert shown["aliases"] == ["champion"] and shown["tags"]["trainyard.promoted_by"] == "reviewer"
+    assert shown["tags"]["trainyard.promoted_reason"] == "better samples"
+    lines = run([*cli, "list"], tiny_project).stdout.splitlines()
+    assert "champion v2" in lines[0] and lines[1].startswith("v2 ") and "champion" in lines[1]
+    out = run([*cli, "rollback", "--why", "v2 regressed"], tiny_project).stdout
+    assert "champion rolled back to v1 (v2 regressed)" in out
+    demoted = json.loads(run([*cli, "show", "2"], tiny_project).stdout)
+    assert demoted["aliases"] == [] and json.loads(demoted["tags"]["trainyard.demoted"])["why"] == "v2 regressed"
+    p = run([*cli, "rollback", "--why", "again"], tiny_project, check=False)
+    assert p.returncode == 1 and "no earlier champion" in p.stderr
 
 
 def test_mlflow_models_serve_answers_prompts(tiny_project):

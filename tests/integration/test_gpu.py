@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.runtime import want_gpu
+from components.cluster.resources import want_gpu
 from components.training.checkpoints import load_state
 from components.training.driver import fit, make_trainer
+from components.workloads.char_lm.loop import train_loop_per_worker
 from tests.integration.conftest import small_train_cfg
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow,
 def test_char_lm_trains_on_the_gpu_and_its_checkpoint_loads_on_a_cpu_host(ray_local, token_data, tmp_path):
     assert want_gpu("auto", ray_local, 1)  # `use_gpu: auto` picks the GPU when the cluster has one per worker
     cfg = small_train_cfg(epochs=3, steps_per_epoch=40, n_hidden=256, bs=64)
-    result = fit(make_trainer({"train": cfg, "data": token_data}, name="cuda", storage_path=str(tmp_path),
+    result = fit(make_trainer(train_loop_per_worker, {"train": cfg, "data": token_data}, name="cuda", storage_path=str(tmp_path),
                               num_workers=1, cpus_per_worker=1, use_gpu=True, max_failures=0), 3)
     hist = result.state["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3]

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from components.runtime import ResourceError, plan_trials
+from components.cluster.resources import ResourceError, plan_trials
 from components.training.driver import fit, make_trainer
+from components.workloads.char_lm.loop import train_loop_per_worker
 from tests.integration.conftest import small_train_cfg, wait_for
 
 pytestmark = pytest.mark.slow
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 def test_two_workers_train_checkpoint_and_resume(ray_local, token_data, tmp_path):
     kw = dict(name="run-a", storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1,
               use_gpu=False, max_failures=0)
-    first = fit(make_trainer({"train": small_train_cfg(), "data": token_data}, **kw), 2)
+    first = fit(make_trainer(train_loop_per_worker, {"train": small_train_cfg(), "data": token_data}, **kw), 2)
     hist = first.state["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
     assert hist[1]["val_loss"] < hist[0]["val_loss"] < 5.0
@@ -28,10 +29,10 @@ def test_two_workers_train_checkpoint_and_resume(ray_local, token_data, tmp_path
     # Same run name and storage, as after a crashed stage is started again: Ray Train hands
     # the last checkpoint back and nothing is retrained (the history is the stored one).
     t0 = time.perf_counter()
-    again = fit(make_trainer({"train": small_train_cfg(), "data": token_data}, **kw), 2)
+    again = fit(make_trainer(train_loop_per_worker, {"train": small_train_cfg(), "data": token_data}, **kw), 2)
     assert again.state["history"] == hist
     # More epochs on the same run continue from epoch 2, not from scratch.
-    more = fit(make_trainer({"train": small_train_cfg(epochs=3), "data": token_data}, **kw), 2)
+    more = fit(make_trainer(train_loop_per_worker, {"train": small_train_cfg(epochs=3), "data": token_data}, **kw), 2)
     assert [h["epoch"] for h in more.state["history"]] == [1, 2, 3]
     assert more.state["history"][:2] == hist
     assert time.perf_counter() - t0 < 300
@@ -54,7 +55,7 @@ def test_workers_that_cannot_be_placed_fail_with_the_numbers_instead_of_waiting_
     other = placement_group([{"CPU": 1}])
     assert other.wait(30)
     try:
-        trainer = make_trainer({"train": small_train_cfg(), "data": token_data}, name="run-blocked",
+        trainer = make_trainer(train_loop_per_worker, {"train": small_train_cfg(), "data": token_data}, name="run-blocked",
                                storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1, use_gpu=False,
                                max_failures=0)
         t0 = time.monotonic()
@@ -73,7 +74,7 @@ def test_a_placement_group_whose_creator_died_is_removed_so_its_cpus_come_back(r
     import ray
     from ray.util.placement_group import placement_group, placement_group_table
 
-    from components.runtime import reap_leaked_placement_groups
+    from components.cluster.processes import reap_leaked_placement_groups
 
     @ray.remote(num_cpus=0)
     class Controller:
@@ -104,7 +105,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(ray_l
     import torch
 
     cfg = small_train_cfg(lr=1e4, clip=None, schedule="constant", epochs=30, steps_per_epoch=2, n_hidden=64)
-    trainer = make_trainer({"train": cfg, "data": token_data}, name="run-nan", storage_path=str(tmp_path),
+    trainer = make_trainer(train_loop_per_worker, {"train": cfg, "data": token_data}, name="run-nan", storage_path=str(tmp_path),
                            num_workers=2, cpus_per_worker=1, use_gpu=False, max_failures=0)
     with pytest.raises(ray.train.TrainingFailedError) as err:
         trainer.fit()
@@ -136,7 +137,7 @@ def test_worker_sigkill_mid_epoch_resumes_from_the_last_checkpoint(ray_local, to
     # dropout on, so the resumed epochs must also replay the same random masks
     cfg = small_train_cfg(epochs=4, steps_per_epoch=300, n_hidden=64, dropout=0.2)
     kw = dict(storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1, use_gpu=False)
-    ref = fit(make_trainer({"train": cfg, "data": token_data}, name="unbroken", max_failures=0, **kw), 2).state
+    ref = fit(make_trainer(train_loop_per_worker, {"train": cfg, "data": token_data}, name="unbroken", max_failures=0, **kw), 2).state
     epoch_s = max(h["epoch_s"] for h in ref["history"])
 
     before = set(_train_worker_pids())
@@ -144,7 +145,7 @@ def test_worker_sigkill_mid_epoch_resumes_from_the_last_checkpoint(ray_local, to
 
     def run() -> None:
         try:
-            box["state"] = fit(make_trainer({"train": cfg, "data": token_data}, name="killed",
+            box["state"] = fit(make_trainer(train_loop_per_worker, {"train": cfg, "data": token_data}, name="killed",
                                             max_failures=1, **kw), 2).state
         except BaseException as err:  # handed to the test thread
             box["error"] = err
@@ -167,6 +168,8 @@ def test_worker_sigkill_mid_epoch_resumes_from_the_last_checkpoint(ray_local, to
     assert state["resumes"][0]["step"] == ref["history"][1]["step"]
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]
     assert state["sampler"] == ref["sampler"] and state["schedule"]["step"] == ref["schedule"]["step"]
-    # the same run as the unbroken one, within 0.02 nats/char (in practice identical)
-    assert abs(state["history"][-1]["val_loss"] - ref["history"][-1]["val_loss"]) <= 0.02
+    # the same run as the unbroken one, to the last bit: the restored epochs replay the same
+    # windows, dropout masks and schedule, and 2-rank gloo sums are deterministic
+    assert [(h["train_loss"], h["val_loss"]) for h in state["history"]] == \
+        [(h["train_loss"], h["val_loss"]) for h in ref["history"]]
     assert len(_train_worker_pids(before)) == 0  # the worker group is gone with the run

@@ -6,11 +6,12 @@ import mlflow
 import pytest
 import torch
 
-from components.data.text import Vocab
-from components.evaluation.char_lm import publish_model
-from components.models.char_lm import CharLM
 from components.tracking import registry, runs
-from components.tracking.pyfunc import log_pyfunc
+from components.tracking.server import tracking_uri
+from components.tracking.session import connect
+from components.workloads.char_lm.data import Vocab
+from components.workloads.char_lm.model import CharLM, publish_model
+from components.workloads.char_lm.pyfunc import log_model as log_pyfunc
 
 pytestmark = pytest.mark.slow
 NAME = "char-lm-test"
@@ -20,7 +21,7 @@ NAME = "char-lm-test"
 def store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    c = runs.client()
+    c = connect(tracking_uri()).client
     return c, runs.experiment_id(c, "char_lm")
 
 
@@ -133,7 +134,7 @@ def test_two_registrations_deciding_at_once_crown_the_better(store, tmp_path, mo
 
     def go(seed: int, value: float) -> None:
         try:
-            out[seed] = _register(runs.client(), exp, tmp_path, seed, value)
+            out[seed] = _register(connect(tracking_uri()).client, exp, tmp_path, seed, value)
         except Exception as err:  # handed to the test thread
             errors.append(err)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from components.models.char_lm import CharLM, stream_loss
+from components.workloads.char_lm.model import CharLM, stream_loss
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 

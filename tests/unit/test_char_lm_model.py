@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from components.models.char_lm import CharLM, detach_hidden, generate, stream_loss
+from components.workloads.char_lm.model import CharLM, detach_hidden, generate, stream_loss
 
 
 @pytest.mark.parametrize("arch", ["lstm", "gru", "rnn"])
@@ -64,8 +64,8 @@ def test_generate_is_seeded_multinomial():
 
 def test_published_model_bytes_depend_only_on_the_model(tmp_path):
     from components.data.parquet import file_sha256
-    from components.data.text import Vocab
-    from components.evaluation.char_lm import load_published_model, publish_model
+    from components.workloads.char_lm.data import Vocab
+    from components.workloads.char_lm.model import load_model, publish_model
 
     torch.manual_seed(0)
     m = CharLM(5, n_fac=4, n_hidden=8)
@@ -74,7 +74,7 @@ def test_published_model_bytes_depend_only_on_the_model(tmp_path):
     for name in ("a.pt", "b.pt"):
         publish_model(tmp_path / name, {"model": m.state_dict()}, vocab, cfg)
     assert file_sha256(tmp_path / "a.pt") == file_sha256(tmp_path / "b.pt")
-    loaded, v, _ = load_published_model(tmp_path / "a.pt")
+    loaded, v, _ = load_model(tmp_path / "a.pt")
     assert v == vocab and torch.equal(loaded.out.weight, m.out.weight)
 
 

@@ -1,7 +1,9 @@
 import pytest
 import yaml
 
-from components.config import ParamsError, TrainParams, load_params, parse_params
+from components.config import ParamsError
+from components.params import load_params, parse_params
+from components.workloads.char_lm.params import TrainParams
 
 
 def test_repo_params_are_valid(repo):
@@ -91,10 +93,10 @@ def test_sampled_trial_configs_are_validated():
     from components.tuning.sweep import trial_train_config
 
     base = TrainParams().model_dump()
-    cfg = trial_train_config(base, TuneParams(), {"lr": 0.01, "schedule": "onecycle"})
+    cfg = trial_train_config(base, TuneParams(), {"lr": 0.01, "schedule": "onecycle"}, TrainParams)
     assert cfg["schedule"] == "onecycle" and cfg["num_workers"] == 1 and cfg["epochs"] == TuneParams().epochs
     with pytest.raises(ValueError, match="apply to arch 'rnn' only"):
-        trial_train_config(base, TuneParams(), {"identity_init": True})
+        trial_train_config(base, TuneParams(), {"identity_init": True}, TrainParams)
 
 
 def test_a_local_source_inside_inputs_is_accepted(tmp_path, monkeypatch):
@@ -140,3 +142,18 @@ def test_train_line_shows_a_searched_string_knob():
     hand, cfg = {"schedule": "cosine", "lr": 0.003}, {"schedule": "onecycle", "lr": 0.003}
     line = describe_values(cfg, hand, {"schedule": "onecycle"}, ["lr", "schedule"])
     assert line == "lr 0.003, schedule onecycle (tuned; params.yaml's cosine unused while use_tuned is true)"
+
+
+def test_every_workload_builds_its_trial_configs_from_its_own_schema():
+    """A trial config holds only keys the workload's train section has (the image classifier
+    has no time_budget_s: a trial that set one was refused)."""
+    from components.config import trial_params
+    from components.tuning.sweep import trial_train_config
+    from components.workloads import get, names
+
+    for name in names():
+        w = get(name)
+        p = getattr(load_params(), name)
+        cfg = trial_train_config(trial_params(p.train), p.tune, {}, w.train_schema)
+        assert set(cfg) == set(w.train_schema.model_fields)
+        assert cfg["epochs"] == p.tune.epochs and cfg["num_workers"] == p.tune.workers_per_trial

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from components.models.convnets import (
+from components.workloads.image_classifier.model import (
     ConvNet,
     Residual,
     ResNet18,

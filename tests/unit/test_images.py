@@ -18,8 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from components.data.images import ChannelStats, decode, digits, load_images, stratified_split
 from components.data.sources import SourceError
+from components.workloads.image_classifier.data import (
+    ChannelStats,
+    decode,
+    digits,
+    load_images,
+    stratified_split,
+)
 from tests.unit.test_sources import http_dir  # noqa: F401 (fixture)
 
 

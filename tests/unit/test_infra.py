@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import STAGES, WORKLOADS
+from components.params import STAGES
+from components.workloads import names
+
+WORKLOADS = names()
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 MANIFESTS = ["ray/cluster.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "mlflow/compose.yaml"]
@@ -34,9 +37,58 @@ def _dockerfile_tag():
     return m.group(1)
 
 
-@pytest.mark.parametrize("rel", MANIFESTS)
-def test_manifests_parse(rel):
-    assert isinstance(_load(rel), dict)
+def test_ray_cluster_config_passes_rays_own_schema():
+    """The launcher config validates against the JSON schema `ray up` itself checks with."""
+    import json
+
+    import jsonschema
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(_load("ray/cluster.yaml"), schema)
+
+
+def _check_pod_template(where: str, template: dict) -> None:
+    containers = template["spec"]["containers"]
+    assert containers and all(c.get("name") and c.get("image") for c in containers), where
+    for c in containers:
+        for e in c.get("env", []):
+            assert set(e) in ({"name", "value"}, {"name", "valueFrom"}), f"{where}: env {e}"
+            assert "value" not in e or isinstance(e["value"], str), f"{where}: env values are strings: {e}"
+
+
+@pytest.mark.parametrize("rel,kind", [("kuberay/raycluster.yaml", "RayCluster"), ("kuberay/rayjob.yaml", "RayJob")])
+def test_kuberay_manifests_have_the_fields_kuberay_requires(rel, kind):
+    """KubeRay's v1 CRDs: apiVersion/kind/name, a head group and worker groups whose pod
+    templates name an image, rayStartParams as strings (the CRD types them so), integer replicas."""
+    doc = _load(rel)
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == kind and doc["metadata"]["name"]
+    spec = doc["spec"]
+    if kind == "RayJob":
+        assert isinstance(spec["entrypoint"], str) and spec["entrypoint"].strip()
+        spec = spec["rayClusterSpec"]
+    head = spec["headGroupSpec"]
+    _check_pod_template(f"{rel} head", head["template"])
+    groups = spec["workerGroupSpecs"]
+    assert groups and len({g["groupName"] for g in groups}) == len(groups)
+    for g in [head, *groups]:
+        assert all(isinstance(v, str) for v in g.get("rayStartParams", {}).values()), f"{rel}: {g.get('rayStartParams')}"
+    for g in groups:
+        _check_pod_template(f"{rel} {g['groupName']}", g["template"])
+        for k in ("replicas", "minReplicas", "maxReplicas"):
+            assert k not in g or (isinstance(g[k], int) and g[k] >= 0), f"{rel}: {g['groupName']}.{k}"
+
+
+def test_compose_services_are_well_formed():
+    """Every service has an image or a build, depends only on services that exist, and maps
+    ports as strings (YAML would read 5000:5000 as a number in base 60)."""
+    services = _load("mlflow/compose.yaml")["services"]
+    assert {"postgres", "mlflow"} <= set(services)
+    for name, svc in services.items():
+        assert "image" in svc or "build" in svc, name
+        deps = svc.get("depends_on", {})
+        assert set(deps) <= set(services), f"{name} depends on {set(deps) - set(services)}"
+        assert all(isinstance(p, str) for p in svc.get("ports", [])), f"{name}: ports must be quoted strings"
 
 
 def test_every_pipeline_image_is_the_dockerfile_tag():
@@ -46,13 +98,50 @@ def test_every_pipeline_image_is_the_dockerfile_tag():
         assert ours and set(ours) == {tag}, f"{rel}: {ours} != {tag}"
 
 
-def test_dockerfile_copies_what_exists_and_runs_the_pipeline(repo):
+def test_the_image_holds_what_dvc_repro_reads(tmp_path):
+    """The Dockerfile's COPY and `RUN dvc ...` lines, replayed into a folder with no .git, give a
+    tree where DVC opens the project and finds every stage's source dependencies:
+    what the image's `CMD ["dvc", "repro"]` needs."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    repo = INFRA.parent
     text = (INFRA / "Dockerfile").read_text()
+    assert 'CMD ["dvc", "repro"]' in text
     for line in text.splitlines():
         if line.startswith("COPY "):
-            for src in line.split()[1:-1]:
-                assert (repo / src.rstrip("/")).exists(), f"Dockerfile copies missing {src}"
-    assert 'CMD ["dvc", "repro"]' in text
+            *srcs, dest = line.split()[1:]
+            for src in srcs:  # Docker's rules: a folder's contents go to dest; a file into dest/ or as dest
+                source = repo / src.rstrip("/")
+                assert source.exists(), f"Dockerfile copies missing {src}"
+                where = tmp_path / dest
+                if source.is_dir():
+                    shutil.copytree(source, where, dirs_exist_ok=True)
+                else:
+                    where = where / source.name if dest.endswith("/") else where
+                    where.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source, where)
+        elif line.startswith("RUN dvc "):
+            subprocess.run([str(Path(sys.executable).parent / "dvc"), *shlex.split(line)[2:]], cwd=tmp_path,
+                           check=True, capture_output=True)
+    # no .git: DVC must open the tree as the image's `dvc repro` will, and see every stage
+    p = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status"], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(tmp_path)) as dvc:
+        stages = list(dvc.index.stages)
+        produced = {o.def_path for s in stages for o in s.outs}
+        missing = sorted({f"{s.addressing}: {d.def_path}" for s in stages for d in s.deps
+                          if not isinstance(d, ParamsDependency) and not any(
+                              d.def_path == o or d.def_path.startswith(o + "/") for o in produced)
+                          and not (tmp_path / d.def_path).exists()})
+    assert len(stages) == len(STAGES) * len(WORKLOADS)
+    assert not missing, f"the image lacks what these stages read: {missing}"
 
 
 def test_kuberay_manifests_are_ray_crds_with_our_env():
@@ -134,7 +223,7 @@ def test_local_mlflow_server_runs_what_compose_runs():
 
 
 def test_cluster_manifests_pass_the_variables_the_pipeline_forwards_to_workers():
-    from components.runtime import FORWARDED_ENV
+    from components.cluster.connect import FORWARDED_ENV
 
     job = _load("kuberay/rayjob.yaml")["spec"]["rayClusterSpec"]
     pod_env = {e["name"] for e in job["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}

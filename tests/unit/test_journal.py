@@ -87,12 +87,11 @@ def test_a_refused_write_is_explained_naming_the_user(monkeypatch):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 
-    from components.tracking.runs import denied
+    from components.tracking.server import denied
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reviewer")
     err = MlflowException("Permission denied", error_code=PERMISSION_DENIED)
-    line = denied(err)
+    line = denied(err, "http://127.0.0.1:5000")
     assert line.startswith("MLFLOW_TRACKING_URI=http://127.0.0.1:5000: user 'reviewer' may not do this")
     assert "PERMISSION_DENIED" in line
-    assert denied(MlflowException("other")) is None and denied(ValueError("x")) is None
+    assert denied(MlflowException("other"), "x") is None and denied(ValueError("x"), "x") is None

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import TrainParams
-from components.training.lr_find import lr_find, suggest
+from components.workloads.char_lm.lr_find import lr_find, suggest
+from components.workloads.char_lm.params import TrainParams
 
 
 def test_suggest_is_a_tenth_of_the_minimum():

@@ -1,6 +1,6 @@
 import pytest
 
-from components.runtime import ResourceError, check_train_fits, plan_trials, want_gpu
+from components.cluster.resources import ResourceError, check_train_fits, plan_trials, want_gpu
 
 GIB = 2**30
 LAPTOP = {"CPU": 2.0, "memory": 8 * GIB}
@@ -48,7 +48,7 @@ def test_a_ray_address_that_does_not_answer_fails_at_once(monkeypatch):
     import socket
     import time
 
-    from components.runtime import init_ray, probe_ray_address
+    from components.cluster.connect import init_ray, probe_ray_address
 
     with socket.socket() as s:  # a port that is certainly closed: bound, never listening
         s.bind(("127.0.0.1", 0))
@@ -64,7 +64,7 @@ def test_a_ray_address_that_does_not_answer_fails_at_once(monkeypatch):
 
 
 def test_worker_start_wait_is_bounded_and_validated(monkeypatch):
-    from components.runtime import start_attempts, start_timed_out, start_wait_s
+    from components.cluster.resources import start_attempts, start_timed_out, start_wait_s
 
     monkeypatch.delenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", raising=False)
     monkeypatch.setenv("TRAINYARD_WORKER_START_TIMEOUT_S", "600")

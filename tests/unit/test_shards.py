@@ -4,7 +4,7 @@ import torch
 
 from components.data.parquet import TOKEN_ROW_GROUP, write_table
 from components.data.shards import BpttSampler, read_token_range, stream_bounds, worker_streams
-from components.data.text import tokens_table
+from components.workloads.char_lm.data import tokens_table
 
 
 @pytest.fixture

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from components.config import FINAL_ONLY, WORKLOADS, ImageTrainParams, TrainParams, trial_params
+from components.config import FINAL_ONLY, trial_params
 from components.fingerprint import code_fingerprint, import_closure, stage_code_files
+from components.workloads import get, names
+
+WORKLOADS = names()
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,8 +35,13 @@ def stages():
     return out
 
 
+def _covered(f: str, deps: set[str]) -> bool:
+    return f in deps or any(f.startswith(d.rstrip("/") + "/") for d in deps)
+
+
 def test_every_stage_depends_on_every_file_it_imports(stages):
-    missing = {name: sorted(set(stage_code_files(entry)) - files) for name, (entry, files, _) in stages.items()}
+    missing = {name: sorted(f for f in stage_code_files(entry, name.split("@")[1]) if not _covered(f, files))
+               for name, (entry, files, _) in stages.items()}
     missing = {k: v for k, v in missing.items() if v}
     assert not missing, "dvc.yaml stages import files they do not depend on:\n" + "\n".join(
         f"  {name}: {', '.join(files)}" for name, files in sorted(missing.items()))
@@ -51,30 +59,38 @@ def test_the_closure_follows_imports_inside_functions_and_relative_ones(tmp_path
     got = [p.relative_to(tmp_path).as_posix() for p in import_closure("components.a", tmp_path)]
     assert got == ["components/__init__.py", "components/a.py", "components/sub/__init__.py",
                    "components/sub/b.py", "components/sub/c.py"]
-    assert stage_code_files("components.a", tmp_path) == ["components/a.py", "components/sub/b.py",
+    assert stage_code_files("components.a", root=tmp_path) == ["components/a.py", "components/sub/b.py",
                                                           "components/sub/c.py"]
 
 
 def test_the_bptt_sampler_is_train_code_and_the_registry_is_not():
-    assert "components/data/shards.py" in stage_code_files("pipelines.train")
-    assert "components/training/checkpoints.py" in stage_code_files("pipelines.train")
-    assert "components/models/char_lm.py" in stage_code_files("pipelines.evaluate")
-    assert "components/tracking/registry.py" not in stage_code_files("pipelines.train")
+    assert "components/data/shards.py" in stage_code_files("pipelines.train", "char_lm")
+    assert "components/training/checkpoints.py" in stage_code_files("pipelines.train", "char_lm")
+    assert "components/workloads/char_lm/model.py" in stage_code_files("pipelines.evaluate", "char_lm")
+    assert "components/workloads/char_lm/model.py" not in stage_code_files("pipelines.evaluate", "image_classifier")
+    assert "components/tracking/registry.py" not in stage_code_files("pipelines.train", "char_lm")
+
+
+def test_dvc_yaml_code_deps_are_what_the_generator_writes():
+    from components.cli.stage_deps import rewrite
+
+    text = (REPO / "dvc.yaml").read_text()
+    assert rewrite(text) == text, "run: python -m components.cli.stage_deps"
 
 
 def test_the_fingerprint_changes_with_the_code_a_stage_runs_only(tmp_path):
     for pkg in ("components", "pipelines"):
         shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    before = code_fingerprint("pipelines.train", tmp_path)
-    assert before == code_fingerprint("pipelines.train", REPO)  # a function of the files, not the place
+    before = code_fingerprint("pipelines.train", "char_lm", tmp_path)
+    assert before == code_fingerprint("pipelines.train", "char_lm", REPO)  # a function of the files, not the place
     registry = tmp_path / "components/tracking/registry.py"
     registry.write_text(registry.read_text() + "\n# not train code\n")
     import_closure.cache_clear()
-    assert code_fingerprint("pipelines.train", tmp_path) == before
-    model = tmp_path / "components/models/char_lm.py"
+    assert code_fingerprint("pipelines.train", "char_lm", tmp_path) == before
+    model = tmp_path / "components/workloads/char_lm/model.py"
     model.write_text(model.read_text().replace("emb = self.emb(x)", "emb = 0.1 * self.emb(x)", 1))
     import_closure.cache_clear()
-    assert code_fingerprint("pipelines.train", tmp_path) != before
+    assert code_fingerprint("pipelines.train", "char_lm", tmp_path) != before
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)
@@ -85,7 +101,7 @@ def test_tune_depends_on_the_train_keys_a_trial_uses_not_on_final_run_keys(stage
     _, _, tp_params = stages[f"trial_params@{workload}"]
     assert tp_params["params.yaml"] == [f"{workload}.train"]
     # the file holds every train key except the final-run ones, so a new key reaches tune
-    schema = ImageTrainParams if workload == "image_classifier" else TrainParams
+    schema = get(workload).train_schema
     assert set(trial_params(schema())) == set(schema.model_fields) - set(FINAL_ONLY)
 
 

@@ -11,7 +11,7 @@ from components.data.parquet import (
     staging_dir,
     write_table,
 )
-from components.data.text import Vocab, split_text, tokens_table
+from components.workloads.char_lm.data import Vocab, split_text, tokens_table
 
 
 def test_splits_are_contiguous_and_in_order():

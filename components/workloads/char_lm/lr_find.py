@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from components.data.shards import BpttSampler
-from components.models.char_lm import CharLM, detach_hidden, model_kwargs
-from components.training.loop import make_optimizer
+from components.workloads.char_lm.loop import make_optimizer
+from components.workloads.char_lm.model import CharLM, detach_hidden, model_kwargs
 
 
 @dataclass(frozen=True)

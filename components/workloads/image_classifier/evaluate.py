@@ -8,29 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.data.images import IMAGES_SCHEMA, decode
-from components.data.parquet import atomic_path, check_table
-from components.models.convnets import build, cam
-from components.training.image_loop import normalize
-
-
-def publish_image_model(path: str | Path, state: dict[str, Any], data: dict[str, Any], arch: str, dropout: float) -> None:
-    """The self-contained model file: weights, constructor config, classes, normalisation."""
-    blob = {"model": state["model"], "config": {"arch": arch, "in_shape": data["shape"],
-                                                "n_classes": data["n_classes"], "dropout": dropout},
-            "classes": data["classes"], "mean": data["mean"], "std": data["std"],
-            "train": state.get("train", {}), "history": state.get("history", [])}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(blob, f)  # a file object keeps the bytes independent of the temp name
-
-
-def load_image_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A published image model (CPU, eval mode) and its metadata."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = blob["config"]
-    model = build(cfg["arch"], tuple(cfg["in_shape"]), cfg["n_classes"], cfg["dropout"])
-    model.load_state_dict(blob["model"])
-    return model.eval(), blob
+from components.data.parquet import check_table
+from components.workloads.image_classifier.data import IMAGES_SCHEMA, decode, normalize
+from components.workloads.image_classifier.model import cam
 
 
 def read_images(folder: str | Path, split: str, manifest: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,11 +14,15 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from components.data.sources import SourceError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGES_SCHEMA = pa.schema([
     ("image", pa.binary()), ("label", pa.int16()), ("height", pa.int16()), ("width", pa.int16()),
@@ -236,3 +240,8 @@ def iter_split(pf, split: str, batch_size: int = 1024) -> Iterator[pa.RecordBatc
         sel = batch.filter(pc.equal(batch.column("split"), split))
         if sel.num_rows:
             yield sel
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float, scaled to [0, 1] then standardised per channel."""
+    return (x.float() / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

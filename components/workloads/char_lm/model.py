@@ -7,10 +7,14 @@ model still sees the whole history through the state.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from components.data.parquet import atomic_path
+from components.workloads.char_lm.data import Vocab
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -114,3 +118,21 @@ def generate(model: CharLM, prompt_ids: list[int], n_chars: int, temperature: fl
         out.append(nxt)
         logits, h = model(torch.tensor([[nxt]], device=device), h)
     return out
+
+
+def publish_model(path: str | Path, state: dict[str, Any], vocab: Vocab, model_config: dict[str, Any]) -> None:
+    """Write the self-contained model file (weights, constructor config, vocabulary) atomically."""
+    # Through a file object: torch.save(obj, path) names the archive's inner folder after the
+    # (random) temp file name, so the same model would get different bytes every time.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"model": state["model"], "config": model_config, "vocab": list(vocab.itos),
+                    "train": state.get("train", {}), "history": state.get("history", [])}, f)
+
+
+def load_model(path: str | Path) -> tuple[CharLM, Vocab, dict[str, Any]]:
+    """Load a model file written by `publish_model` (CPU, eval mode)."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    model = CharLM(**blob["config"])
+    model.load_state_dict(blob["model"])
+    model.eval()
+    return model, Vocab(tuple(blob["vocab"])), blob

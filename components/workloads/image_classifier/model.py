@@ -8,11 +8,14 @@ activation map is `classifier.weight[class] . features` (`cam`).
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from components.data.parquet import atomic_path
 
 Arch = Literal["simplenet", "convnet", "convbnnet", "resnet", "resnet18"]
 
@@ -177,3 +180,22 @@ def cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None) 
         classes = model(x).argmax(1)
     w = model.classifier.weight[classes]  # (B, C)
     return torch.einsum("bc,bchw->bhw", w, feats)
+
+
+def publish_model(path: str | Path, state: dict[str, Any], data: dict[str, Any], arch: str, dropout: float) -> None:
+    """The self-contained model file: weights, constructor config, classes, normalisation."""
+    blob = {"model": state["model"], "config": {"arch": arch, "in_shape": data["shape"],
+                                                "n_classes": data["n_classes"], "dropout": dropout},
+            "classes": data["classes"], "mean": data["mean"], "std": data["std"],
+            "train": state.get("train", {}), "history": state.get("history", [])}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(blob, f)  # a file object keeps the bytes independent of the temp name
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A published image model (CPU, eval mode) and its metadata."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = blob["config"]
+    model = build(cfg["arch"], tuple(cfg["in_shape"]), cfg["n_classes"], cfg["dropout"])
+    model.load_state_dict(blob["model"])
+    return model.eval(), blob

@@ -1,4 +1,5 @@
-"""What every stage entry point shares: arguments, params loading, one-line errors."""
+"""What every stage and tool entry point shares: arguments, the workload and its params, the
+tracking URI (resolved once, here), one-line errors."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
-from components.config import WORKLOADS, Params, load_params
+from components import workloads
+from components.params import load_params
+from components.tracking.server import tracking_uri
+from components.workloads.base import Workload
 
 
-def parser(description: str, workloads: tuple[str, ...] = WORKLOADS) -> argparse.ArgumentParser:
-    """An argument parser with `--workload` (the ones this stage implements) and `--params`."""
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with `--workload` (any in the workload table) and `--params`."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", choices=workloads, default=workloads[0])
+    names = workloads.names()
+    p.add_argument("--workload", choices=names, default=names[0])
     p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     return p
 
@@ -28,9 +34,14 @@ def paths(*flags: str, optional: tuple[str, ...] = ()) -> Callable[[argparse.Arg
     return add
 
 
-def params(args: argparse.Namespace) -> Params:
-    """Validated params (raises ParamsError naming the key)."""
+def params(args: argparse.Namespace) -> Any:
+    """The whole params file, validated (raises ParamsError naming the key)."""
     return load_params(args.params)
+
+
+def workload(args: argparse.Namespace) -> tuple[Workload, Any]:
+    """`--workload` and its validated params section."""
+    return workloads.get(args.workload), getattr(params(args), args.workload)
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -52,13 +63,14 @@ def _root_cause(err: BaseException) -> BaseException:
 
 
 def main(fn: Callable[[argparse.Namespace], None], description: str,
-         add_args: Callable[[argparse.ArgumentParser], None] | None = None,
-         workloads: tuple[str, ...] = WORKLOADS) -> None:
-    """Run a stage: parse args, call `fn`, turn any failure into one line and exit 1."""
-    p = parser(description, workloads)
+         add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Run a stage: parse args, resolve the tracking URI once (`args.tracking_uri`), call `fn`,
+    turn any failure into one line and exit 1."""
+    p = parser(description)
     if add_args:
         add_args(p)
     args = p.parse_args()
+    args.tracking_uri = tracking_uri()
     try:
         fn(args)
     except KeyboardInterrupt:
@@ -71,9 +83,9 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
 
             traceback.print_exc()
         root = _root_cause(err)
-        from components.tracking.runs import denied
+        from components.tracking.server import denied
 
-        if (why := denied(root)) is not None:
+        if (why := denied(root, args.tracking_uri)) is not None:
             print(f"error: {why}", file=sys.stderr)
             sys.exit(1)
         lines = str(root).strip().splitlines() or [type(root).__name__]
@@ -93,10 +105,10 @@ def _quiet_ray() -> None:
 
 
 def _is_ours(err: BaseException) -> bool:
+    from components.cluster.resources import ResourceError
     from components.config import ParamsError
     from components.data.parquet import DataError
     from components.data.sources import SourceError
-    from components.runtime import ResourceError
-    from components.tracking.runs import TrackingError
+    from components.tracking.server import TrackingError
 
     return isinstance(err, ParamsError | DataError | SourceError | ResourceError | TrackingError)

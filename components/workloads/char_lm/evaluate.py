@@ -8,29 +8,11 @@ from typing import Any
 
 import torch
 
-from components.data.parquet import TOKENS_SCHEMA, atomic_path, check_table
-from components.data.text import Vocab
-from components.models.char_lm import CharLM, generate, stream_loss
+from components.data.parquet import TOKENS_SCHEMA, check_table
+from components.workloads.char_lm.data import Vocab
+from components.workloads.char_lm.model import CharLM, generate, stream_loss
 
 EVAL_STREAMS = 32  # parallel streams when scoring: state carried within each stream
-
-
-def publish_model(path: str | Path, state: dict[str, Any], vocab: Vocab, model_config: dict[str, Any]) -> None:
-    """Write the self-contained model file (weights, constructor config, vocabulary) atomically."""
-    # Through a file object: torch.save(obj, path) names the archive's inner folder after the
-    # (random) temp file name, so the same model would get different bytes every time.
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save({"model": state["model"], "config": model_config, "vocab": list(vocab.itos),
-                    "train": state.get("train", {}), "history": state.get("history", [])}, f)
-
-
-def load_published_model(path: str | Path) -> tuple[CharLM, Vocab, dict[str, Any]]:
-    """Load a model file written by `publish_model` (CPU, eval mode)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    model = CharLM(**blob["config"])
-    model.load_state_dict(blob["model"])
-    model.eval()
-    return model, Vocab(tuple(blob["vocab"])), blob
 
 
 def score_ids(model: CharLM, ids: torch.Tensor, bptt: int = 128, streams: int = EVAL_STREAMS) -> float:

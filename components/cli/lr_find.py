@@ -1,7 +1,7 @@
 """lr_find: an exponential learning-rate sweep on the train split -> a loss-vs-lr plot and a
 suggested `char_lm.train.lr`. Its own step, outside `dvc repro`; run it, look, then set the lr.
 
-    python -m pipelines.lr_find --workload char_lm --data data/char_lm/normalized --out reports/char_lm
+    python -m components.cli.lr_find --workload char_lm --data data/char_lm/normalized --out reports/char_lm
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from components.cli.entry import main, params, paths
 from components.data.parquet import write_json
-from components.training.driver import char_lm_data
-from components.training.lr_find import lr_find
-from pipelines.common import main, params, paths
+from components.workloads.char_lm.lr_find import lr_find
+from components.workloads.char_lm.staging import training_data
 
 
 def plot(path: Path, lrs: list[float], losses: list[float], suggested: float) -> None:
@@ -37,11 +37,11 @@ def run(args: argparse.Namespace) -> None:
     from components.data.shards import worker_streams
 
     tp = params(args).char_lm.train.model_dump()
-    data = char_lm_data(args.data)
-    streams = worker_streams(data.train_uri, data.n_train, tp["bs"], 0, 1)
+    data = training_data(args.data)
+    streams = worker_streams(data["train_uri"], data["n_train"], tp["bs"], 0, 1)
     print(f"[lr_find] {args.steps} steps from {args.start_lr:g} to {args.end_lr:g} ({tp['arch']}, bs {tp['bs']})", flush=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    res = lr_find(streams, data.vocab_size, tp, args.start_lr, args.end_lr, args.steps)
+    res = lr_find(streams, data["vocab_size"], tp, args.start_lr, args.end_lr, args.steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(out / "lr_find.png", res.lrs, res.losses, res.suggested_lr)
@@ -61,4 +61,4 @@ def _args(a: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__, _args, workloads=("char_lm",))
+    main(run, __doc__, _args)

@@ -1,9 +1,9 @@
 """Review the model registry from the command line.
 
-    python -m pipelines.registry list                       # versions, metrics, aliases, lineage
-    python -m pipelines.registry show 3
-    python -m pipelines.registry promote 3 --why "better samples, checked by hand"
-    python -m pipelines.registry rollback --why "v4 regressed on the new prompts"
+    python -m components.cli.registry list                       # versions, metrics, aliases, lineage
+    python -m components.cli.registry show 3
+    python -m components.cli.registry promote 3 --why "better samples, checked by hand"
+    python -m components.cli.registry rollback --why "v4 regressed on the new prompts"
 
 The model name comes from `<workload>.register.model_name` in params.yaml (or `--name`).
 Promotions and rollbacks record who and why as version tags; the MLflow UI shows the same.
@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from components.tracking import registry, runs
-from pipelines.common import main, params
+from components.cli.entry import main, params
+from components.tracking import registry
+from components.tracking.session import connect
 
 
 def _row(v: dict) -> str:
@@ -30,7 +31,7 @@ def _row(v: dict) -> str:
 
 def run(args: argparse.Namespace) -> None:
     name = args.name or getattr(params(args), args.workload).register_.model_name
-    c = runs.client()
+    c = connect(args.tracking_uri).client
     if args.cmd == "list":
         versions = registry.list_versions(c, name)
         if not versions:
@@ -62,4 +63,4 @@ def _args(a: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__, _args, workloads=("char_lm", "image_classifier"))
+    main(run, __doc__, _args)

@@ -1,0 +1,1 @@
+"""The Ray side of a stage: connecting, resources, and the processes it leaves."""

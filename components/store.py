@@ -1,0 +1,96 @@
+"""The run store: where checkpoints, Tune state and this machine's own state live.
+
+`TRAINYARD_STORE` (default `./.trainyard`) holds checkpoints and Tune state outside DVC's
+outputs (DVC deletes a stage's outputs before running it), keyed by stage, code, data and
+params so a re-run after a crash resumes. A URI (`s3://...`) works too: it goes through pyarrow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+def store_root() -> str:
+    """The run store: `TRAINYARD_STORE`, or `.trainyard` in the working directory (absolute)."""
+    root = os.environ.get("TRAINYARD_STORE", ".trainyard")
+    return root if "://" in root else str(Path(root).resolve())
+
+
+
+def params_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts: the key of a stage's state in the run store."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+
+def stage_storage(workload: str, stage: str) -> str:
+    """The run-store folder of a stage (a Ray `storage_path`)."""
+    root = store_root()
+    return f"{root.rstrip('/')}/{workload}/{stage}" if "://" in root else str(Path(root) / workload / stage)
+
+
+
+def local_state_dir() -> Path:
+    """A local folder for this machine's own state (downloads, Ray process records, the
+    MLflow journal): the run store when it is local, else `./.trainyard`."""
+    root = store_root()
+    return Path(root) if "://" not in root else Path(".trainyard").resolve()
+
+
+
+def write_store_json(uri: str, obj: Any) -> None:
+    """Write a small JSON file in the run store (a local path or a URI), atomically where the
+    filesystem allows (a local rename; object stores publish whole objects anyway)."""
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(obj, sort_keys=True).encode())
+    fs.move(tmp, path)
+
+
+
+def read_store_json(uri: str) -> Any | None:
+    """A JSON file from the run store, or None when there is none."""
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+
+def download_cache(workload: str) -> Path:
+    """A local folder for downloads, outside DVC's outputs (kept across re-runs)."""
+    return local_state_dir() / workload / "downloads"
+
+
+
+def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
+    """Make data files readable from every Ray node; return name -> path or URI.
+
+    With a local store, nodes share this filesystem: absolute paths. With a URI store the
+    files are copied once into `<store>/data/<content hash>/` and workers read them there.
+    """
+    root = store_root()
+    if "://" not in root:
+        return {k: str(Path(v).resolve()) for k, v in files.items()}
+    from components.data.parquet import file_sha256
+
+    fs, base = pafs.FileSystem.from_uri(root)
+    out = {}
+    for name, path in files.items():
+        digest = file_sha256(path)[:16]
+        dest = f"{base.rstrip('/')}/data/{digest}/{Path(path).name}"
+        if fs.get_file_info(dest).type == pafs.FileType.NotFound:
+            fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+            pafs.copy_files(str(Path(path).resolve()), dest, destination_filesystem=fs)
+        out[name] = f"{root.split('://', 1)[0]}://{dest}"
+    return out

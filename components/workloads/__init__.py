@@ -1,0 +1,60 @@
+"""The workloads the pipeline trains: the one table that names them.
+
+A workload is one package (or module) exposing `WORKLOAD`, a `components.workloads.base.Workload`:
+its params schema, data staging, model, worker loop, evaluation, model file and pyfunc. The
+stages call through it and never branch on a workload's name. Adding one is: a package here,
+a line in `BUILTIN`, its `params.yaml` section, its key in `dvc.yaml`'s `foreach` lists, and a
+README row. `TRAINYARD_WORKLOADS` adds more without editing this file
+(`name=package.module:WORKLOAD,...`), for workloads that live elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from components.workloads.base import Workload
+
+BUILTIN = {
+    "char_lm": "components.workloads.char_lm:WORKLOAD",
+    "image_classifier": "components.workloads.image_classifier:WORKLOAD",
+}
+PLUGINS_ENV = "TRAINYARD_WORKLOADS"
+
+
+def table() -> dict[str, str]:
+    """name -> `module:attribute`: the built-in workloads, then those `TRAINYARD_WORKLOADS` adds."""
+    out = dict(BUILTIN)
+    for item in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
+        name, sep, target = item.partition("=")
+        if not sep or ":" not in target or not name.isidentifier():
+            raise ValueError(f"{PLUGINS_ENV}: {item!r} is not name=module:attribute")
+        out[name] = target
+    return out
+
+
+def names() -> tuple[str, ...]:
+    """Every workload's name, in table order."""
+    return tuple(table())
+
+
+def module_of(name: str) -> str:
+    """The dotted module that defines a workload (its code is part of its stages' fingerprint)."""
+    return table()[name].partition(":")[0]
+
+
+@cache
+def _load(target: str) -> Workload:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def get(name: str) -> Workload:
+    """The workload called `name`; KeyError naming the known ones otherwise."""
+    t = table()
+    if name not in t:
+        raise KeyError(f"unknown workload {name!r} (known: {', '.join(t)})")
+    return _load(t[name])

@@ -1,0 +1,93 @@
+"""The workload interface: everything a stage needs to know about one kind of model.
+
+    prepare    raw source -> data/<w>/prepared            Workload.prepare
+    normalize  prepared -> data/<w>/normalized            Workload.normalize
+    tune/train normalized -> what workers read           Workload.training_data, .worker_loop
+               final checkpoint -> models/<w>/model.pt    Workload.publish
+    evaluate   model + val/test -> metrics, reports       Workload.evaluate
+    register   model -> MLflow pyfunc, champion re-score  Workload.registration
+
+The stages own everything around these calls (params, Ray, MLflow, run keys, atomic
+publishing); a workload owns only what differs between models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from components.config import WorkloadParams
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the workers of a train or tune run get (`data` in their config: URIs every node
+    can read, sizes, statistics), and what train logs about it to MLflow."""
+
+    workers: dict[str, Any]
+    logged: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What `register` needs from a workload: the model file's metadata, a way to score any
+    registered version on our val data (so champions are compared on the same data), and a
+    way to log the model as a pyfunc into the active MLflow run (returns its URI)."""
+
+    blob: dict[str, Any]
+    rescore: Callable[[str], float]  # a version's local model file -> REGISTER_METRIC on our val data
+    log_model: Callable[[], str]
+
+
+class Workload:
+    """One kind of model. Subclasses set the class variables and implement the methods."""
+
+    name: ClassVar[str]
+    params: ClassVar[type[WorkloadParams]]  # its params.yaml section
+    data_meta: ClassVar[str]  # the normalized folder's metadata file (vocabulary, statistics)
+    live_metrics: ClassVar[tuple[str, ...]] = ("epoch", "train_loss", "val_loss", "lr")  # logged per epoch
+    headline: ClassVar[tuple[str, ...]] = ()  # train keys train's first line shows besides the tuned ones
+
+    @property
+    def train_schema(self) -> type[BaseModel]:
+        """The schema of its `train` section (a sweep's trial configs are checked against it)."""
+        return self.params.model_fields["train"].annotation
+
+    @property
+    def data_files(self) -> tuple[str, ...]:
+        """Normalized files whose md5s tag a registered version (the files train reads)."""
+        return ("train.parquet", "val.parquet", self.data_meta)
+
+    def prepare(self, p: Any, out: str) -> str:
+        """Read the source named in `p.prepare`, publish Parquet + a manifest under `out`; the summary line."""
+        raise NotImplementedError
+
+    def normalize(self, p: Any, src: str, out: str) -> str:
+        """Split and normalize `src` into `out` (statistics from train only); the summary line."""
+        raise NotImplementedError
+
+    def training_data(self, folder: str, train: dict[str, Any], p: Any) -> TrainingData:
+        """Check the normalized train / val files and stage them for workers on any node."""
+        raise NotImplementedError
+
+    def worker_loop(self) -> Callable[[dict[str, Any]], None]:
+        """The per-worker training function (`config["train"]`, `config["data"]`)."""
+        raise NotImplementedError
+
+    def publish(self, path: str | Path, state: dict[str, Any], folder: str, data: dict[str, Any],
+                train: dict[str, Any]) -> None:
+        """Write the self-contained model file from the final checkpoint's state, atomically
+        (`folder`: the normalized data; `data`: what the workers got; `train`: the run's params)."""
+        raise NotImplementedError
+
+    def evaluate(self, p: Any, data: str, model: str, reports: Path) -> tuple[dict[str, Any], list[str]]:
+        """Score the model on val and test, write reports into `reports`; (metrics, summary lines)."""
+        raise NotImplementedError
+
+    def registration(self, data: str, model: str) -> Registration:
+        """What `register` needs for this model file."""
+        raise NotImplementedError

@@ -1,0 +1,105 @@
+"""The char-LM workload: a stateful char-level RNN / GRU / LSTM trained with truncated bptt.
+
+    params.py   its params.yaml section        staging.py  prepare / normalize / what workers read
+    data.py     vocabulary, splits, token ids  model.py    CharLM, its model file
+    loop.py     the Ray Train worker loop      evaluate.py loss, bits/char, samples
+    pyfunc.py   the registered MLflow model    lr_find.py  the lr finder
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from components.workloads.base import Registration, TrainingData, Workload
+from components.workloads.char_lm.params import CharLMParams
+
+
+class CharLM(Workload):
+    name = "char_lm"
+    params = CharLMParams
+    data_meta = "vocab.json"
+    live_metrics = ("epoch", "train_loss", "val_loss", "lr", "tokens_per_s")
+    headline = ("bptt", "lr", "dropout", "weight_decay")
+
+    def prepare(self, p: CharLMParams, out: str) -> str:
+        from components.workloads.char_lm.staging import prepare_corpus
+
+        m = prepare_corpus(p.prepare.source, p.prepare.sha256, out)
+        return f"{m['rows']} documents, {m['chars']:,} characters from {p.prepare.source} -> {out}"
+
+    def normalize(self, p: CharLMParams, src: str, out: str) -> str:
+        from components.workloads.char_lm.staging import normalize_corpus
+
+        m = normalize_corpus(src, out, p.normalize)
+        c = m["chars"]
+        return f"vocab {m['vocab_size']}, train {c['train']:,} / val {c['val']:,} / test {c['test']:,} chars -> {out}"
+
+    def training_data(self, folder: str, train: dict[str, Any], p: CharLMParams) -> TrainingData:
+        from components.workloads.char_lm.staging import training_data
+
+        data = training_data(folder)
+        return TrainingData(data, {"vocab_size": data["vocab_size"], "n_train_tokens": data["n_train"]})
+
+    def worker_loop(self) -> Callable[[dict[str, Any]], None]:
+        from components.workloads.char_lm.loop import train_loop_per_worker
+
+        return train_loop_per_worker
+
+    def publish(self, path: str | Path, state: dict[str, Any], folder: str, data: dict[str, Any],
+                train: dict[str, Any]) -> None:
+        from components.data.parquet import read_json
+        from components.workloads.char_lm.data import Vocab
+        from components.workloads.char_lm.model import model_kwargs, publish_model
+
+        vocab = Vocab.from_json(read_json(Path(folder) / "vocab.json"))
+        publish_model(path, state, vocab, model_kwargs(train, data["vocab_size"]))
+
+    def evaluate(self, p: CharLMParams, data: str, model: str, reports: Path) -> tuple[dict[str, Any], list[str]]:
+        from components.data.parquet import load_manifest
+        from components.workloads.char_lm.evaluate import (
+            loss_metrics,
+            read_split,
+            sample_text,
+            score_ids,
+        )
+        from components.workloads.char_lm.model import load_model
+
+        e = p.evaluate
+        net, vocab, _ = load_model(model)
+        manifest = load_manifest(data)
+        t0 = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        for split in ("val", "test"):
+            metrics |= loss_metrics(split, score_ids(net, read_split(data, split, manifest)))
+        metrics["eval_s"] = time.perf_counter() - t0
+        samples = {t: sample_text(net, vocab, e.prompt, e.n_chars, t, e.seed) for t in sorted({e.temperature, 1.0})}
+        (reports / "samples.txt").write_text("".join(f"--- temperature {t} ---\n{s}\n\n" for t, s in samples.items()))
+        return metrics, [f"val_loss {metrics['val_loss']:.4f} ({metrics['val_bits_per_char']:.3f} bits/char, "
+                         f"perplexity {metrics['val_perplexity']:.2f}), test_loss {metrics['test_loss']:.4f}",
+                         f"sample:\n{samples[e.temperature]}"]
+
+    def registration(self, data: str, model: str) -> Registration:
+        import torch
+
+        from components.data.parquet import load_manifest, read_json
+        from components.workloads.char_lm.data import Vocab
+        from components.workloads.char_lm.evaluate import read_split, score_ids
+        from components.workloads.char_lm.model import load_model
+        from components.workloads.char_lm.pyfunc import log_model
+
+        _, _, blob = load_model(model)
+        vocab = Vocab.from_json(read_json(Path(data) / "vocab.json"))
+        val_text = vocab.decode(read_split(data, "val", load_manifest(data)).tolist())
+
+        def rescore(model_file: str) -> float:
+            # each version with its own vocabulary, on the same val text
+            net, own_vocab, _ = load_model(model_file)
+            return score_ids(net, torch.from_numpy(own_vocab.encode(val_text).astype("int64")))
+
+        return Registration(blob, rescore, lambda: log_model(model).model_uri)
+
+
+WORKLOAD = CharLM()

@@ -1,0 +1,147 @@
+"""The per-worker training function for the char-LM (runs inside each Ray Train worker).
+
+Read top to bottom, `train_loop_per_worker` is:
+  1. read only this worker's share of the token streams            (`worker_streams`)
+  2. build the model, same seed on every rank, and wrap it in DDP
+  3. resume model / optimizer / schedule position / sampler         (`resume`)
+  4. train one epoch of truncated-bptt windows, state carried       (`train_epoch`)
+  5. validation loss summed across ranks, so all report the same    (`validate`)
+  6. rank 0 writes the checkpoint; every rank reports (a barrier)   (`checkpoint_and_report`)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from components.data.shards import BpttSampler, worker_streams
+from components.training.checkpoints import seed_epoch
+from components.training.schedules import multiplier
+from components.training.steps import (
+    DivergedError,
+    all_reduce_sum,
+    make_optimizer,
+    optimizer_step,
+    rank0_value,
+)
+from components.training.worker import (
+    Progress,
+    checkpoint_and_report,
+    finished_already,
+    resume,
+    start_worker,
+    wrap_ddp,
+)
+from components.workloads.char_lm.model import CharLM, detach_hidden, model_kwargs, stream_loss
+
+
+@dataclass
+class EpochStats:
+    """What one epoch of training on this worker summed up."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0
+    out_of_time: bool = False
+
+
+def train_epoch(model: CharLM, ddp_model: nn.Module, opt: torch.optim.Optimizer, sampler: BpttSampler,
+                streams: torch.Tensor, tp: dict[str, Any], progress: Progress, epoch: int, rank: int,
+                device: torch.device, planned_steps: int) -> EpochStats:
+    """One epoch of windows; every rank draws the same window lengths from (seed, epoch)."""
+    seed_epoch(tp["seed"], epoch, rank)
+    budget, use_amp = tp.get("time_budget_s"), device.type == "cuda"
+    loss_fn = nn.CrossEntropyLoss()
+    ddp_model.train()
+    h = model.init_hidden(streams.size(1), device)
+    stats, t_epoch = EpochStats(), time.perf_counter()
+    for start, seq_len in sampler.windows(tp["steps_per_epoch"]):
+        t_step = time.perf_counter()
+        if start == 0:
+            h = model.init_hidden(streams.size(1), device)  # a new pass: fresh state
+        p = progress.train_s / budget if budget else progress.step / planned_steps
+        for g in opt.param_groups:
+            g["lr"] = tp["lr"] * multiplier(tp, p)
+        h = detach_hidden(h)  # truncated bptt: gradients stop at the window boundary
+        x = streams[start:start + seq_len]  # (seq_len, bs_local)
+        y = streams[start + 1:start + 1 + seq_len]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits, h = ddp_model(x, h)
+            loss = loss_fn(logits.float().flatten(0, 1), y.flatten())
+        if not torch.isfinite(loss):
+            raise DivergedError(
+                f"loss is {loss.item()} at epoch {epoch + 1}, step {stats.steps + 1}: "
+                f"training diverged; try a lower learning rate (lr={tp['lr']}) or a shorter bptt "
+                f"(bptt={tp['bptt']}). The last good checkpoint (epoch {epoch}) is kept.")
+        optimizer_step(model, opt, loss, tp["clip"])
+        stats.loss_sum += loss.item()
+        stats.steps += 1
+        stats.tokens += y.numel()
+        progress.step += 1
+        progress.train_s += time.perf_counter() - t_step
+        if budget:
+            progress.train_s = rank0_value(progress.train_s, device)  # one clock for every rank
+            if progress.train_s >= budget:
+                stats.out_of_time = True
+                break
+    stats.elapsed = time.perf_counter() - t_epoch
+    return stats
+
+
+def validate(model: CharLM, val_streams: torch.Tensor, stats: EpochStats, tp: dict[str, Any], progress: Progress,
+             opt: torch.optim.Optimizer, epoch: int, world: int, device: torch.device) -> dict[str, float]:
+    """This worker's val streams scored, every sum taken across ranks: the epoch's metrics."""
+    val_sum, val_n = stream_loss(model, val_streams, tp["val_bptt"], device)
+    train_sum, steps_all, val_sum, val_n, tokens_all = all_reduce_sum(
+        [stats.loss_sum, stats.steps, val_sum, val_n, stats.tokens], device)
+    return {"epoch": epoch + 1, "train_loss": train_sum / max(1, steps_all), "val_loss": val_sum / max(1, val_n),
+            "lr": opt.param_groups[0]["lr"], "tokens_per_s": tokens_all / max(stats.elapsed, 1e-9) / world,
+            "epoch_s": stats.elapsed, "train_s": progress.train_s, "step": progress.step}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train a CharLM on this worker's streams; report per-epoch metrics and checkpoints."""
+    rank, world, device = start_worker(config)
+    tp, data = config["train"], config["data"]
+
+    # 1. this worker's streams only: (L, bs / world)
+    train_streams = worker_streams(data["train_uri"], data["n_train"], tp["bs"], rank, world).to(device)
+    val_streams = worker_streams(data["val_uri"], data["n_val"], tp["bs"], rank, world)
+
+    # 2. same seed on every rank, so the initial weights agree before DDP broadcasts them
+    torch.manual_seed(tp["seed"])
+    model = CharLM(**model_kwargs(tp, data["vocab_size"])).to(device)
+    ddp_model = wrap_ddp(model, world)
+    opt = make_optimizer(model, tp)
+    length = train_streams.size(0)
+    planned_steps = (tp["steps_per_epoch"] or math.ceil((length - 1) / tp["bptt"])) * tp["epochs"]
+    sampler = BpttSampler(length=length, bptt=tp["bptt"], seed=tp["seed"], variable=tp["variable_bptt"])
+
+    # 3. resume: model, optimizer, schedule position and the sampler's place
+    progress = resume(model, opt, rank)
+    if progress.state:
+        sampler.load_state_dict(progress.state["sampler"])
+    if finished_already(progress, tp["epochs"]):
+        return
+
+    for epoch in range(progress.start_epoch, tp["epochs"]):
+        # 4. one epoch of windows
+        stats = train_epoch(model, ddp_model, opt, sampler, train_streams, tp, progress, epoch, rank, device,
+                            planned_steps)
+        # 5. validation summed across ranks
+        metrics = validate(model, val_streams, stats, tp, progress, opt, epoch, world, device)
+        # 6. rank 0 checkpoints; all ranks report
+        checkpoint_and_report(
+            progress, rank, epoch, metrics,
+            lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
+                     "train": tp, "vocab_size": data["vocab_size"]},
+            f"[train] epoch {epoch + 1}/{tp['epochs']} train_loss {metrics['train_loss']:.4f} "
+            f"val_loss {metrics['val_loss']:.4f} ({stats.elapsed:.1f}s, {progress.train_s:.0f}s training in all)")
+        if stats.out_of_time:
+            break

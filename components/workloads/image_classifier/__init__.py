@@ -1,0 +1,104 @@
+"""The image-classifier workload: convnets from SimpleNet to ResNet-18.
+
+    params.py   its params.yaml section           staging.py  prepare / normalize / what workers read
+    data.py     sources, splits, pixel statistics model.py    the architectures, their model file
+    loop.py     the Ray Train worker loop         evaluate.py accuracy, confusion, CAMs
+    pyfunc.py   the registered MLflow model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from components.workloads.base import Registration, TrainingData, Workload
+from components.workloads.image_classifier.params import ImageClassifierParams
+
+
+class ImageClassifier(Workload):
+    name = "image_classifier"
+    params = ImageClassifierParams
+    data_meta = "stats.json"
+    live_metrics = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "images_per_s")
+    headline = ("lr", "dropout", "weight_decay")
+
+    def prepare(self, p: ImageClassifierParams, out: str) -> str:
+        from components.workloads.image_classifier.staging import prepare_images
+
+        m = prepare_images(p.prepare, out)
+        return f"{m['rows']} images {tuple(m['shape'])}, splits {m['splits']}, {m['skipped']} skipped -> {out}"
+
+    def normalize(self, p: ImageClassifierParams, src: str, out: str) -> str:
+        from components.workloads.image_classifier.staging import normalize_images
+
+        m = normalize_images(src, out, p.normalize)
+        rows = {k.split(".")[0]: v["rows"] for k, v in m["files"].items()}
+        return (f"{rows}; train mean {[round(x, 4) for x in m['mean']]}, "
+                f"std {[round(x, 4) for x in m['std']]} -> {out}")
+
+    def training_data(self, folder: str, train: dict[str, Any], p: ImageClassifierParams) -> TrainingData:
+        from components.workloads.image_classifier.staging import training_data
+
+        data = training_data(folder, train["flip"], train["crop"], p.prepare.source)
+        return TrainingData(data, {k: data[k] for k in ("n_classes", "n_train", "flip", "crop")})
+
+    def worker_loop(self) -> Callable[[dict[str, Any]], None]:
+        from components.workloads.image_classifier.loop import train_loop_per_worker
+
+        return train_loop_per_worker
+
+    def publish(self, path: str | Path, state: dict[str, Any], folder: str, data: dict[str, Any],
+                train: dict[str, Any]) -> None:
+        from components.workloads.image_classifier.model import publish_model
+
+        publish_model(path, state, data, train["arch"], train["dropout"])
+
+    def evaluate(self, p: ImageClassifierParams, data: str, model: str,
+                 reports: Path) -> tuple[dict[str, Any], list[str]]:
+        from components.data.parquet import load_manifest
+        from components.workloads.image_classifier.evaluate import (
+            classification_metrics,
+            plot_cams,
+            plot_confusion,
+            predict,
+            read_images,
+        )
+        from components.workloads.image_classifier.model import load_model
+
+        net, blob = load_model(model)
+        manifest, classes = load_manifest(data), blob["classes"]
+        metrics: dict[str, Any] = {}
+        for split in ("val", "test"):
+            x, y = read_images(data, split, manifest)
+            probs = predict(net, blob, x)
+            m, conf = classification_metrics(split, probs, y, classes)
+            metrics |= m
+            acc = m["accuracy" if split == "val" else "test_accuracy"]
+            plot_confusion(reports / f"confusion_{split}.png", conf, classes, f"{split}: accuracy {acc:.4f}")
+            if split == "val":
+                pred = probs.argmax(1)
+                (reports / "confusion.csv").write_text("actual,predicted\n" + "".join(
+                    f"{classes[a]},{classes[b]}\n" for a, b in zip(y.tolist(), pred.tolist(), strict=True)))
+                if hasattr(net, "features"):
+                    plot_cams(reports / "cam.png", net, blob, x[:p.evaluate.n_cam], y[:p.evaluate.n_cam])
+        return metrics, [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test)"]
+
+    def registration(self, data: str, model: str) -> Registration:
+        from components.data.parquet import load_manifest
+        from components.workloads.image_classifier.evaluate import predict, read_images
+        from components.workloads.image_classifier.model import load_model
+        from components.workloads.image_classifier.pyfunc import log_model
+
+        _, blob = load_model(model)
+        x, y = read_images(data, "val", load_manifest(data))
+
+        def rescore(model_file: str) -> float:
+            net, own = load_model(model_file)
+            return float((predict(net, own, x).argmax(1) == y).float().mean())
+
+        example = x[0].permute(1, 2, 0).numpy()
+        return Registration(blob, rescore, lambda: log_model(model, example).model_uri)
+
+
+WORKLOAD = ImageClassifier()

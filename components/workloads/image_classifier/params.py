@@ -1,0 +1,122 @@
+"""The image classifier's `params.yaml` section (`image_classifier.<stage>.<key>`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from components.config import (
+    Fraction,
+    ModelName,
+    OptimParams,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    RegisterParams,
+    SearchDim,
+    Section,
+    Seed,
+    TuneParams,
+    WorkloadParams,
+    dims,
+    knob,
+    register_field,
+)
+
+
+class Mirror(Section):
+    """Where to download one file of a data set, and its md5."""
+
+    url: str
+    md5: str = knob(..., "the file's md5", pattern=r"^[0-9a-fA-F]{32}$")
+
+
+class ImagePrepareParams(Section):
+    """The images: `digits` (scikit-learn's bundled 8x8 digits, offline); `cifar10` or
+    `fashion_mnist` (the real archives, downloaded with torchvision's downloader and
+    md5-checked); or a folder with one subfolder per class of png/jpg images, under `inputs`."""
+
+    source: str = knob("digits", "digits | cifar10 | fashion_mnist | a folder with one subfolder per class")
+    inputs: str = knob("inputs/image_classifier", "what prepare depends on in dvc.yaml: a local source must be in it")
+    mirror: list[Mirror] | None = knob(None, "[{url: ..., md5: ...}, ...] to download from elsewhere")
+    on_bad_image: Literal["error", "skip"] = knob("error", "error: stop naming the file; skip: leave it out "
+                                                  "and count it")
+    val_frac: Fraction = knob(0.1, "stratified by class, fixed by seed")
+    test_frac: Fraction = knob(0.2, "stratified by class, fixed by seed")
+    seed: Seed = knob(0, "the split and the row order")
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> ImagePrepareParams:
+        if self.val_frac + self.test_frac >= 0.9:
+            raise ValueError("val_frac + test_frac must leave at least 10% for train")
+        return self
+
+
+class ImageNormalizeParams(Section):
+    """Per-channel statistics of the train pixels, streamed; one Parquet file per split."""
+
+    batch_size: PositiveInt = knob(1024, "images per streamed batch: bounds normalize's memory")
+
+
+class ImageTuneParams(TuneParams):
+    """The sweep: ASHA over lr, dropout and weight decay, each trial a Ray Train run."""
+
+    num_samples: PositiveInt = knob(4, "trials in the sweep")
+    epochs: PositiveInt = knob(6, "ASHA's max_t (one report per epoch)")
+    steps_per_epoch: PositiveInt | None = knob(None, "steps per trial epoch; null: every train image once")
+    grace_period: PositiveInt = knob(2, "ASHA: epochs before a trial can be stopped")
+    space: dict[str, SearchDim] = knob(
+        lambda: dims(lr={"type": "loguniform", "low": 0.001, "high": 0.02},
+                     dropout={"type": "uniform", "low": 0.0, "high": 0.3},
+                     weight_decay={"type": "loguniform", "low": 0.00001, "high": 0.01}),
+        "train keys to search: {type: choice, values: [...]} or {type: uniform|loguniform|randint, low, high}")
+
+
+class ImageTrainParams(OptimParams):
+    """A convnet, data parallel: each worker reads only its row shard, reshuffled every epoch."""
+
+    arch: Literal["simplenet", "convnet", "convbnnet", "resnet", "resnet18"] = knob(
+        "resnet", "simplenet | convnet | convbnnet | resnet | resnet18")
+    epochs: PositiveInt = knob(30, "passes over the train images")
+    steps_per_epoch: PositiveInt | None = knob(None, "null: each train image once per epoch "
+                                               "(shards padded to equal steps)")
+    bs: PositiveInt = knob(64, "images per step in total, split over the workers")
+    dropout: Probability = knob(0.0, "before the classifier")
+    flip: Literal["auto", True, False] = knob("auto", "random horizontal flips; auto: on, except for digits")
+    crop: Literal["auto", True, False] = knob("auto", "pad by size//8 and crop back at random; auto: on")
+    lr: PositiveFloat = knob(0.005, "peak learning rate")
+    weight_decay: float = knob(1e-4, "weight decay", ge=0)
+    clip: PositiveFloat | None = knob(None, "gradient-norm clip; null to turn off")
+    schedule: Literal["cosine", "constant", "sgdr", "onecycle"] = knob(
+        "onecycle", "cosine | constant | sgdr (warm restarts) | onecycle")
+
+
+class ImageEvaluateParams(Section):
+    """Accuracy, per-class accuracy, confusion matrices and class activation maps."""
+
+    n_cam: PositiveInt = knob(8, "validation images shown with their class activation maps")
+
+
+class ImageRegisterParams(RegisterParams):
+    """The MLflow registry: a version per trained model, `champion` only if it beats the current one."""
+
+    model_name: ModelName = knob("image-classifier", "the registered model's name")
+    metric: str = knob("accuracy", "val accuracy from metrics/image_classifier/eval.json; the champion is "
+                       "re-scored with it, so accuracy / max is the only pair accepted")
+    mode: Literal["min", "max"] = knob("max", "min | max")
+
+
+class ImageClassifierParams(WorkloadParams):
+    """Image classifiers from SimpleNet to ResNet-18."""
+
+    BUILTIN_SOURCES = ("digits", "cifar10", "fashion_mnist")
+    REPORTED = ("val_loss", "train_loss", "val_accuracy")
+    REGISTER_METRIC = ("accuracy", "max")
+
+    prepare: ImagePrepareParams = knob(ImagePrepareParams)
+    normalize: ImageNormalizeParams = knob(ImageNormalizeParams)
+    tune: ImageTuneParams = knob(ImageTuneParams)
+    train: ImageTrainParams = knob(ImageTrainParams)
+    evaluate: ImageEvaluateParams = knob(ImageEvaluateParams)
+    register_: ImageRegisterParams = register_field(ImageRegisterParams)
