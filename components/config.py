@@ -75,6 +75,8 @@ class OptimParams(Section):
     pct_start: Fraction = knob(0.25, "onecycle: share of the run warming up from lr / div_factor")
     div_factor: Annotated[float, Field(gt=1)] = knob(25.0, "onecycle: start at lr / div_factor")
     final_div: Annotated[float, Field(gt=1)] = knob(1e4, "onecycle: end at lr / (div_factor * final_div)")
+    patience: PositiveInt | None = knob(None, "stop after this many epochs without a better val metric "
+                                        "(the best epoch is published either way); null: run every epoch")
     max_failures: Annotated[int, Field(ge=0)] = knob(2, "worker-group restarts from the last checkpoint "
                                                      "before giving up")
     placement: Literal["pack", "spread"] = knob("pack", "pack | spread: workers fill one node first, "
@@ -160,7 +162,7 @@ class RegisterParams(Section):
 # `tune`, so these neither reach a trial nor may be searched (and `tune` does not rerun
 # when they change; see `trial_params` in dvc.yaml).
 FINAL_ONLY = ("use_tuned", "epochs", "steps_per_epoch", "time_budget_s", "num_workers", "cpus_per_worker",
-              "seed", "max_failures", "placement")
+              "seed", "max_failures", "placement", "patience")
 
 
 def trial_params(train: BaseModel) -> dict[str, Any]:

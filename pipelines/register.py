@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
         run_id=train_metrics["run_id"], metric=reg.metric, value=float(eval_metrics[reg.metric]), mode=reg.mode,
         val_data_md5=file_md5(data_dir / "val.parquet"),
         lineage=lineage(w, data_dir, model_file, parts.blob, train_metrics["run_id"]),
-        rescore=_rescore(parts.rescore))
+        rescore=_rescore(parts.rescore), floor=w.floor(eval_metrics))
     write_json(args.out, out)
     print(f"[register] {reg.model_name} v{out['version']}: {out['decision']}; aliases {out['aliases']} -> {args.out}")
 

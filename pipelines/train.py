@@ -95,20 +95,24 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
                            storage_path=stage_storage(args.workload, "train"),
                            num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
                            use_gpu=gpu, max_failures=cfg["max_failures"], callbacks=[live],
-                           placement=cfg["placement"])
+                           placement=cfg["placement"], select=w.select)
     try:
-        outcome = fit(trainer, cfg["num_workers"])
+        outcome = fit(trainer, cfg["num_workers"], w.select)
     except BaseException:
         writer.finish(run_id, "FAILED")
         raise
     history = outcome.state["history"]
     writer.log_history(run_id, history)  # whatever the live writes missed (the checkpoint has it all)
-    w.publish(args.model, outcome.state, args.data, data.workers, cfg)
-    last = history[-1]
-    metrics = {"run_id": run_id, "arch": cfg.get("arch", "-"), "epochs": last["epoch"],
-               "num_workers": cfg["num_workers"], "train_loss": last["train_loss"], "val_loss": last["val_loss"],
+    # the best epoch's weights (by the workload's `select` metric), with the whole run's history
+    published = outcome.best["epoch"]
+    w.publish(args.model, {**outcome.state, "model": outcome.best["model"]}, args.data, data.workers, cfg)
+    writer.write({"op": "tag", "run_id": run_id, "key": "trainyard.published_epoch", "value": str(published)})
+    last, best = history[-1], history[published - 1]
+    metrics = {"run_id": run_id, "arch": cfg.get("arch", "-"), "epochs": last["epoch"], "published_epoch": published,
+               "selected_by": f"{w.select[0]} ({w.select[1]})", "num_workers": cfg["num_workers"],
+               "train_loss": best["train_loss"], "val_loss": best["val_loss"],
                "params": tuned, "train_s": last["train_s"], "ray_run_path": outcome.run_path,
-               **{k: last[k] for k in (*w.live_metrics, "samples_padded") if k in last and k not in ("epoch", "lr")}}
+               **{k: best[k] for k in (*w.live_metrics, "samples_padded") if k in best and k not in ("epoch", "lr")}}
     write_json(args.metrics, metrics)
     write_curve(args.plot, history)
     writer.log_artifact(run_id, args.plot)
@@ -122,8 +126,8 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> None:
     m = train_stage(args)
     acc = f", val_accuracy {m['val_accuracy']:.4f}" if "val_accuracy" in m else ""
-    print(f"[train] done: val_loss {m['val_loss']:.4f}{acc} after {m['epochs']} epochs "
-          f"({m['train_s']:.0f} s of training) -> {args.model}")
+    print(f"[train] done: {m['epochs']} epochs ({m['train_s']:.0f} s of training); published epoch "
+          f"{m['published_epoch']} (best {m['selected_by']}): val_loss {m['val_loss']:.4f}{acc} -> {args.model}")
 
 
 if __name__ == "__main__":

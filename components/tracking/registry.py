@@ -23,6 +23,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_SHA = "trainyard.model_sha256"
 VAL_DATA = "trainyard.val_data_md5"
 HISTORY = "trainyard.champion_history"  # registered-model tag: champion versions, oldest first
+BASELINE = "trainyard.baseline"  # version tag: the best baseline on the same val data, name=value
+BEATS_BASELINE = "trainyard.beats_baseline"  # version tag: true / false
 LEASE = "trainyard.lease"  # registered-model tag: who decides aliases now, and until when
 
 
@@ -145,23 +147,25 @@ def set_champion(c, name: str, version: str, who: str, why: str) -> None:
 
 def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
              metric: str, value: float, mode: str, val_data_md5: str, lineage: dict[str, str],
-             rescore: Callable[[Any], float]) -> dict[str, Any]:
+             rescore: Callable[[Any], float], floor: tuple[str, float] | None = None) -> dict[str, Any]:
     """Register (once) and decide aliases; returns the registry's view of this model.
 
     `log_model()` logs the pyfunc and returns its URI (called only for a new version);
     `rescore(version)` scores the current champion on our val data when its recorded
     metric was measured on other data, so the comparison is always like for like.
+    `floor`: (name, value) of the best baseline on the same val data; a model that does not
+    beat it is registered and left challenger, never crowned here (`promote` still can).
     """
     ensure_model(c, name, "Registered by the trainyard pipeline; see version tags for lineage.")
     with lease(c, name):
         return _register_locked(c, name=name, model_sha256=model_sha256, log_model=log_model, run_id=run_id,
                                 metric=metric, value=value, mode=mode, val_data_md5=val_data_md5,
-                                lineage=lineage, rescore=rescore)
+                                lineage=lineage, rescore=rescore, floor=floor)
 
 
 def _register_locked(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
                      metric: str, value: float, mode: str, val_data_md5: str, lineage: dict[str, str],
-                     rescore: Callable[[Any], float]) -> dict[str, Any]:
+                     rescore: Callable[[Any], float], floor: tuple[str, float] | None) -> dict[str, Any]:
     version = find_version(c, name, model_sha256)
     if version is None:
         tags = {MODEL_SHA: model_sha256, VAL_DATA: val_data_md5, _metric_tag(metric): repr(value),
@@ -175,7 +179,13 @@ def _register_locked(c, *, name: str, model_sha256: str, log_model: Callable[[],
 
     champ = alias_version(c, name, CHAMPION)
     decision: str
-    if champ is None:
+    if floor is not None:
+        retrying(c.set_model_version_tag, name, v, BASELINE, f"{floor[0]}={floor[1]:.4f}")
+        retrying(c.set_model_version_tag, name, v, BEATS_BASELINE, str(better(value, floor[1], mode)).lower())
+    if floor is not None and not better(value, floor[1], mode):
+        decision = (f"challenger, not crowned: {metric} {value:.4f} does not beat the {floor[0]} baseline "
+                    f"({floor[1]:.4f}) on the same val data (`promote` can still crown it by hand)")
+    elif champ is None:
         set_champion(c, name, v, "register", f"first version: {metric}={value:.4f}")
         decision = "champion (first version)"
     elif champ == v:

@@ -28,15 +28,17 @@ def checked_and_staged(folder: Path, schema) -> tuple[dict[str, Any], dict[str, 
 
 def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, name: str,
                  storage_path: str, num_workers: int, cpus_per_worker: float, use_gpu: bool, max_failures: int,
-                 callbacks: list | None = None, placement: str = "pack"):
-    """A TorchTrainer over a workload's per-worker loop, resumable by (`storage_path`, `name`)."""
+                 callbacks: list | None = None, placement: str = "pack", select: tuple[str, str] | None = None):
+    """A TorchTrainer over a workload's per-worker loop, resumable by (`storage_path`, `name`).
+    `select` (metric, min|max): Ray keeps the best checkpoint by it besides the latest, and
+    the loop can stop early on it (`train.patience`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     start_wait_s()  # a bad TRAINYARD_WORKER_START_TIMEOUT_S fails here, before any compute
     return TorchTrainer(
         loop,
-        train_loop_config={**loop_config, "cpus_per_worker": cpus_per_worker},
+        train_loop_config={**loop_config, "cpus_per_worker": cpus_per_worker, "select": select},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, placement_strategy=placement.upper(),
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
@@ -46,22 +48,28 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
             # and gives up placing its workers after TRAINYARD_WORKER_START_TIMEOUT_S.
             failure_config=ray.train.FailureConfig(max_failures=max_failures,
                                                    controller_failure_limit=start_attempts()),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # the best checkpoint by `select`, and always the latest (Ray keeps it to resume from)
+            checkpoint_config=(ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select[0],
+                                                          checkpoint_score_order=select[1])
+                               if select else ray.train.CheckpointConfig(num_to_keep=2)),
             callbacks=callbacks or []),
     )
 
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    """The final checkpoint's state and where the run lives."""
+    """The last checkpoint's state (the whole history), the best one's (the model to publish;
+    the last when no metric selects), and where the run lives."""
 
     state: dict[str, Any]
+    best: dict[str, Any]
     run_path: str
     num_workers: int
 
 
-def fit(trainer, num_workers: int) -> TrainOutcome:
-    """Run the trainer and load the last checkpoint it reported."""
+def fit(trainer, num_workers: int, select: tuple[str, str] | None = None) -> TrainOutcome:
+    """Run the trainer; load the last checkpoint it reported and the best by `select`
+    (the earliest on a tie)."""
     from components.training.checkpoints import load_state
 
     try:
@@ -78,4 +86,11 @@ def fit(trainer, num_workers: int) -> TrainOutcome:
         raise RuntimeError("training finished without reporting a checkpoint")
     with result.checkpoint.as_directory() as d:
         state = load_state(d)
-    return TrainOutcome(state=state, run_path=result.path, num_workers=num_workers)
+    best = state
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if select and select[0] in m]
+    if scored:
+        metric, sign = select[0], (1 if select[1] == "min" else -1)
+        checkpoint, _ = min(scored, key=lambda cm: (sign * cm[1][metric], cm[1].get("epoch", 0)))
+        with checkpoint.as_directory() as d:
+            best = load_state(d)
+    return TrainOutcome(state=state, best=best, run_path=result.path, num_workers=num_workers)

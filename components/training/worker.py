@@ -49,9 +49,31 @@ def resume(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int) -> Pro
     return progress
 
 
-def finished_already(progress: Progress, epochs: int) -> bool:
-    """A finished run started again (a resumed sweep's trial): report its result, train nothing."""
-    if progress.state and progress.start_epoch >= epochs:
+def best_epoch(history: list[dict[str, Any]], select: tuple[str, str]) -> int:
+    """The epoch (1-based) with the best `select` metric; the earliest on a tie."""
+    metric, sign = select[0], (1 if select[1] == "min" else -1)
+    return min(range(len(history)), key=lambda i: (sign * history[i][metric], i)) + 1
+
+
+def stop_early(progress: Progress, config: dict[str, Any], rank: int) -> bool:
+    """Whether `train.patience` epochs have passed without a better `select` metric (the same
+    answer on every rank: the metrics are reduced across ranks)."""
+    select, patience = config.get("select"), config["train"].get("patience")
+    if not (select and patience and progress.history):
+        return False
+    best = best_epoch(progress.history, tuple(select))
+    if len(progress.history) - best < patience:
+        return False
+    if rank == 0:
+        print(f"[train] no better {select[0]} for {patience} epochs: stopping after epoch {len(progress.history)} "
+              f"(best: epoch {best})", flush=True)
+    return True
+
+
+def finished_already(progress: Progress, config: dict[str, Any], rank: int = 0) -> bool:
+    """A finished run started again (a resumed sweep's trial, or a run that stopped early):
+    report its result, train nothing."""
+    if progress.state and (progress.start_epoch >= config["train"]["epochs"] or stop_early(progress, config, rank)):
         ray.train.report(replaying(progress.history[-1], progress.history))
         return True
     return False

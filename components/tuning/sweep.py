@@ -63,7 +63,7 @@ def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data: dict[str, Any],
            storage: str, sweep: str, use_gpu: bool, loop: Callable[[dict[str, Any]], None],
-           schema: type[BaseModel]) -> None:
+           schema: type[BaseModel], select: tuple[str, str]) -> None:
     """One trial's driver: a TorchTrainer whose rank-0 reports flow to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -84,7 +84,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
         loop, {"train": train_cfg, "data": data},
         name=f"{sweep}-{trial_id}", storage_path=storage,  # the sweep's key: never another's run
         num_workers=tp.workers_per_trial, cpus_per_worker=tp.cpus_per_worker,
-        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()],
+        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()], select=select,
         placement=train_cfg["placement"])
     trainer.fit()
     _wait_for_tune_to_take_reports(handover)
@@ -253,7 +253,8 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base_train, tp=tp, data=data, storage=storage, sweep=name,
-                             use_gpu=use_gpu, loop=workload.worker_loop(), schema=workload.train_schema),
+                             use_gpu=use_gpu, loop=workload.worker_loop(), schema=workload.train_schema,
+                             select=workload.select),
         # The driver only waits on its TorchTrainer: it holds memory, not a CPU; the CPUs
         # go to the Train workers, which Ray Train places in their own placement group.
         {"CPU": 0, "memory": tp.driver_memory_mb * 2**20})

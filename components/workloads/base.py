@@ -44,13 +44,17 @@ class Registration:
 
 
 class Workload:
-    """One kind of model. Subclasses set the class variables and implement the methods."""
+    """One kind of model. Subclasses set the class variables and implement the methods.
+    Its params section has prepare, normalize, tune, train, evaluate and register sections,
+    and `prepare.source` (dvc.yaml passes it to tune and train, which may read it)."""
 
     name: ClassVar[str]
     params: ClassVar[type[WorkloadParams]]  # its params.yaml section
     data_meta: ClassVar[str]  # the normalized folder's metadata file (vocabulary, statistics)
     live_metrics: ClassVar[tuple[str, ...]] = ("epoch", "train_loss", "val_loss", "lr")  # logged per epoch
     headline: ClassVar[tuple[str, ...]] = ()  # train keys train's first line shows besides the tuned ones
+    select: ClassVar[tuple[str, str]] = ("val_loss", "min")  # the epoch train publishes is the best by this
+    baseline_metric: ClassVar[str] = "val_loss"  # evaluate reports `baseline_<name>_<this>` per baseline
 
     @property
     def train_schema(self) -> type[BaseModel]:
@@ -61,6 +65,17 @@ class Workload:
     def data_files(self) -> tuple[str, ...]:
         """Normalized files whose md5s tag a registered version (the files train reads)."""
         return ("train.parquet", "val.parquet", self.data_meta)
+
+    def floor(self, metrics: dict[str, Any]) -> tuple[str, float] | None:
+        """The best baseline in `metrics` (evaluate's) on val, as (name, value), by the register
+        metric's mode; None when evaluate reported none."""
+        mode = self.params.REGISTER_METRIC[1]
+        found = {k.removeprefix("baseline_").removesuffix(f"_{self.baseline_metric}"): float(v)
+                 for k, v in metrics.items() if k.startswith("baseline_") and k.endswith(f"_{self.baseline_metric}")}
+        if not found:
+            return None
+        name = (min if mode == "min" else max)(found, key=found.__getitem__)
+        return name, found[name]
 
     def prepare(self, p: Any, out: str) -> str:
         """Read the source named in `p.prepare`, publish Parquet + a manifest under `out`; the summary line."""

@@ -44,8 +44,10 @@ def test_metrics_and_outputs(tiny_project):
         assert math.isfinite(ev[k])
     assert ev["val_loss"] < math.log(80)  # better than uniform over the vocabulary
     assert ev["val_bits_per_char"] == pytest.approx(ev["val_loss"] / math.log(2))
+    assert ev["val_loss"] < ev["baseline_bigram_val_loss"] < ev["baseline_unigram_val_loss"]
     tr = json.loads((tiny_project / "metrics/char_lm/train.json").read_text())
     assert tr["num_workers"] == 2 and tr["epochs"] == 2
+    assert tr["published_epoch"] in (1, 2) and tr["selected_by"] == "val_loss (min)"
     curve = (tiny_project / "plots/char_lm/train_curve.csv").read_text().splitlines()
     assert curve[0] == "epoch,train_loss,val_loss" and len(curve) == 3
     sample = (tiny_project / "reports/char_lm/samples.txt").read_text()
@@ -143,7 +145,8 @@ def test_image_classifier_registered_beside_the_char_lm(tiny_project):
     m = json.loads((tiny_project / "data/image_classifier/normalized/manifest.json").read_text())
     assert sum(f["rows"] for f in m["files"].values()) == 1797
     ev = json.loads((tiny_project / "metrics/image_classifier/eval.json").read_text())
-    assert ev["accuracy"] > 0.5 and ev["test_accuracy"] > 0.5  # 4 epochs: far above chance (0.1)
+    # crowned because it beats the simplest models on the same val images
+    assert ev["accuracy"] > ev["baseline_linear_val_accuracy"] > ev["baseline_majority_val_accuracy"]
     assert set(ev["val_per_class_accuracy"]) == {str(i) for i in range(10)}
     reports = tiny_project / "reports/image_classifier"
     assert {"cam.png", "confusion_val.png", "confusion_test.png", "confusion.csv"} <= {p.name for p in reports.iterdir()}

@@ -35,7 +35,7 @@ def _model(tmp_path, seed: int):
     return path
 
 
-def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None):
+def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, floor=None):
     from components.data.parquet import file_sha256
 
     path = _model(tmp_path, seed)
@@ -51,7 +51,19 @@ def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None):
 
     return registry.register(c, name=NAME, model_sha256=file_sha256(path), log_model=log_model, run_id=run_id,
                              metric="val_loss", value=value, mode="min", val_data_md5=val_md5,
-                             lineage={"trainyard.arch": "lstm"}, rescore=rescore)
+                             lineage={"trainyard.arch": "lstm"}, rescore=rescore, floor=floor)
+
+
+def test_a_model_that_does_not_beat_the_baseline_is_never_crowned(store, tmp_path):
+    c, exp = store
+    weak = _register(c, exp, tmp_path, 1, 4.87, floor=("bigram", 4.32))
+    assert weak["aliases"] == ["challenger"] and weak["champion_version"] is None  # not even as the first
+    assert "does not beat the bigram baseline (4.3200)" in weak["decision"]
+    assert weak["tags"]["trainyard.beats_baseline"] == "false" and weak["tags"]["trainyard.baseline"] == "bigram=4.3200"
+    good = _register(c, exp, tmp_path, 2, 4.0, floor=("bigram", 4.32))
+    assert good["aliases"] == ["challenger", "champion"] and good["tags"]["trainyard.beats_baseline"] == "true"
+    # a person can still crown the weak one
+    assert registry.promote(c, NAME, weak["version"], "read its samples")["aliases"] == ["champion"]
 
 
 def test_champion_moves_only_for_a_better_model(store, tmp_path):

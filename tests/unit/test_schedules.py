@@ -45,3 +45,4 @@ def test_multiplier_dispatch():
     with pytest.raises(ValueError):
         multiplier(cfg | {"schedule": "linear"}, 0.1)
     assert not math.isnan(multiplier(cfg, 1.0))
+

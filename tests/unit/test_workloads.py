@@ -24,6 +24,8 @@ def test_every_workload_implements_the_interface(name):
     for hook in ("prepare", "normalize", "training_data", "publish", "evaluate", "registration"):
         assert getattr(type(w), hook) is not getattr(Workload, hook), f"{name} does not implement {hook}"
     assert {"epochs", "steps_per_epoch", "num_workers", "seed"} <= set(w.train_schema.model_fields)
+    # dvc.yaml hands `<workload>.prepare.source` to tune and train
+    assert "source" in w.params.model_fields["prepare"].annotation.model_fields
     assert "epoch" in w.live_metrics and "val_loss" in w.live_metrics
 
 

@@ -59,6 +59,7 @@ class CharLM(Workload):
 
     def evaluate(self, p: CharLMParams, data: str, model: str, reports: Path) -> tuple[dict[str, Any], list[str]]:
         from components.data.parquet import load_manifest
+        from components.workloads.char_lm.baselines import baselines
         from components.workloads.char_lm.evaluate import (
             loss_metrics,
             read_split,
@@ -72,13 +73,18 @@ class CharLM(Workload):
         manifest = load_manifest(data)
         t0 = time.perf_counter()
         metrics: dict[str, Any] = {}
+        ids = {split: read_split(data, split, manifest) for split in ("train", "val", "test")}
         for split in ("val", "test"):
-            metrics |= loss_metrics(split, score_ids(net, read_split(data, split, manifest)))
+            metrics |= loss_metrics(split, score_ids(net, ids[split]))
         metrics["eval_s"] = time.perf_counter() - t0
+        # the floor a model must beat, from the same splits (register will not crown one that does not)
+        metrics |= baselines(ids["train"].numpy(), {s: ids[s].numpy() for s in ("val", "test")}, len(vocab))
         samples = {t: sample_text(net, vocab, e.prompt, e.n_chars, t, e.seed) for t in sorted({e.temperature, 1.0})}
         (reports / "samples.txt").write_text("".join(f"--- temperature {t} ---\n{s}\n\n" for t, s in samples.items()))
         return metrics, [f"val_loss {metrics['val_loss']:.4f} ({metrics['val_bits_per_char']:.3f} bits/char, "
                          f"perplexity {metrics['val_perplexity']:.2f}), test_loss {metrics['test_loss']:.4f}",
+                         f"baselines on val: bigram {metrics['baseline_bigram_val_loss']:.4f}, unigram "
+                         f"{metrics['baseline_unigram_val_loss']:.4f} nats/char",
                          f"sample:\n{samples[e.temperature]}"]
 
     def registration(self, data: str, model: str) -> Registration:

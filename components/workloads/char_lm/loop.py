@@ -7,6 +7,7 @@ Read top to bottom, `train_loop_per_worker` is:
   4. train one epoch of truncated-bptt windows, state carried       (`train_epoch`)
   5. validation loss summed across ranks, so all report the same    (`validate`)
   6. rank 0 writes the checkpoint; every rank reports (a barrier)   (`checkpoint_and_report`)
+  7. stop after `patience` epochs without a better val loss           (`stop_early`)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from components.training.worker import (
     finished_already,
     resume,
     start_worker,
+    stop_early,
     wrap_ddp,
 )
 from components.workloads.char_lm.model import CharLM, detach_hidden, model_kwargs, stream_loss
@@ -127,7 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     progress = resume(model, opt, rank)
     if progress.state:
         sampler.load_state_dict(progress.state["sampler"])
-    if finished_already(progress, tp["epochs"]):
+    if finished_already(progress, config, rank):
         return
 
     for epoch in range(progress.start_epoch, tp["epochs"]):
@@ -143,5 +145,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                      "train": tp, "vocab_size": data["vocab_size"]},
             f"[train] epoch {epoch + 1}/{tp['epochs']} train_loss {metrics['train_loss']:.4f} "
             f"val_loss {metrics['val_loss']:.4f} ({stats.elapsed:.1f}s, {progress.train_s:.0f}s training in all)")
-        if stats.out_of_time:
+        if stats.out_of_time or stop_early(progress, config, rank):
             break

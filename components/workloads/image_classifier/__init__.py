@@ -22,6 +22,8 @@ class ImageClassifier(Workload):
     data_meta = "stats.json"
     live_metrics = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "images_per_s")
     headline = ("lr", "dropout", "weight_decay")
+    select = ("val_accuracy", "max")
+    baseline_metric = "val_accuracy"
 
     def prepare(self, p: ImageClassifierParams, out: str) -> str:
         from components.workloads.image_classifier.staging import prepare_images
@@ -57,6 +59,7 @@ class ImageClassifier(Workload):
     def evaluate(self, p: ImageClassifierParams, data: str, model: str,
                  reports: Path) -> tuple[dict[str, Any], list[str]]:
         from components.data.parquet import load_manifest
+        from components.workloads.image_classifier.baselines import baselines
         from components.workloads.image_classifier.evaluate import (
             classification_metrics,
             plot_cams,
@@ -82,7 +85,13 @@ class ImageClassifier(Workload):
                     f"{classes[a]},{classes[b]}\n" for a, b in zip(y.tolist(), pred.tolist(), strict=True)))
                 if hasattr(net, "features"):
                     plot_cams(reports / "cam.png", net, blob, x[:p.evaluate.n_cam], y[:p.evaluate.n_cam])
-        return metrics, [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test)"]
+        # the floor a model must beat, from the same splits (register will not crown one that does not)
+        x_train, y_train = read_images(data, "train", manifest)
+        metrics |= baselines(x_train.numpy(), y_train.numpy(),
+                             {s: tuple(t.numpy() for t in read_images(data, s, manifest)) for s in ("val", "test")})
+        return metrics, [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test)",
+                         f"baselines on val: linear {metrics['baseline_linear_val_accuracy']:.4f}, majority "
+                         f"{metrics['baseline_majority_val_accuracy']:.4f}"]
 
     def registration(self, data: str, model: str) -> Registration:
         from components.data.parquet import load_manifest

@@ -35,6 +35,7 @@ from components.training.worker import (
     finished_already,
     resume,
     start_worker,
+    stop_early,
     wrap_ddp,
 )
 from components.workloads.image_classifier.data import decode, normalize
@@ -152,7 +153,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # 3. resume from the last reported checkpoint, if any
     progress = resume(model, opt, rank)
-    if finished_already(progress, tp["epochs"]):
+    if finished_already(progress, config, rank):
         return
 
     for epoch in range(progress.start_epoch, tp["epochs"]):
@@ -167,5 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                      "train": tp},
             f"[train] epoch {epoch + 1}/{tp['epochs']} train_loss {metrics['train_loss']:.4f} "
             f"val_loss {metrics['val_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f} ({stats.elapsed:.1f}s)")
+        if stop_early(progress, config, rank):  # 7. `patience` epochs without a better val accuracy
+            break
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -15,6 +15,7 @@ from components.training.worker import (
     finished_already,
     resume,
     start_worker,
+    stop_early,
     wrap_ddp,
 )
 
@@ -35,7 +36,7 @@ def regression_loop(config: dict[str, Any]) -> None:
     ddp_model = wrap_ddp(model, world)
     opt = make_optimizer(model, tp)
     progress = resume(model, opt, rank)
-    if finished_already(progress, tp["epochs"]):
+    if finished_already(progress, config, rank):
         return
     bs, steps = tp["bs"] // world, tp["steps_per_epoch"] or max(1, len(y) // (tp["bs"] // world))
     g = torch.Generator().manual_seed(tp["seed"] + rank)
@@ -57,3 +58,5 @@ def regression_loop(config: dict[str, Any]) -> None:
         checkpoint_and_report(progress, rank, epoch, metrics,
                               lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "train": tp},
                               f"[train] epoch {epoch + 1} val mse {metrics['val_loss']:.4f}")
+        if stop_early(progress, config, rank):
+            break

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from components.config import (
     Fraction,
     ModelName,
@@ -22,6 +24,7 @@ from components.config import (
 class Prepare(Section):
     """Synthetic rows: y = x . w + noise."""
 
+    source: Literal["synthetic"] = knob("synthetic", "where the rows come from (only generated ones here)")
     n_rows: PositiveInt = knob(1200, "rows generated")
     n_features: PositiveInt = knob(6, "features per row")
     noise: float = knob(0.1, "standard deviation of the noise", ge=0)
@@ -67,6 +70,8 @@ class Register(RegisterParams):
 
 class RegressionParams(WorkloadParams):
     """Linear regression on synthetic data."""
+
+    BUILTIN_SOURCES = ("synthetic",)
 
     prepare: Prepare = knob(Prepare)
     normalize: Normalize = knob(Normalize)

@@ -1,0 +1,62 @@
+"""The simplest models a char-LM must beat, from the same splits: a unigram and an
+interpolated bigram over the characters of train, in nats/char.
+
+The bigram is p(b | a) = w * c(a, b) / c(a) + (1 - w) * p(b), with p the add-one unigram. The
+weight w is chosen on train alone (counts from its first 90%, w picked on its last 10%), so
+val and test stay unseen; then the counts are taken over the whole train split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+WEIGHTS = np.concatenate([np.linspace(0.0, 0.99, 100), [0.995, 0.998, 0.999]])
+
+
+def _unigram(train: np.ndarray, vocab_size: int) -> np.ndarray:
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64)
+    return (counts + 1.0) / (counts.sum() + vocab_size)
+
+
+def _pair_counts(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted pair codes a * V + b, their counts, c(a) per symbol) of consecutive ids."""
+    codes = ids[:-1].astype(np.int64) * vocab_size + ids[1:]
+    pairs, counts = np.unique(codes, return_counts=True)
+    first = np.bincount(ids[:-1], minlength=vocab_size).astype(np.float64)
+    return pairs, counts.astype(np.float64), first
+
+
+def _bigram_terms(train: np.ndarray, ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each next character of `ids`: c(a, b) / c(a) from train (0 when a is unseen), and p(b)."""
+    pairs, counts, first = _pair_counts(train, vocab_size)
+    codes = ids[:-1].astype(np.int64) * vocab_size + ids[1:]
+    at = np.clip(np.searchsorted(pairs, codes), 0, max(len(pairs) - 1, 0))
+    found = (pairs[at] == codes) if len(pairs) else np.zeros(len(codes), bool)
+    c_ab = np.where(found, counts[at] if len(pairs) else 0.0, 0.0)
+    c_a = first[ids[:-1]]
+    cond = np.divide(c_ab, c_a, out=np.zeros_like(c_ab), where=c_a > 0)
+    return cond, _unigram(train, vocab_size)[ids[1:]]
+
+
+def _loss(cond: np.ndarray, uni: np.ndarray, w: float) -> float:
+    return float(-np.mean(np.log(w * cond + (1.0 - w) * uni)))
+
+
+def bigram_weight(train: np.ndarray, vocab_size: int) -> float:
+    """The interpolation weight that best predicts the last 10% of train from its first 90%."""
+    cut = int(len(train) * 0.9)
+    cond, uni = _bigram_terms(train[:cut], train[cut - 1:], vocab_size)
+    return float(WEIGHTS[int(np.argmin([_loss(cond, uni, w) for w in WEIGHTS]))])
+
+
+def baselines(train: np.ndarray, splits: dict[str, np.ndarray], vocab_size: int) -> dict[str, float]:
+    """`baseline_unigram_<split>_loss`, `baseline_bigram_<split>_loss` (nats/char) for each split,
+    and the bigram's weight; each split scored on its characters after the first."""
+    w = bigram_weight(train, vocab_size)
+    uni = _unigram(train, vocab_size)
+    out: dict[str, float] = {"baseline_bigram_weight": w}
+    for split, ids in splits.items():
+        out[f"baseline_unigram_{split}_loss"] = float(-np.mean(np.log(uni[ids[1:]])))
+        cond, p = _bigram_terms(train, ids, vocab_size)
+        out[f"baseline_bigram_{split}_loss"] = _loss(cond, p, w)
+    return out
