@@ -13,6 +13,7 @@ publishing); a workload owns only what differs between models.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ class Registration:
     log_model: Callable[[], str]
 
 
-class Workload:
+class Workload(ABC):
     """One kind of model. Subclasses set the class variables and implement the methods.
     Its params section has prepare, normalize, tune, train, evaluate and register sections,
     and `prepare.source` (dvc.yaml passes it to tune and train, which may read it)."""
@@ -77,32 +78,32 @@ class Workload:
         name = (min if mode == "min" else max)(found, key=found.__getitem__)
         return name, found[name]
 
+    @abstractmethod
     def prepare(self, p: Any, out: str) -> str:
         """Read the source named in `p.prepare`, publish Parquet + a manifest under `out`; the summary line."""
-        raise NotImplementedError
 
+    @abstractmethod
     def normalize(self, p: Any, src: str, out: str) -> str:
         """Split and normalize `src` into `out` (statistics from train only); the summary line."""
-        raise NotImplementedError
 
+    @abstractmethod
     def training_data(self, folder: str, train: dict[str, Any], p: Any) -> TrainingData:
         """Check the normalized train / val files and stage them for workers on any node."""
-        raise NotImplementedError
 
+    @abstractmethod
     def worker_loop(self) -> Callable[[dict[str, Any]], None]:
         """The per-worker training function (`config["train"]`, `config["data"]`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def publish(self, path: str | Path, state: dict[str, Any], folder: str, data: dict[str, Any],
                 train: dict[str, Any]) -> None:
         """Write the self-contained model file from the final checkpoint's state, atomically
         (`folder`: the normalized data; `data`: what the workers got; `train`: the run's params)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, p: Any, data: str, model: str, reports: Path) -> tuple[dict[str, Any], list[str]]:
         """Score the model on val and test, write reports into `reports`; (metrics, summary lines)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def registration(self, data: str, model: str) -> Registration:
         """What `register` needs for this model file."""
-        raise NotImplementedError
