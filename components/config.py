@@ -65,6 +65,7 @@ class OptimParams(Section):
     seed: Seed = knob(0, "weights, dropout and data order")
     optimizer: Literal["adamw", "adam"] = knob("adamw", "adamw (decoupled weight decay) | adam (weight decay as L2)")
     lr: PositiveFloat = knob(3e-3, "peak learning rate")
+    beta2: Annotated[float, Field(gt=0, lt=1)] = knob(0.999, "Adam's second-moment decay (0.99 adapts faster)")
     weight_decay: Annotated[float, Field(ge=0)] = knob(0.01, "weight decay")
     clip: PositiveFloat | None = knob(1.0, "gradient-norm clip; null to turn off")
     schedule: Literal["cosine", "constant", "sgdr", "onecycle"] = knob(
@@ -128,16 +129,19 @@ class TuneParams(Section):
     gpus_per_worker: Annotated[float, Field(ge=0)] = knob(0.0, ">0 to sweep on GPUs (with train.use_gpu auto/true)")
     driver_memory_mb: PositiveInt = knob(256, "what each trial's driver holds (it waits; it needs no CPU)")
     epochs: PositiveInt = knob(3, "ASHA's max_t (one report per epoch)")
-    steps_per_epoch: PositiveInt | None = knob(40, "steps per trial epoch; null: one pass over the data")
+    steps_per_epoch: PositiveInt | None = knob(None, "steps per trial epoch; null: pass_frac of a pass over "
+                                               "the training data, at least min_steps")
+    pass_frac: PositiveFloat = knob(0.04, "a trial epoch as a fraction of a pass (when steps_per_epoch is null)")
+    min_steps: PositiveInt = knob(20, "the fewest steps in a trial epoch (when steps_per_epoch is null)")
     grace_period: PositiveInt = knob(1, "ASHA: epochs before a trial can be stopped")
     reduction_factor: Annotated[float, Field(gt=1)] = knob(2.0, "ASHA: keep the best 1/reduction_factor at each rung")
     metric: str = knob("val_loss", "what ASHA and the pick compare (a metric the trials report)")
     mode: Literal["min", "max"] = knob("min", "min | max")
     seed: Seed = knob(0, "the search's random state")
     space: dict[str, SearchDim] = knob(
-        lambda: dims(bptt={"type": "choice", "values": [32, 64, 96]},
+        lambda: dims(bptt={"type": "choice", "values": [16, 32, 64]},
                      lr={"type": "loguniform", "low": 0.001, "high": 0.01},
-                     dropout={"type": "uniform", "low": 0.0, "high": 0.3}),
+                     dropout={"type": "uniform", "low": 0.2, "high": 0.5}),
         "train keys to search: {type: choice, values: [...]} or {type: uniform|loguniform|randint, low, high}")
 
     @model_validator(mode="after")
@@ -161,8 +165,8 @@ class RegisterParams(Section):
 # Train keys only the final run reads: a trial takes its budget, workers and seed from
 # `tune`, so these neither reach a trial nor may be searched (and `tune` does not rerun
 # when they change; see `trial_params` in dvc.yaml).
-FINAL_ONLY = ("use_tuned", "epochs", "steps_per_epoch", "time_budget_s", "num_workers", "cpus_per_worker",
-              "seed", "max_failures", "placement", "patience")
+FINAL_ONLY = ("use_tuned", "epochs", "steps_per_epoch", "max_tokens", "time_budget_s", "num_workers",
+              "cpus_per_worker", "seed", "max_failures", "placement", "patience")
 
 
 def trial_params(train: BaseModel) -> dict[str, Any]:

@@ -54,6 +54,17 @@ def describe_values(cfg: dict[str, Any], hand: dict[str, Any], tuned: dict[str, 
     return ", ".join(out)
 
 
+def describe_budget(cfg: dict[str, Any]) -> str:
+    """`up to 30 epochs of one pass each, at most 6,500,000 tokens, patience 3`: how long the run trains."""
+    per = f"{cfg['steps_per_epoch']} steps" if cfg.get("steps_per_epoch") else "one pass"
+    out = f"up to {cfg['epochs']} epochs of {per} each"
+    if cfg.get("max_tokens"):
+        out += f", at most {cfg['max_tokens']:,} tokens"
+    if cfg.get("patience"):
+        out += f", patience {cfg['patience']}"
+    return out
+
+
 def write_curve(path: str | Path, history: list[dict[str, float]]) -> None:
     """Per-epoch train / val loss as CSV for `dvc plots`."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
@@ -86,7 +97,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     shown = usual + sorted(set(tuned_values) - set(usual))  # a searched n_hidden shows too
     tuned = {k: cfg[k] for k in shown}
     print(f"[train] {cfg.get('arch', args.workload)} on {cfg['num_workers']} worker(s){' (GPU)' if gpu else ''}, "
-          f"{describe_values(cfg, p.train.model_dump(), tuned_values, shown)}, {cfg['epochs']} epochs; "
+          f"{describe_values(cfg, p.train.model_dump(), tuned_values, shown)}, {describe_budget(cfg)}; "
           f"MLflow run {run_id}", flush=True)
     # From here on the run exists: writes the server cannot take wait in the journal.
     writer = Writer(t.uri)

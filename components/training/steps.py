@@ -17,7 +17,7 @@ class DivergedError(FloatingPointError):
 def make_optimizer(model: nn.Module, tp: dict[str, Any]) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay) or Adam (weight decay as an L2 term in the gradient)."""
     cls = torch.optim.AdamW if tp["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=tp["lr"], weight_decay=tp["weight_decay"])
+    return cls(model.parameters(), lr=tp["lr"], weight_decay=tp["weight_decay"], betas=(0.9, tp.get("beta2", 0.999)))
 
 
 def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None) -> None:

@@ -4,8 +4,10 @@ A workload's loop reads top to bottom as its own steps between these."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import ray.train
@@ -41,6 +43,35 @@ class Progress:
         self.replay = bool(state)  # the next report carries the restored history
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How long a run trains: `per_epoch` steps between reports, `total` in all, over `epochs`
+    epochs (the last one shorter when `max_steps` cuts it)."""
+
+    per_epoch: int
+    total: int
+    epochs: int
+
+    def steps_in(self, epoch: int) -> int:
+        """Steps of epoch `epoch` (0-based)."""
+        return max(0, min(self.per_epoch, self.total - epoch * self.per_epoch))
+
+    def schedule_cfg(self, tp: dict[str, Any]) -> dict[str, Any]:
+        """`tp` with `epochs` as planned (sgdr counts its cycles in epochs)."""
+        return {**tp, "epochs": self.total / self.per_epoch}
+
+
+def plan_steps(tp: dict[str, Any], per_pass: int, max_steps: int | None = None) -> StepPlan:
+    """The run's plan from train params: an epoch is `steps_per_epoch` steps, or one pass over the
+    training data (`per_pass` steps) when that is null, so defaults scale with the data;
+    `max_steps` caps the whole run (the char-LM's from `max_tokens`)."""
+    per_epoch = tp["steps_per_epoch"] or max(1, per_pass)
+    total = per_epoch * tp["epochs"]
+    if max_steps:
+        total = min(total, max(1, max_steps))
+    return StepPlan(per_epoch, total, math.ceil(total / per_epoch))
+
+
 def resume(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int) -> Progress:
     """Model and optimizer from the last reported checkpoint, if any, and the run's progress."""
     progress = Progress(restore(model, opt))
@@ -70,10 +101,13 @@ def stop_early(progress: Progress, config: dict[str, Any], rank: int) -> bool:
     return True
 
 
-def finished_already(progress: Progress, config: dict[str, Any], rank: int = 0) -> bool:
+def finished_already(progress: Progress, config: dict[str, Any], rank: int = 0, plan: StepPlan | None = None) -> bool:
     """A finished run started again (a resumed sweep's trial, or a run that stopped early):
-    report its result, train nothing."""
-    if progress.state and (progress.start_epoch >= config["train"]["epochs"] or stop_early(progress, config, rank)):
+    report its result, train nothing. `plan`: the run's `StepPlan` (its epochs and step cap),
+    if not train's `epochs`."""
+    last = plan.epochs if plan else config["train"]["epochs"]
+    capped = plan is not None and progress.step >= plan.total
+    if progress.state and (progress.start_epoch >= last or capped or stop_early(progress, config, rank)):
         ray.train.report(replaying(progress.history[-1], progress.history))
         return True
     return False

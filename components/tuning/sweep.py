@@ -8,6 +8,7 @@ trial id so a resumed sweep never duplicates them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,22 +49,29 @@ def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
     return out
 
 
+def trial_steps(tp: TuneParams, per_pass: int) -> int:
+    """Steps in a trial epoch: `tune.steps_per_epoch`, or `pass_frac` of a pass over the
+    training data (`per_pass` steps), at least `min_steps`: the budget scales with the data."""
+    return tp.steps_per_epoch or max(tp.min_steps, math.ceil(tp.pass_frac * per_pass))
+
+
 def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, Any],
-                       schema: type[BaseModel]) -> dict[str, Any]:
+                       schema: type[BaseModel], steps_per_pass: Callable[[dict[str, Any]], int]) -> dict[str, Any]:
     """The train config one trial runs: the trial's train params (`trial_params`), the sweep's
     budget, the sampled values; final-run-only keys at their defaults, so they cannot
     change a trial's result (tune does not rerun when they change). `schema`: the workload's
-    train section."""
+    train section; `steps_per_pass(cfg)`: a pass's steps for that config (a sampled bptt or
+    bs changes it)."""
     cfg = {k: v for k, v in base.items() if k not in FINAL_ONLY}
-    cfg |= {"epochs": tp.epochs, "steps_per_epoch": tp.steps_per_epoch, "num_workers": tp.workers_per_trial,
-            "seed": tp.seed, **sampled}
+    cfg |= {"epochs": tp.epochs, "num_workers": tp.workers_per_trial, "seed": tp.seed, **sampled}
+    cfg["steps_per_epoch"] = trial_steps(tp, steps_per_pass(cfg))
     # Sampled values obey the same schema as hand-written ones (checked at load: config.py).
     return schema.model_validate(cfg).model_dump()
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data: dict[str, Any],
            storage: str, sweep: str, use_gpu: bool, loop: Callable[[dict[str, Any]], None],
-           schema: type[BaseModel], select: tuple[str, str]) -> None:
+           schema: type[BaseModel], select: tuple[str, str], steps_per_pass: Callable[[dict[str, Any]], int]) -> None:
     """One trial's driver: a TorchTrainer whose rank-0 reports flow to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -77,7 +85,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
         # the sweep: hand back the recorded result instead of training again.
         tune.report(done)
         return
-    train_cfg = trial_train_config(base, tp, config, schema)
+    train_cfg = trial_train_config(base, tp, config, schema, steps_per_pass)
     reap_leaked_placement_groups()  # CPUs a stopped trial's Train run may have left held
     handover = _guard_report_handover()  # before the first report can exist
     trainer = make_trainer(
@@ -247,14 +255,18 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
     use_gpu = want_gpu(use_gpu_setting, resources, tp.workers_per_trial) and tp.gpus_per_worker > 0
     plan = plan_trials(resources, tp.workers_per_trial, tp.cpus_per_worker,
                        tp.gpus_per_worker if use_gpu else 0.0, tp.driver_memory_mb, tp.max_concurrent)
+    per_pass = workload.steps_per_pass(data, base_train)
+    budget = (f"{tp.steps_per_epoch} steps (tune.steps_per_epoch)" if tp.steps_per_epoch else
+              f"{trial_steps(tp, per_pass)} steps ({tp.pass_frac:g} of a {per_pass}-step pass, at least {tp.min_steps})")
     print(f"[tune] {tp.num_samples} trials, {plan.concurrent} at a time "
-          f"({tp.workers_per_trial} worker(s) x {tp.cpus_per_worker:g} CPU each, cluster {resources.get('CPU', 0):g} CPUs)",
-          flush=True)
+          f"({tp.workers_per_trial} worker(s) x {tp.cpus_per_worker:g} CPU each, cluster {resources.get('CPU', 0):g} CPUs); "
+          f"each trial up to {tp.epochs} epochs of {budget}", flush=True)
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base_train, tp=tp, data=data, storage=storage, sweep=name,
                              use_gpu=use_gpu, loop=workload.worker_loop(), schema=workload.train_schema,
-                             select=workload.select),
+                             select=workload.select,
+                             steps_per_pass=lambda cfg: workload.steps_per_pass(data, cfg)),
         # The driver only waits on its TorchTrainer: it holds memory, not a CPU; the CPUs
         # go to the Train workers, which Ray Train places in their own placement group.
         {"CPU": 0, "memory": tp.driver_memory_mb * 2**20})

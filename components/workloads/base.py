@@ -13,6 +13,7 @@ publishing); a workload owns only what differs between models.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,12 @@ class Workload(ABC):
             return None
         name = (min if mode == "min" else max)(found, key=found.__getitem__)
         return name, found[name]
+
+    def steps_per_pass(self, data: dict[str, Any], train: dict[str, Any]) -> int:
+        """Steps of one pass over the training data for `train` on one worker (`data`: what
+        `training_data` gives the workers): what a sweep's data-scaled trial epoch is a
+        fraction of. Rows / `bs` unless a workload's steps are not rows."""
+        return max(1, math.ceil(data["n_train"] / train["bs"]))
 
     @abstractmethod
     def prepare(self, p: Any, out: str) -> str:

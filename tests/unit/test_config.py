@@ -32,7 +32,7 @@ def test_repo_params_are_valid(repo):
     ({"char_lm": {"train": {"seed": -1}}}, "char_lm.train.seed: Input should be greater than or equal to 0"),
     ({"char_lm": {"tune": {"seed": 2**32}}}, "char_lm.tune.seed: Input should be less than 4294967296"),
     ({"char_lm": {"tune": {"metric": "val_accuracy"}}}, "tune.metric 'val_accuracy' is not reported"),
-    ({"char_lm": {"tune": {"workers_per_trial": 3}}}, "train.bs (64) must be a multiple of tune.workers_per_trial (3)"),
+    ({"char_lm": {"tune": {"workers_per_trial": 3}}}, "train.bs (32) must be a multiple of tune.workers_per_trial (3)"),
     ({"char_lm": {"tune": {"space": {"dropout": {"type": "uniform", "low": 0.0, "high": 1.5}}}}},
      "tune.space.dropout: 1.5 is not a valid train.dropout"),
     ({"char_lm": {"tune": {"space": {"bptt": {"type": "choice", "values": [32, 0]}}}}},
@@ -93,10 +93,28 @@ def test_sampled_trial_configs_are_validated():
     from components.tuning.sweep import trial_train_config
 
     base = TrainParams().model_dump()
-    cfg = trial_train_config(base, TuneParams(), {"lr": 0.01, "schedule": "onecycle"}, TrainParams)
+    cfg = trial_train_config(base, TuneParams(), {"lr": 0.01, "schedule": "onecycle"}, TrainParams, lambda c: 1000)
     assert cfg["schedule"] == "onecycle" and cfg["num_workers"] == 1 and cfg["epochs"] == TuneParams().epochs
     with pytest.raises(ValueError, match="apply to arch 'rnn' only"):
-        trial_train_config(base, TuneParams(), {"identity_init": True}, TrainParams)
+        trial_train_config(base, TuneParams(), {"identity_init": True}, TrainParams, lambda c: 1000)
+
+
+def test_a_trial_epoch_scales_with_the_data_unless_set():
+    """tune.steps_per_epoch null: pass_frac of a pass (for the sampled bptt), at least min_steps."""
+    from components.config import TuneParams
+    from components.tuning.sweep import trial_train_config
+    from components.workloads import get
+
+    w, base = get("char_lm"), TrainParams(bs=64).model_dump()
+    data = {"n_train": 64 * 64_001}  # streams of 64,001 tokens: 1,000 windows of 64
+    per_pass = lambda cfg: w.steps_per_pass(data, cfg)  # noqa: E731
+    tp = TuneParams(pass_frac=0.05, min_steps=20)
+    assert trial_train_config(base, tp, {"bptt": 64}, TrainParams, per_pass)["steps_per_epoch"] == 50
+    assert trial_train_config(base, tp, {"bptt": 32}, TrainParams, per_pass)["steps_per_epoch"] == 100
+    small = {"n_train": 64 * 641}  # a 10-window pass: the floor decides
+    assert trial_train_config(base, tp, {}, TrainParams, lambda c: w.steps_per_pass(small, c))["steps_per_epoch"] == 20
+    fixed = TuneParams(steps_per_epoch=7)
+    assert trial_train_config(base, fixed, {}, TrainParams, per_pass)["steps_per_epoch"] == 7
 
 
 def test_a_local_source_inside_inputs_is_accepted(tmp_path, monkeypatch):
@@ -154,6 +172,6 @@ def test_every_workload_builds_its_trial_configs_from_its_own_schema():
     for name in names():
         w = get(name)
         p = getattr(load_params(), name)
-        cfg = trial_train_config(trial_params(p.train), p.tune, {}, w.train_schema)
+        cfg = trial_train_config(trial_params(p.train), p.tune, {}, w.train_schema, lambda c: 100)
         assert set(cfg) == set(w.train_schema.model_fields)
         assert cfg["epochs"] == p.tune.epochs and cfg["num_workers"] == p.tune.workers_per_trial

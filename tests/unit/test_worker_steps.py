@@ -16,3 +16,34 @@ def test_the_best_epoch_is_the_earliest_best_and_patience_counts_from_it(capsys)
     assert "stopping after epoch 4 (best: epoch 2)" in capsys.readouterr().out
     assert not stop_early(p, {"select": ["val_loss", "min"], "train": {"patience": 3}}, rank=0)
     assert not stop_early(p, {"select": ["val_loss", "min"], "train": {"patience": None}}, rank=0)
+
+
+def test_an_epoch_is_a_pass_unless_set_and_max_steps_caps_the_run():
+    from components.training.worker import plan_steps
+    from components.workloads.char_lm.data import max_windows
+
+    full = plan_steps({"steps_per_epoch": None, "epochs": 30}, 13)
+    assert (full.per_epoch, full.total, full.epochs) == (13, 390, 30)
+    capped = plan_steps({"steps_per_epoch": None, "epochs": 30}, 1100, max_steps=1600)
+    assert (capped.total, capped.epochs) == (1600, 2)
+    assert [capped.steps_in(e) for e in range(3)] == [1100, 500, 0]
+    fixed = plan_steps({"steps_per_epoch": 40, "epochs": 3}, 1100)
+    assert (fixed.per_epoch, fixed.total, fixed.epochs) == (40, 120, 3)
+    assert capped.schedule_cfg({"epochs": 30})["epochs"] == 1600 / 1100
+    # the char-LM caps characters, not windows: a shorter bptt gets more windows for the same text
+    assert max_windows({"max_tokens": 6_553_600, "bs": 64, "bptt": 64}) == 1600
+    assert max_windows({"max_tokens": 6_553_600, "bs": 64, "bptt": 32}) == 3200
+    assert max_windows({"max_tokens": None, "bs": 64, "bptt": 32}) is None
+
+
+def test_a_run_that_reached_its_step_cap_is_finished_when_started_again(monkeypatch):
+    import components.training.worker as worker
+    from components.training.worker import Progress, StepPlan, finished_already
+
+    reported = []
+    monkeypatch.setattr(worker.ray.train, "report", lambda metrics, **kw: reported.append(metrics))
+    state = {"history": [{"epoch": 1, "val_loss": 2.0}], "epoch": 1, "schedule": {"step": 120, "train_s": 1.0}}
+    config = {"train": {"epochs": 30, "patience": None}, "select": ["val_loss", "min"]}
+    # a pass ran a few windows past its estimate: the cap (120) was reached in epoch 1 of 2
+    assert finished_already(Progress(state), config, 0, StepPlan(per_epoch=100, total=120, epochs=2))
+    assert reported and not finished_already(Progress(state), config, 0, StepPlan(100, 200, 2))

@@ -43,6 +43,11 @@ class CharLM(Workload):
         data = training_data(folder)
         return TrainingData(data, {"vocab_size": data["vocab_size"], "n_train_tokens": data["n_train"]})
 
+    def steps_per_pass(self, data: dict[str, Any], train: dict[str, Any]) -> int:
+        from components.workloads.char_lm.data import steps_per_pass
+
+        return steps_per_pass(data["n_train"] // train["bs"], train["bptt"])
+
     def worker_loop(self) -> Callable[[dict[str, Any]], None]:
         from components.workloads.char_lm.loop import train_loop_per_worker
 

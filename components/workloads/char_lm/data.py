@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -71,3 +72,13 @@ def split_text(text: str, val_frac: float, test_frac: float) -> dict[str, str]:
 def tokens_table(ids: np.ndarray) -> pa.Table:
     """uint16 token ids as a one-column table, in corpus order."""
     return pa.Table.from_arrays([pa.array(ids, type=pa.uint16())], schema=TOKENS_SCHEMA)
+
+
+def steps_per_pass(length: int, bptt: int) -> int:
+    """Windows in one pass over streams of `length` tokens at the mean window `bptt`."""
+    return max(1, math.ceil((length - 1) / bptt))
+
+
+def max_windows(tp: dict) -> int | None:
+    """The run's cap in windows: `max_tokens` over the tokens of a window (bs x bptt)."""
+    return math.ceil(tp["max_tokens"] / (tp["bs"] * tp["bptt"])) if tp.get("max_tokens") else None

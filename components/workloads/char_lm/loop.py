@@ -12,7 +12,6 @@ Read top to bottom, `train_loop_per_worker` is:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +31,16 @@ from components.training.steps import (
 )
 from components.training.worker import (
     Progress,
+    StepPlan,
     checkpoint_and_report,
     finished_already,
+    plan_steps,
     resume,
     start_worker,
     stop_early,
     wrap_ddp,
 )
+from components.workloads.char_lm.data import max_windows, steps_per_pass
 from components.workloads.char_lm.model import CharLM, detach_hidden, model_kwargs, stream_loss
 
 
@@ -55,7 +57,7 @@ class EpochStats:
 
 def train_epoch(model: CharLM, ddp_model: nn.Module, opt: torch.optim.Optimizer, sampler: BpttSampler,
                 streams: torch.Tensor, tp: dict[str, Any], progress: Progress, epoch: int, rank: int,
-                device: torch.device, planned_steps: int) -> EpochStats:
+                device: torch.device, plan: StepPlan) -> EpochStats:
     """One epoch of windows; every rank draws the same window lengths from (seed, epoch)."""
     seed_epoch(tp["seed"], epoch, rank)
     budget, use_amp = tp.get("time_budget_s"), device.type == "cuda"
@@ -63,13 +65,21 @@ def train_epoch(model: CharLM, ddp_model: nn.Module, opt: torch.optim.Optimizer,
     ddp_model.train()
     h = model.init_hidden(streams.size(1), device)
     stats, t_epoch = EpochStats(), time.perf_counter()
-    for start, seq_len in sampler.windows(tp["steps_per_epoch"]):
+    # a full pass unless the epoch has a set length or the run's max_tokens cuts it short
+    # (varied windows make a pass a few windows longer or shorter than planned: the cap is
+    # held window by window)
+    remaining = plan.total - progress.step
+    full_pass = not tp["steps_per_epoch"] and remaining >= plan.per_epoch
+    schedule = plan.schedule_cfg(tp)
+    for start, seq_len in sampler.windows(None if full_pass else min(remaining, plan.per_epoch)):
+        if progress.step >= plan.total:
+            break
         t_step = time.perf_counter()
         if start == 0:
             h = model.init_hidden(streams.size(1), device)  # a new pass: fresh state
-        p = progress.train_s / budget if budget else progress.step / planned_steps
+        p = progress.train_s / budget if budget else progress.step / plan.total
         for g in opt.param_groups:
-            g["lr"] = tp["lr"] * multiplier(tp, p)
+            g["lr"] = tp["lr"] * multiplier(schedule, p)
         h = detach_hidden(h)  # truncated bptt: gradients stop at the window boundary
         x = streams[start:start + seq_len]  # (seq_len, bs_local)
         y = streams[start + 1:start + 1 + seq_len]
@@ -122,20 +132,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ddp_model = wrap_ddp(model, world)
     opt = make_optimizer(model, tp)
     length = train_streams.size(0)
-    planned_steps = (tp["steps_per_epoch"] or math.ceil((length - 1) / tp["bptt"])) * tp["epochs"]
+    plan = plan_steps(tp, steps_per_pass(length, tp["bptt"]), max_windows(tp))
     sampler = BpttSampler(length=length, bptt=tp["bptt"], seed=tp["seed"], variable=tp["variable_bptt"])
 
     # 3. resume: model, optimizer, schedule position and the sampler's place
     progress = resume(model, opt, rank)
     if progress.state:
         sampler.load_state_dict(progress.state["sampler"])
-    if finished_already(progress, config, rank):
+    if finished_already(progress, config, rank, plan):
         return
 
-    for epoch in range(progress.start_epoch, tp["epochs"]):
+    for epoch in range(progress.start_epoch, plan.epochs):
         # 4. one epoch of windows
-        stats = train_epoch(model, ddp_model, opt, sampler, train_streams, tp, progress, epoch, rank, device,
-                            planned_steps)
+        stats = train_epoch(model, ddp_model, opt, sampler, train_streams, tp, progress, epoch, rank, device, plan)
         # 5. validation summed across ranks
         metrics = validate(model, val_streams, stats, tp, progress, opt, epoch, world, device)
         # 6. rank 0 checkpoints; all ranks report
@@ -143,7 +152,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress, rank, epoch, metrics,
             lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
                      "train": tp, "vocab_size": data["vocab_size"]},
-            f"[train] epoch {epoch + 1}/{tp['epochs']} train_loss {metrics['train_loss']:.4f} "
+            f"[train] epoch {epoch + 1}/{plan.epochs} train_loss {metrics['train_loss']:.4f} "
             f"val_loss {metrics['val_loss']:.4f} ({stats.elapsed:.1f}s, {progress.train_s:.0f}s training in all)")
-        if stats.out_of_time or stop_early(progress, config, rank):
+        if stats.out_of_time or progress.step >= plan.total or stop_early(progress, config, rank):
             break

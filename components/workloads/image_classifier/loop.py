@@ -31,8 +31,10 @@ from components.training.schedules import multiplier
 from components.training.steps import DivergedError, all_reduce_sum, make_optimizer, optimizer_step
 from components.training.worker import (
     Progress,
+    StepPlan,
     checkpoint_and_report,
     finished_already,
+    plan_steps,
     resume,
     start_worker,
     stop_early,
@@ -91,12 +93,14 @@ class EpochStats:
 
 def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimizer, x_train: torch.Tensor,
                 y_train: torch.Tensor, tp: dict[str, Any], data: dict[str, Any], progress: Progress, epoch: int,
-                rank: int, device: torch.device, steps: int, bs_local: int, planned: int) -> EpochStats:
+                rank: int, device: torch.device, plan: StepPlan, bs_local: int) -> EpochStats:
     """A seeded permutation of the shard, wrapped to the same step count on every rank."""
     mean, std = torch.tensor(data["mean"], device=device), torch.tensor(data["std"], device=device)
     pad = data["shape"][1] // 8 if data["crop"] else 0
     g = torch.Generator().manual_seed(tp["seed"] * 100_003 + epoch * 1009 + rank)
     seed_epoch(tp["seed"], epoch, rank)
+    steps = plan.steps_in(epoch)
+    schedule = plan.schedule_cfg(tp)
     need = steps * bs_local
     order = torch.randperm(len(x_train), generator=g).repeat(math.ceil(need / len(x_train)))[:need]
     ddp_model.train()
@@ -106,8 +110,8 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
         xb = augment(x_train[idx], data["flip"], pad, g).to(device)
         yb = y_train[idx].to(device)
         for grp in opt.param_groups:
-            grp["lr"] = tp["lr"] * multiplier(tp, progress.step / planned)
-        loss = F.cross_entropy(ddp_model(normalize(xb, mean, std)), yb)
+            grp["lr"] = tp["lr"] * multiplier(schedule, progress.step / plan.total)
+        loss = F.cross_entropy(ddp_model(normalize(xb, mean, std)), yb, label_smoothing=tp["label_smoothing"])
         if not torch.isfinite(loss):
             raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}: training diverged; "
                                 f"try a lower learning rate (lr={tp['lr']})")
@@ -143,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     x_train, y_train = load_shard(data["train_uri"], data["n_train"], rank, world)
     x_val, y_val = load_shard(data["val_uri"], data["n_val"], rank, world)
     bs_local = tp["bs"] // world
-    steps = tp["steps_per_epoch"] or math.ceil(math.ceil(data["n_train"] / world) / bs_local)
+    plan = plan_steps(tp, math.ceil(math.ceil(data["n_train"] / world) / bs_local))
 
     # 2. same seed everywhere, then DDP
     torch.manual_seed(tp["seed"])
@@ -153,20 +157,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # 3. resume from the last reported checkpoint, if any
     progress = resume(model, opt, rank)
-    if finished_already(progress, config, rank):
+    if finished_already(progress, config, rank, plan):
         return
 
-    for epoch in range(progress.start_epoch, tp["epochs"]):
+    for epoch in range(progress.start_epoch, plan.epochs):
         # 4. one epoch over this worker's shard
         stats = train_epoch(model, ddp_model, opt, x_train, y_train, tp, data, progress, epoch, rank, device,
-                            steps, bs_local, steps * tp["epochs"])
+                            plan, bs_local)
         # 5. validation summed across ranks
         metrics = validate(model, x_val, y_val, stats, data, progress, opt, epoch, device)
         # 6. rank 0 checkpoints; all ranks report
         checkpoint_and_report(
             progress, rank, epoch, metrics, lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                                      "train": tp},
-            f"[train] epoch {epoch + 1}/{tp['epochs']} train_loss {metrics['train_loss']:.4f} "
+            f"[train] epoch {epoch + 1}/{plan.epochs} train_loss {metrics['train_loss']:.4f} "
             f"val_loss {metrics['val_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f} ({stats.elapsed:.1f}s)")
         if stop_early(progress, config, rank):  # 7. `patience` epochs without a better val accuracy
             break

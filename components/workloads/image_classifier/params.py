@@ -65,6 +65,8 @@ class ImageTuneParams(TuneParams):
     num_samples: PositiveInt = knob(4, "trials in the sweep")
     epochs: PositiveInt = knob(6, "ASHA's max_t (one report per epoch)")
     steps_per_epoch: PositiveInt | None = knob(None, "steps per trial epoch; null: every train image once")
+    pass_frac: PositiveFloat = knob(1.0, "a trial epoch as a fraction of a pass (when steps_per_epoch is null)")
+    min_steps: PositiveInt = knob(1, "the fewest steps in a trial epoch (when steps_per_epoch is null)")
     grace_period: PositiveInt = knob(2, "ASHA: epochs before a trial can be stopped")
     space: dict[str, SearchDim] = knob(
         lambda: dims(lr={"type": "loguniform", "low": 0.001, "high": 0.02},
@@ -83,6 +85,8 @@ class ImageTrainParams(OptimParams):
                                                "(shards padded to equal steps)")
     bs: PositiveInt = knob(64, "images per step in total, split over the workers")
     dropout: Probability = knob(0.0, "before the classifier")
+    label_smoothing: float = knob(0.0, "training targets mix this much of the uniform distribution in "
+                                  "(val loss stays plain cross-entropy)", ge=0, lt=1)
     flip: Literal["auto", True, False] = knob("auto", "random horizontal flips; auto: on, except for digits")
     crop: Literal["auto", True, False] = knob("auto", "pad by size//8 and crop back at random; auto: on")
     lr: PositiveFloat = knob(0.005, "peak learning rate")

@@ -13,6 +13,7 @@ from components.training.steps import all_reduce_sum, make_optimizer, optimizer_
 from components.training.worker import (
     checkpoint_and_report,
     finished_already,
+    plan_steps,
     resume,
     start_worker,
     stop_early,
@@ -36,16 +37,17 @@ def regression_loop(config: dict[str, Any]) -> None:
     ddp_model = wrap_ddp(model, world)
     opt = make_optimizer(model, tp)
     progress = resume(model, opt, rank)
-    if finished_already(progress, config, rank):
+    bs = tp["bs"] // world
+    plan = plan_steps(tp, len(y) // bs)
+    if finished_already(progress, config, rank, plan):
         return
-    bs, steps = tp["bs"] // world, tp["steps_per_epoch"] or max(1, len(y) // (tp["bs"] // world))
     g = torch.Generator().manual_seed(tp["seed"] + rank)
-    for epoch in range(progress.start_epoch, tp["epochs"]):
-        total = 0.0
+    for epoch in range(progress.start_epoch, plan.epochs):
+        total, steps = 0.0, plan.steps_in(epoch)
         for _ in range(steps):
             idx = torch.randint(0, len(y), (bs,), generator=g)
             for grp in opt.param_groups:
-                grp["lr"] = tp["lr"] * multiplier(tp, progress.step / (steps * tp["epochs"]))
+                grp["lr"] = tp["lr"] * multiplier(tp, progress.step / plan.total)
             loss = torch.nn.functional.mse_loss(ddp_model(x[idx]).squeeze(1), y[idx])
             optimizer_step(model, opt, loss, tp["clip"])
             total += loss.item()
