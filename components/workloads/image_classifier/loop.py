@@ -111,7 +111,7 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
         yb = y_train[idx].to(device)
         for grp in opt.param_groups:
             grp["lr"] = tp["lr"] * multiplier(schedule, progress.step / plan.total)
-        loss = F.cross_entropy(ddp_model(normalize(xb, mean, std)), yb, label_smoothing=tp["label_smoothing"])
+        loss = F.cross_entropy(ddp_model(normalize(xb, mean, std)), yb)
         if not torch.isfinite(loss):
             raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}: training diverged; "
                                 f"try a lower learning rate (lr={tp['lr']})")

@@ -85,8 +85,6 @@ class ImageTrainParams(OptimParams):
                                                "(shards padded to equal steps)")
     bs: PositiveInt = knob(64, "images per step in total, split over the workers")
     dropout: Probability = knob(0.0, "before the classifier")
-    label_smoothing: float = knob(0.0, "training targets mix this much of the uniform distribution in "
-                                  "(val loss stays plain cross-entropy)", ge=0, lt=1)
     flip: Literal["auto", True, False] = knob("auto", "random horizontal flips; auto: on, except for digits")
     crop: Literal["auto", True, False] = knob("auto", "pad by size//8 and crop back at random; auto: on")
     lr: PositiveFloat = knob(0.005, "peak learning rate")
