@@ -69,7 +69,7 @@ def main() -> None:
                                    select=w.select),
                       cfg["num_workers"], w.select)
             # as train publishes: the best epoch by the workload's select metric
-            w.publish(work / "m.pt", {**out.state, "model": out.best["model"]}, str(work / "normalized"), data, cfg)
+            w.publish(work / "m.pt", out.published, str(work / "normalized"), data, cfg)
             model, blob = load_model(work / "m.pt")
             m, _ = classification_metrics("test", predict(model, blob, x), y, blob["classes"])
             results.append(m["test_accuracy"])

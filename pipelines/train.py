@@ -116,7 +116,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     writer.log_history(run_id, history)  # whatever the live writes missed (the checkpoint has it all)
     # the best epoch's weights (by the workload's `select` metric), with the whole run's history
     published = outcome.best["epoch"]
-    w.publish(args.model, {**outcome.state, "model": outcome.best["model"]}, args.data, data.workers, cfg)
+    w.publish(args.model, outcome.published, args.data, data.workers, cfg)
     writer.write({"op": "tag", "run_id": run_id, "key": "trainyard.published_epoch", "value": str(published)})
     last, best = history[-1], history[published - 1]
     metrics = {"run_id": run_id, "arch": cfg.get("arch", "-"), "epochs": last["epoch"], "published_epoch": published,

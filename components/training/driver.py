@@ -66,6 +66,11 @@ class TrainOutcome:
     run_path: str
     num_workers: int
 
+    @property
+    def published(self) -> dict[str, Any]:
+        """What a workload's `publish` gets: the best epoch's weights with the whole run's history."""
+        return {**self.state, "model": self.best["model"]}
+
 
 def fit(trainer, num_workers: int, select: tuple[str, str] | None = None) -> TrainOutcome:
     """Run the trainer; load the last checkpoint it reported and the best by `select`

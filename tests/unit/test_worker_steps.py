@@ -47,3 +47,12 @@ def test_a_run_that_reached_its_step_cap_is_finished_when_started_again(monkeypa
     # a pass ran a few windows past its estimate: the cap (120) was reached in epoch 1 of 2
     assert finished_already(Progress(state), config, 0, StepPlan(per_epoch=100, total=120, epochs=2))
     assert reported and not finished_already(Progress(state), config, 0, StepPlan(100, 200, 2))
+
+
+def test_train_publishes_the_best_epochs_weights_with_the_whole_history():
+    from components.training.driver import TrainOutcome
+
+    last = {"model": {"w": 3}, "history": [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}], "epoch": 3}
+    out = TrainOutcome(state=last, best={"model": {"w": 1}, "epoch": 1}, run_path="/runs/x", num_workers=2)
+    assert out.published == {"model": {"w": 1}, "history": last["history"], "epoch": 3}
+    assert last["model"] == {"w": 3}  # the loaded state itself is left as it was

@@ -139,7 +139,7 @@ def fit_and_score(text: str, work: str | Path, p: Any = None, name: str = "corpu
     out = fit(make_trainer(w.worker_loop(), {"train": cfg, "data": data}, name=name, storage_path=str(work / "runs"),
                            num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"], use_gpu=False,
                            max_failures=0, select=w.select), cfg["num_workers"], w.select)
-    w.publish(work / "model.pt", {**out.state, "model": out.best["model"]}, str(work / "normalized"), data, cfg)
+    w.publish(work / "model.pt", out.published, str(work / "normalized"), data, cfg)
     (work / "reports").mkdir(exist_ok=True)
     metrics, _ = w.evaluate(p, str(work / "normalized"), str(work / "model.pt"), work / "reports")
     hist = out.state["history"]
