@@ -9,6 +9,11 @@ from components.workloads.image_classifier.model import (
     SimpleNet,
     build,
     cam,
+    class_probs,
+    load_model,
+    publish_model,
+    shifted_views,
+    tta_shift,
 )
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
@@ -68,3 +73,45 @@ def test_unknown_arch():
     with pytest.raises(ValueError, match="unknown image architecture"):
         build("vit", (1, 8, 8), 10)
     assert isinstance(build("convbnnet", (1, 8, 8), 10), ConvNet)
+
+
+def test_shifted_views_move_the_image_and_fill_with_zeros():
+    x = torch.arange(1, 17, dtype=torch.uint8).view(1, 1, 4, 4)
+    assert len(shifted_views(x, 0)) == 1
+    views = shifted_views(x, 1)
+    assert len(views) == 5 and torch.equal(views[0], x)
+    down, up, right, left = views[1:]
+    assert torch.equal(down[0, 0, 1:], x[0, 0, :3]) and not down[0, 0, 0].any()  # content moved down a row
+    assert torch.equal(up[0, 0, :3], x[0, 0, 1:]) and not up[0, 0, 3].any()
+    assert torch.equal(right[0, 0, :, 1:], x[0, 0, :, :3]) and not right[0, 0, :, 0].any()
+    assert torch.equal(left[0, 0, :, :3], x[0, 0, :, 1:]) and not left[0, 0, :, 3].any()
+    assert tta_shift((1, 8, 8), True) == 1 and tta_shift((3, 32, 32), True) == 4 and tta_shift((3, 32, 32), False) == 0
+
+
+def test_class_probs_average_the_shifted_views():
+    torch.manual_seed(0)
+    m = build("resnet", (1, 8, 8), 10).eval()
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    mean, std = torch.tensor([0.3]), torch.tensor([0.4])
+    plain = class_probs(m, x, mean, std, 0)
+    with torch.no_grad():
+        expect = torch.stack([torch.softmax(m((v.float() / 255 - 0.3) / 0.4), 1) for v in shifted_views(x, 1)]).mean(0)
+    tta = class_probs(m, x, mean, std, 1)
+    assert torch.allclose(tta, expect, atol=1e-6) and not torch.allclose(tta, plain, atol=1e-4)
+    assert torch.allclose(tta.sum(1), torch.ones(3), atol=1e-5)
+
+
+def test_the_model_file_carries_its_test_time_shift(tmp_path):
+    from components.workloads.image_classifier.evaluate import predict
+
+    torch.manual_seed(0)
+    m = build("resnet", (1, 8, 8), 10).eval()
+    data = {"shape": [1, 8, 8], "n_classes": 10, "classes": [str(i) for i in range(10)], "mean": [0.3], "std": [0.4]}
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    for tta, shift in ((True, 1), (False, 0)):
+        publish_model(tmp_path / f"{tta}.pt", {"model": m.state_dict()}, data, "resnet", 0.0, tta)
+        net, blob = load_model(tmp_path / f"{tta}.pt")
+        assert blob["tta_shift"] == shift
+        assert torch.allclose(predict(net, blob, x), class_probs(m, x, torch.tensor([0.3]), torch.tensor([0.4]), shift))
+    del blob["tta_shift"]  # a file written before TTA existed predicts from the image alone
+    assert torch.allclose(predict(net, blob, x), class_probs(m, x, torch.tensor([0.3]), torch.tensor([0.4]), 0))

@@ -44,8 +44,8 @@ class ImageClassifier(Workload):
     def training_data(self, folder: str, train: dict[str, Any], p: ImageClassifierParams) -> TrainingData:
         from components.workloads.image_classifier.staging import training_data
 
-        data = training_data(folder, train["flip"], train["crop"], p.prepare.source)
-        return TrainingData(data, {k: data[k] for k in ("n_classes", "n_train", "flip", "crop")})
+        data = training_data(folder, train["flip"], train["crop"], p.prepare.source) | {"tta": train["tta"]}
+        return TrainingData(data, {k: data[k] for k in ("n_classes", "n_train", "flip", "crop", "tta")})
 
     def worker_loop(self) -> Callable[[dict[str, Any]], None]:
         from components.workloads.image_classifier.loop import train_loop_per_worker
@@ -56,7 +56,7 @@ class ImageClassifier(Workload):
                 train: dict[str, Any]) -> None:
         from components.workloads.image_classifier.model import publish_model
 
-        publish_model(path, state, data, train["arch"], train["dropout"])
+        publish_model(path, state, data, train["arch"], train["dropout"], train["tta"])
 
     def evaluate(self, p: ImageClassifierParams, data: str, model: str,
                  reports: Path) -> tuple[dict[str, Any], list[str]]:

@@ -10,7 +10,7 @@ import torch
 
 from components.data.parquet import check_table
 from components.workloads.image_classifier.data import IMAGES_SCHEMA, decode, normalize
-from components.workloads.image_classifier.model import cam
+from components.workloads.image_classifier.model import cam, class_probs
 
 
 def read_images(folder: str | Path, split: str, manifest: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,10 +23,11 @@ def read_images(folder: str | Path, split: str, manifest: dict[str, Any]) -> tup
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, blob: dict[str, Any], x: torch.Tensor, bs: int = 512) -> torch.Tensor:
-    """Class probabilities (N, n_classes) for uint8 (N, C, H, W) images."""
+    """Class probabilities (N, n_classes) for uint8 (N, C, H, W) images, averaged over the
+    model file's test-time shifts (none in files written before they existed)."""
     mean, std = torch.tensor(blob["mean"]), torch.tensor(blob["std"])
-    out = [torch.softmax(model(normalize(x[i:i + bs], mean, std)), 1) for i in range(0, len(x), bs)]
-    return torch.cat(out)
+    shift = blob.get("tta_shift", 0)
+    return torch.cat([class_probs(model, x[i:i + bs], mean, std, shift) for i in range(0, len(x), bs)])
 
 
 def classification_metrics(prefix: str, probs: torch.Tensor, y: torch.Tensor, classes: list[str]) -> tuple[dict, np.ndarray]:

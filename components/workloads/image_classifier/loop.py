@@ -41,7 +41,7 @@ from components.training.worker import (
     wrap_ddp,
 )
 from components.workloads.image_classifier.data import decode, normalize
-from components.workloads.image_classifier.model import build
+from components.workloads.image_classifier.model import build, class_probs, tta_shift
 
 
 def load_shard(uri: str, n_rows: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,15 +69,17 @@ def augment(x: torch.Tensor, flip: bool, pad: int, g: torch.Generator) -> torch.
 
 
 @torch.no_grad()
-def evaluate_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, device, bs: int = 512):
-    """(summed loss, correct, count) over uint8 images x."""
+def evaluate_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, device, shift: int = 0,
+                     bs: int = 512):
+    """(summed loss, correct, count) over uint8 images x, scored as the published model predicts
+    (averaged over the test-time shifts), so the epoch picked by val loss is the one served."""
     model.eval()
     loss, correct = 0.0, 0
     for i in range(0, len(x), bs):
-        logits = model(normalize(x[i:i + bs].to(device), mean, std))
+        probs = class_probs(model, x[i:i + bs].to(device), mean, std, shift)
         yy = y[i:i + bs].to(device)
-        loss += F.cross_entropy(logits.float(), yy, reduction="sum").item()
-        correct += int((logits.argmax(1) == yy).sum())
+        loss += F.nll_loss(torch.log(probs.clamp_min(1e-12)), yy, reduction="sum").item()
+        correct += int((probs.argmax(1) == yy).sum())
     return loss, correct, len(x)
 
 
@@ -128,7 +130,8 @@ def validate(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, stats: 
              progress: Progress, opt: torch.optim.Optimizer, epoch: int, device: torch.device) -> dict[str, Any]:
     """This worker's val shard scored, every sum taken across ranks: the epoch's metrics."""
     mean, std = torch.tensor(data["mean"], device=device), torch.tensor(data["std"], device=device)
-    v_loss, v_correct, v_n = evaluate_batches(model, x_val, y_val, mean, std, device)
+    v_loss, v_correct, v_n = evaluate_batches(model, x_val, y_val, mean, std, device,
+                                              tta_shift(data["shape"], data["tta"]))
     tot, n_steps, seen, v_loss, v_correct, v_n = all_reduce_sum(
         [stats.loss_sum, stats.steps, stats.seen, v_loss, v_correct, v_n], device)
     return {"epoch": epoch + 1, "train_loss": tot / n_steps, "val_loss": v_loss / v_n,

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from components.data.parquet import atomic_path
+from components.workloads.image_classifier.data import normalize
 
 Arch = Literal["simplenet", "convnet", "convbnnet", "resnet", "resnet18"]
 
@@ -168,6 +169,31 @@ def build(arch: Arch, in_shape: tuple[int, int, int], n_classes: int, dropout: f
     raise ValueError(f"unknown image architecture {arch!r}")
 
 
+def tta_shift(shape: tuple[int, int, int] | list[int], tta: bool) -> int:
+    """Pixels the test-time shifts move an image by: the training crops' pad (size//8, at least 1)."""
+    return max(1, min(shape[1:]) // 8) if tta else 0
+
+
+def shifted_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """x (B, C, H, W) and, when shift > 0, x moved by `shift` pixels down, up, right and left
+    (zero-filled, as the training crops pad)."""
+    if not shift:
+        return [x]
+    h, w = x.shape[2:]
+    s = shift
+    padded = F.pad(x, (s, s, s, s))
+    return [x] + [padded[:, :, i:i + h, j:j + w] for i, j in ((0, s), (2 * s, s), (s, 0), (s, 2 * s))]
+
+
+@torch.no_grad()
+def class_probs(model: nn.Module, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                shift: int = 0) -> torch.Tensor:
+    """Class probabilities (B, n_classes) for uint8 images x: the softmax averaged over the image
+    and its shifted views (test-time augmentation, fast.ai's `TTA`) when shift > 0."""
+    views = shifted_views(x, shift)
+    return torch.stack([torch.softmax(model(normalize(v, mean, std)).float(), 1) for v in views]).mean(0)
+
+
 @torch.no_grad()
 def cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
     """Class activation maps (B, h, w): the last conv features weighted by the classifier row
@@ -182,11 +208,14 @@ def cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None) 
     return torch.einsum("bc,bchw->bhw", w, feats)
 
 
-def publish_model(path: str | Path, state: dict[str, Any], data: dict[str, Any], arch: str, dropout: float) -> None:
-    """The self-contained model file: weights, constructor config, classes, normalisation."""
+def publish_model(path: str | Path, state: dict[str, Any], data: dict[str, Any], arch: str, dropout: float,
+                  tta: bool = False) -> None:
+    """The self-contained model file: weights, constructor config, classes, normalisation, and
+    the test-time shift its predictions average over (`tta_shift`)."""
     blob = {"model": state["model"], "config": {"arch": arch, "in_shape": data["shape"],
                                                 "n_classes": data["n_classes"], "dropout": dropout},
             "classes": data["classes"], "mean": data["mean"], "std": data["std"],
+            "tta_shift": tta_shift(data["shape"], tta),
             "train": state.get("train", {}), "history": state.get("history", [])}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(blob, f)  # a file object keeps the bytes independent of the temp name

@@ -87,6 +87,8 @@ class ImageTrainParams(OptimParams):
     dropout: Probability = knob(0.0, "before the classifier")
     flip: Literal["auto", True, False] = knob("auto", "random horizontal flips; auto: on, except for digits")
     crop: Literal["auto", True, False] = knob("auto", "pad by size//8 and crop back at random; auto: on")
+    tta: bool = knob(True, "predict by the mean over the image and its 4 shifts by size//8 px "
+                     "(val, test and the served model alike)")
     lr: PositiveFloat = knob(0.005, "peak learning rate")
     weight_decay: float = knob(1e-4, "weight decay", ge=0)
     clip: PositiveFloat | None = knob(None, "gradient-norm clip; null to turn off")
