@@ -113,3 +113,13 @@ def test_state_reinitialised_when_batch_size_changes(arch):
     out, h2 = m(torch.randint(0, 10, (5, 3)), h)  # 3 streams now: old state cannot apply
     first = h2[0] if isinstance(h2, tuple) else h2
     assert out.shape == (5, 3, 10) and first.shape[1] == 3
+
+
+def test_embedding_size_grows_with_the_alphabet():
+    from components.workloads.char_lm.model import embedding_size, model_kwargs
+
+    assert embedding_size(65) == 42 and embedding_size(300) == 42  # English-sized alphabets keep 42
+    assert embedding_size(2047) == 114 and embedding_size(10**6) == 600
+    assert model_kwargs({"n_fac": None, "n_hidden": 16}, 2047)["n_fac"] == 114
+    assert model_kwargs({"n_fac": 8, "n_hidden": 16}, 2047)["n_fac"] == 8  # a hand-set size is kept
+    assert CharLM(**model_kwargs({"n_fac": None, "n_hidden": 16}, 900)).emb.embedding_dim == 72

@@ -79,10 +79,20 @@ def detach_hidden(h: Hidden) -> Hidden:
     return tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()
 
 
+def embedding_size(vocab_size: int, floor: int = 42) -> int:
+    """fast.ai's embedding-size rule, 1.6 x n^0.56 (at most 600), but never under `floor`: a
+    large alphabet (thousands of CJK characters) needs room that 42 dimensions do not give."""
+    return max(floor, min(600, round(1.6 * vocab_size ** 0.56)))
+
+
 def model_kwargs(cfg: dict, vocab_size: int) -> dict:
-    """The constructor arguments of `CharLM` from a train config mapping."""
+    """The constructor arguments of `CharLM` from a train config mapping (`n_fac: None` sized
+    from the vocabulary by `embedding_size`)."""
     keys = ("arch", "n_fac", "n_hidden", "n_layers", "dropout", "nonlinearity", "identity_init", "tie_weights")
-    return {"vocab_size": vocab_size, **{k: cfg[k] for k in keys if k in cfg}}
+    kw = {"vocab_size": vocab_size, **{k: cfg[k] for k in keys if k in cfg}}
+    if kw.get("n_fac", 42) is None:
+        kw["n_fac"] = embedding_size(vocab_size)
+    return kw
 
 
 @torch.no_grad()

@@ -69,7 +69,8 @@ class TrainParams(OptimParams):
     bptt: PositiveInt = knob(32, "truncated-bptt window (the mean, when variable_bptt)")
     val_bptt: PositiveInt = knob(128, "window for validation (state carried, so only speed depends on it)")
     variable_bptt: bool = knob(True, "bptt w.p. 0.95 else bptt/2, plus N(0, 5) noise, min 5; false: fixed")
-    n_fac: PositiveInt = knob(42, "character embedding size")
+    n_fac: PositiveInt | None = knob(None, "character embedding size; null: max(42, 1.6 x vocab^0.56) "
+                                     "(fast.ai's rule: 42 for English, ~114 for 2,000 Chinese characters)")
     n_hidden: PositiveInt = knob(256, "hidden state size")
     n_layers: PositiveInt = knob(1, "stacked recurrent layers")
     dropout: Probability = knob(0.3, "before the output layer (and between layers when n_layers > 1); small "
