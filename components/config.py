@@ -166,7 +166,7 @@ class RegisterParams(Section):
 # `tune`, so these neither reach a trial nor may be searched (and `tune` does not rerun
 # when they change; see `trial_params` in dvc.yaml).
 FINAL_ONLY = ("use_tuned", "epochs", "steps_per_epoch", "max_tokens", "time_budget_s", "num_workers",
-              "cpus_per_worker", "seed", "max_failures", "placement", "patience")
+              "cpus_per_worker", "seed", "max_failures", "placement", "patience", "bigram_mix")
 
 
 def trial_params(train: BaseModel) -> dict[str, Any]:

@@ -123,3 +123,44 @@ def test_embedding_size_grows_with_the_alphabet():
     assert model_kwargs({"n_fac": None, "n_hidden": 16}, 2047)["n_fac"] == 114
     assert model_kwargs({"n_fac": 8, "n_hidden": 16}, 2047)["n_fac"] == 8  # a hand-set size is kept
     assert CharLM(**model_kwargs({"n_fac": None, "n_hidden": 16}, 900)).emb.embedding_dim == 72
+
+
+def test_bigram_mixture_is_the_interpolation_of_both_models(tmp_path):
+    import numpy as np
+
+    from components.workloads.char_lm.baselines import BigramTable, baselines
+    from components.workloads.char_lm.data import Vocab
+    from components.workloads.char_lm.evaluate import fit_mixture, score_ids, stream_grid
+    from components.workloads.char_lm.model import BigramMixture, load_model, publish_model, target_probs
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    train, val = (torch.from_numpy(rng.integers(0, 12, n)) for n in (4000, 600))
+    table = BigramTable.fit(train.numpy(), 12)
+    lm = CharLM(12, n_fac=4, n_hidden=8).eval()
+    # the table is the bigram `baselines` scores
+    assert np.isclose(-np.log(table.probs(val.numpy()[:-1], val.numpy()[1:])).mean(),
+                      baselines(train.numpy(), {"val": val.numpy()}, 12)["baseline_bigram_val_loss"])
+    mix = BigramMixture(lm, table, 0.3)
+    x = torch.randint(0, 12, (5, 3))
+    logp, _ = mix(x)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(5, 3), atol=1e-5)  # a distribution at every step
+    p_lm = torch.softmax(lm(x)[0], -1)
+    p_bi = torch.from_numpy(np.stack([table.probs(np.full(12, a), np.arange(12)) for a in x.flatten().tolist()]))
+    assert torch.allclose(logp.exp(), 0.3 * p_lm + 0.7 * p_bi.view(5, 3, 12).float(), atol=1e-5)
+    # per-target probabilities agree with the stream loss
+    grid = stream_grid(val)
+    p, prev, nxt = target_probs(mix, grid, 128)
+    assert np.isclose(-np.log(p).mean(), score_ids(mix, val), atol=1e-5)
+    assert np.array_equal(prev[:3], grid[:1, :3].flatten().numpy())  # the first window's first row
+    # an untrained char-LM loses to the bigram on bigram data: the chosen weight leans on the bigram
+    fitted = fit_mixture(lm, train, val, 12)
+    assert 0.0 <= fitted["lambda"] < 0.5
+    vocab = Vocab(tuple(f"c{i}" for i in range(12)))
+    cfg = {"vocab_size": 12, "arch": "lstm", "n_fac": 4, "n_hidden": 8, "n_layers": 1, "dropout": 0.0}
+    publish_model(tmp_path / "m.pt", {"model": lm.state_dict()}, vocab, cfg, fitted)
+    loaded, _, blob = load_model(tmp_path / "m.pt")
+    assert isinstance(loaded, BigramMixture) and loaded.lam == fitted["lambda"]
+    assert score_ids(loaded, val) <= min(score_ids(lm, val), score_ids(BigramMixture(lm, table, 0.0), val)) + 1e-6
+    g = torch.Generator().manual_seed(0)
+    assert len(generate(loaded, [1, 2], 7, 0.8, g)) == 7  # sampling works through the mixture

@@ -55,12 +55,23 @@ class CharLM(Workload):
 
     def publish(self, path: str | Path, state: dict[str, Any], folder: str, data: dict[str, Any],
                 train: dict[str, Any]) -> None:
-        from components.data.parquet import read_json
+        from components.data.parquet import load_manifest, read_json
         from components.workloads.char_lm.data import Vocab
+        from components.workloads.char_lm.evaluate import fit_mixture, read_split
+        from components.workloads.char_lm.model import CharLM as Net
         from components.workloads.char_lm.model import model_kwargs, publish_model
 
         vocab = Vocab.from_json(read_json(Path(folder) / "vocab.json"))
-        publish_model(path, state, vocab, model_kwargs(train, data["vocab_size"]))
+        kwargs, mix = model_kwargs(train, data["vocab_size"]), None
+        if train["bigram_mix"]:
+            lm = Net(**kwargs)
+            lm.load_state_dict(state["model"])
+            manifest = load_manifest(folder)
+            mix = fit_mixture(lm, read_split(folder, "train", manifest), read_split(folder, "val", manifest),
+                              data["vocab_size"])
+            print(f"[train] mixed with the count bigram of train: char-LM weight {mix['lambda']:.2f} "
+                  "(chosen on val)", flush=True)
+        publish_model(path, state, vocab, kwargs, mix)
 
     def evaluate(self, p: CharLMParams, data: str, model: str, reports: Path) -> tuple[dict[str, Any], list[str]]:
         from components.data.parquet import load_manifest
@@ -71,7 +82,7 @@ class CharLM(Workload):
             sample_text,
             score_ids,
         )
-        from components.workloads.char_lm.model import load_model
+        from components.workloads.char_lm.model import BigramMixture, load_model
 
         e = p.evaluate
         net, vocab, _ = load_model(model)
@@ -81,6 +92,10 @@ class CharLM(Workload):
         ids = {split: read_split(data, split, manifest) for split in ("train", "val", "test")}
         for split in ("val", "test"):
             metrics |= loss_metrics(split, score_ids(net, ids[split]))
+            if isinstance(net, BigramMixture):  # a bigram mixture: the char-LM alone too, for comparison
+                metrics[f"lm_only_{split}_loss"] = score_ids(net.lm, ids[split])
+        if isinstance(net, BigramMixture):
+            metrics["bigram_mix_lambda"] = net.lam
         metrics["eval_s"] = time.perf_counter() - t0
         # the floor a model must beat, from the same splits (register will not crown one that does not)
         metrics |= baselines(ids["train"].numpy(), {s: ids[s].numpy() for s in ("val", "test")}, len(vocab))

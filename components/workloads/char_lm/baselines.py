@@ -60,3 +60,40 @@ def baselines(train: np.ndarray, splits: dict[str, np.ndarray], vocab_size: int)
         cond, p = _bigram_terms(train, ids, vocab_size)
         out[f"baseline_bigram_{split}_loss"] = _loss(cond, p, w)
     return out
+
+
+class BigramTable:
+    """The interpolated count bigram as a model part: p(b | a) = w * c(a, b) / c(a) + (1 - w) * p(b),
+    the same estimate `baselines` scores, kept sparse (only the pairs train contains)."""
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, cond: np.ndarray, unigram: np.ndarray, w: float):
+        self.rows, self.cols = rows.astype(np.int64), cols.astype(np.int64)
+        self.cond, self.unigram, self.w = cond.astype(np.float32), unigram.astype(np.float32), float(w)
+
+    @classmethod
+    def fit(cls, train: np.ndarray, vocab_size: int) -> BigramTable:
+        """Counts over the whole train split; the weight chosen on train alone (`bigram_weight`)."""
+        pairs, counts, first = _pair_counts(train, vocab_size)
+        rows, cols = pairs // vocab_size, pairs % vocab_size
+        return cls(rows, cols, counts / first[rows], _unigram(train, vocab_size), bigram_weight(train, vocab_size))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.unigram)
+
+    def state(self) -> dict:
+        """Plain arrays for the model file."""
+        return {"rows": self.rows, "cols": self.cols, "cond": self.cond, "unigram": self.unigram, "w": self.w}
+
+    @classmethod
+    def from_state(cls, s: dict) -> BigramTable:
+        return cls(s["rows"], s["cols"], s["cond"], s["unigram"], s["w"])
+
+    def probs(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """p(nxt | prev), elementwise."""
+        v = self.vocab_size
+        codes, want = self.rows * v + self.cols, prev.astype(np.int64) * v + nxt
+        at = np.clip(np.searchsorted(codes, want), 0, max(len(codes) - 1, 0))
+        found = (codes[at] == want) if len(codes) else np.zeros(len(want), bool)
+        cond = np.where(found, self.cond[at] if len(codes) else 0.0, 0.0)
+        return self.w * cond + (1.0 - self.w) * self.unigram[nxt]

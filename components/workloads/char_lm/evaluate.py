@@ -18,11 +18,27 @@ EVAL_STREAMS = 32  # parallel streams when scoring: state carried within each st
 def score_ids(model: CharLM, ids: torch.Tensor, bptt: int = 128, streams: int = EVAL_STREAMS) -> float:
     """Mean next-character loss (nats/char) over `ids`, read as `streams` contiguous streams
     with the hidden state carried; the few tokens past streams * L are not scored."""
+    total, count = stream_loss(model, stream_grid(ids, streams), bptt)
+    return total / max(1, count)
+
+
+def stream_grid(ids: torch.Tensor, streams: int = EVAL_STREAMS) -> torch.Tensor:
+    """`ids` cut into `streams` contiguous streams, as columns (L, streams); the few tokens
+    past streams * L are dropped."""
     streams = max(1, min(streams, len(ids) // 2))
     length = len(ids) // streams
-    grid = ids[: streams * length].view(streams, length).t().contiguous()  # (L, streams)
-    total, count = stream_loss(model, grid, bptt)
-    return total / max(1, count)
+    return ids[: streams * length].view(streams, length).t().contiguous()
+
+
+def fit_mixture(lm: CharLM, train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> dict[str, Any]:
+    """The count bigram of `train` and the char-LM's weight in the mixture, chosen on `val`
+    read as `score_ids` reads it: the `mix` entry of the model file."""
+    from components.workloads.char_lm.baselines import BigramTable
+    from components.workloads.char_lm.model import choose_lambda, target_probs
+
+    table = BigramTable.fit(train.numpy(), vocab_size)
+    p_lm, prev, nxt = target_probs(lm, stream_grid(val), 128)
+    return {"bigram": table.state(), "lambda": choose_lambda(p_lm, table.probs(prev, nxt))}
 
 
 def read_split(folder: str | Path, split: str, manifest: dict[str, Any]) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,6 +75,42 @@ class CharLM(nn.Module):
         return self.out(out), h  # (seq_len, bs, vocab)
 
 
+class BigramMixture(nn.Module):
+    """`lam` x the char-LM + (1 - lam) x the count bigram of train (the interpolation of a neural
+    LM with an n-gram LM that Mikolov's RNNLM papers report): on a small text with thousands
+    of characters the bigram is the more sample-efficient half, elsewhere `lam` is near 1.
+
+    `forward` returns log-probabilities, which every caller already treats as logits
+    (cross-entropy, softmax with a temperature), so scoring and sampling need no change."""
+
+    def __init__(self, lm: CharLM, bigram: Any, lam: float):
+        super().__init__()
+        self.lm, self.bigram, self.lam = lm, bigram, float(lam)
+        v = bigram.vocab_size
+        idx = torch.from_numpy(np.stack([bigram.rows, bigram.cols]))
+        vals = torch.from_numpy(bigram.w * bigram.cond)
+        self.table = torch.sparse_coo_tensor(idx, vals, (v, v), check_invariants=True).coalesce()
+        self.floor = torch.from_numpy((1.0 - bigram.w) * bigram.unigram)  # the unigram share of every row
+
+    def init_hidden(self, bs: int, device: torch.device | str = "cpu") -> Hidden:
+        return self.lm.init_hidden(bs, device)
+
+    def forward(self, x: torch.Tensor, h: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        logits, h = self.lm(x, h)
+        p_lm = torch.softmax(logits.float(), -1)
+        rows = torch.index_select(self.table, 0, x.flatten().cpu()).to_dense() + self.floor
+        p_bi = rows.view(*x.shape, -1).to(p_lm.device)
+        return torch.log(self.lam * p_lm + (1.0 - self.lam) * p_bi), h
+
+
+def choose_lambda(p_lm: np.ndarray, p_bi: np.ndarray, grid: int = 20) -> float:
+    """The weight of the char-LM (a multiple of 1/grid) that minimises the mixture's loss on
+    these targets' probabilities."""
+    lams = np.linspace(0.0, 1.0, grid + 1)
+    losses = [-np.mean(np.log(lam * p_lm + (1.0 - lam) * p_bi)) for lam in lams]
+    return float(lams[int(np.argmin(losses))])
+
+
 def detach_hidden(h: Hidden) -> Hidden:
     """Cut the graph at the window boundary, keeping the values (truncated bptt)."""
     return tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()
@@ -95,6 +132,13 @@ def model_kwargs(cfg: dict, vocab_size: int) -> dict:
     return kw
 
 
+def _windows(streams: torch.Tensor, bptt: int):
+    """(inputs, targets) windows of `streams` (L, bs), in order, each at most `bptt` long."""
+    for start in range(0, streams.size(0) - 1, bptt):
+        seq_len = min(bptt, streams.size(0) - 1 - start)
+        yield streams[start:start + seq_len], streams[start + 1:start + 1 + seq_len]
+
+
 @torch.no_grad()
 def stream_loss(model: CharLM, streams: torch.Tensor, bptt: int, device: torch.device | str = "cpu") -> tuple[float, int]:
     """Summed cross-entropy (nats) and count over every next-character target of `streams`
@@ -102,14 +146,27 @@ def stream_loss(model: CharLM, streams: torch.Tensor, bptt: int, device: torch.d
     model.eval()
     total, count = 0.0, 0
     h = model.init_hidden(streams.size(1), device)
-    for start in range(0, streams.size(0) - 1, bptt):
-        seq_len = min(bptt, streams.size(0) - 1 - start)
-        x = streams[start:start + seq_len].to(device)  # (seq_len, bs)
-        y = streams[start + 1:start + 1 + seq_len].to(device)
+    for x, y in _windows(streams, bptt):
+        x, y = x.to(device), y.to(device)
         logits, h = model(x, h)
         total += nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
         count += y.numel()
     return total, count
+
+
+@torch.no_grad()
+def target_probs(model: CharLM, streams: torch.Tensor, bptt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's probability of every next-character target of `streams` (L, bs), read as
+    `stream_loss` reads them, with each target's previous and next id (all flat, CPU)."""
+    model.eval()
+    p, prev, nxt = [], [], []
+    h = model.init_hidden(streams.size(1))
+    for x, y in _windows(streams, bptt):
+        logits, h = model(x, h)
+        p.append(torch.softmax(logits.float(), -1).gather(-1, y.unsqueeze(-1)).flatten())
+        prev.append(x.flatten())
+        nxt.append(y.flatten())
+    return tuple(torch.cat(t).numpy() for t in (p, prev, nxt))
 
 
 @torch.no_grad()
@@ -130,19 +187,29 @@ def generate(model: CharLM, prompt_ids: list[int], n_chars: int, temperature: fl
     return out
 
 
-def publish_model(path: str | Path, state: dict[str, Any], vocab: Vocab, model_config: dict[str, Any]) -> None:
-    """Write the self-contained model file (weights, constructor config, vocabulary) atomically."""
+def publish_model(path: str | Path, state: dict[str, Any], vocab: Vocab, model_config: dict[str, Any],
+                  mix: dict[str, Any] | None = None) -> None:
+    """Write the self-contained model file (weights, constructor config, vocabulary, and the
+    bigram mixture when there is one: `{"bigram": BigramTable.state(), "lambda": ...}`) atomically."""
     # Through a file object: torch.save(obj, path) names the archive's inner folder after the
     # (random) temp file name, so the same model would get different bytes every time.
+    blob = {"model": state["model"], "config": model_config, "vocab": list(vocab.itos),
+            "train": state.get("train", {}), "history": state.get("history", [])}
+    if mix is not None:
+        blob["mix"] = mix
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save({"model": state["model"], "config": model_config, "vocab": list(vocab.itos),
-                    "train": state.get("train", {}), "history": state.get("history", [])}, f)
+        torch.save(blob, f)
 
 
-def load_model(path: str | Path) -> tuple[CharLM, Vocab, dict[str, Any]]:
-    """Load a model file written by `publish_model` (CPU, eval mode)."""
+def load_model(path: str | Path) -> tuple[CharLM | BigramMixture, Vocab, dict[str, Any]]:
+    """Load a model file written by `publish_model` (CPU, eval mode): the char-LM, or its
+    `BigramMixture` when the file has one."""
+    from components.workloads.char_lm.baselines import BigramTable
+
     blob = torch.load(path, map_location="cpu", weights_only=False)
     model = CharLM(**blob["config"])
     model.load_state_dict(blob["model"])
+    if blob.get("mix"):
+        model = BigramMixture(model, BigramTable.from_state(blob["mix"]["bigram"]), blob["mix"]["lambda"])
     model.eval()
     return model, Vocab(tuple(blob["vocab"])), blob

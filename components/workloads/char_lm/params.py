@@ -78,6 +78,8 @@ class TrainParams(OptimParams):
     nonlinearity: Literal["tanh", "relu"] = knob("tanh", "arch rnn only: tanh | relu")
     identity_init: bool = knob(False, "arch rnn only: hidden-to-hidden weights start as the identity (IRNN)")
     tie_weights: bool = knob(False, "share the embedding with the output layer")
+    bigram_mix: bool = knob(True, "publish the char-LM interpolated with the count bigram of train, the "
+                            "char-LM's weight chosen on val (near 1 on large texts)")
     beta2: float = knob(0.99, "Adam's second-moment decay (0.99 adapts faster than 0.999 in short runs)",
                         gt=0, lt=1)
     max_tokens: PositiveInt | None = knob(6_500_000, "characters trained on in all (bs x bptt per window), whatever "
