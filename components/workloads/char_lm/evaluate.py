@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from components.data.parquet import TOKENS_SCHEMA, check_table
@@ -32,13 +33,16 @@ def stream_grid(ids: torch.Tensor, streams: int = EVAL_STREAMS) -> torch.Tensor:
 
 def fit_mixture(lm: CharLM, train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> dict[str, Any]:
     """The count bigram of `train` and the char-LM's weight in the mixture, chosen on `val`
-    read as `score_ids` reads it: the `mix` entry of the model file."""
+    read as `score_ids` reads it: the `mix` entry of the model file (with both val losses)."""
     from components.workloads.char_lm.baselines import BigramTable
     from components.workloads.char_lm.model import choose_lambda, target_probs
 
     table = BigramTable.fit(train.numpy(), vocab_size)
     p_lm, prev, nxt = target_probs(lm, stream_grid(val), 128)
-    return {"bigram": table.state(), "lambda": choose_lambda(p_lm, table.probs(prev, nxt))}
+    p_bi = table.probs(prev, nxt)
+    lam = choose_lambda(p_lm, p_bi)
+    return {"bigram": table.state(), "lambda": lam, "lm_val_loss": float(-np.log(p_lm).mean()),
+            "val_loss": float(-np.log(lam * p_lm + (1.0 - lam) * p_bi).mean())}
 
 
 def read_split(folder: str | Path, split: str, manifest: dict[str, Any]) -> torch.Tensor:
