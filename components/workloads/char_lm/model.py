@@ -108,7 +108,7 @@ def choose_lambda(p_lm: np.ndarray, p_bi: np.ndarray, grid: int = 20) -> float:
     these targets' probabilities."""
     lams = np.linspace(0.0, 1.0, grid + 1)
     losses = [-np.mean(np.log(lam * p_lm + (1.0 - lam) * p_bi)) for lam in lams]
-    return float(lams[int(np.argmin(losses))])
+    return round(float(lams[int(np.argmin(losses))]), 4)
 
 
 def detach_hidden(h: Hidden) -> Hidden:
