@@ -26,18 +26,6 @@ def _pair_counts(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarr
     return pairs, counts.astype(np.float64), first
 
 
-def _bigram_terms(train: np.ndarray, ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each next character of `ids`: c(a, b) / c(a) from train (0 when a is unseen), and p(b)."""
-    pairs, counts, first = _pair_counts(train, vocab_size)
-    codes = ids[:-1].astype(np.int64) * vocab_size + ids[1:]
-    at = np.clip(np.searchsorted(pairs, codes), 0, max(len(pairs) - 1, 0))
-    found = (pairs[at] == codes) if len(pairs) else np.zeros(len(codes), bool)
-    c_ab = np.where(found, counts[at] if len(pairs) else 0.0, 0.0)
-    c_a = first[ids[:-1]]
-    cond = np.divide(c_ab, c_a, out=np.zeros_like(c_ab), where=c_a > 0)
-    return cond, _unigram(train, vocab_size)[ids[1:]]
-
-
 def _loss(cond: np.ndarray, uni: np.ndarray, w: float) -> float:
     return float(-np.mean(np.log(w * cond + (1.0 - w) * uni)))
 
@@ -45,20 +33,19 @@ def _loss(cond: np.ndarray, uni: np.ndarray, w: float) -> float:
 def bigram_weight(train: np.ndarray, vocab_size: int) -> float:
     """The interpolation weight that best predicts the last 10% of train from its first 90%."""
     cut = int(len(train) * 0.9)
-    cond, uni = _bigram_terms(train[:cut], train[cut - 1:], vocab_size)
+    head, tail = BigramTable.counts(train[:cut], vocab_size), train[cut - 1:]
+    cond, uni = head.probs(tail[:-1], tail[1:]), head.unigram[tail[1:]]  # w = 1: the pure count ratio
     return float(WEIGHTS[int(np.argmin([_loss(cond, uni, w) for w in WEIGHTS]))])
 
 
 def baselines(train: np.ndarray, splits: dict[str, np.ndarray], vocab_size: int) -> dict[str, float]:
     """`baseline_unigram_<split>_loss`, `baseline_bigram_<split>_loss` (nats/char) for each split,
     and the bigram's weight; each split scored on its characters after the first."""
-    w = bigram_weight(train, vocab_size)
-    uni = _unigram(train, vocab_size)
-    out: dict[str, float] = {"baseline_bigram_weight": w}
+    table = BigramTable.fit(train, vocab_size)
+    out: dict[str, float] = {"baseline_bigram_weight": table.w}
     for split, ids in splits.items():
-        out[f"baseline_unigram_{split}_loss"] = float(-np.mean(np.log(uni[ids[1:]])))
-        cond, p = _bigram_terms(train, ids, vocab_size)
-        out[f"baseline_bigram_{split}_loss"] = _loss(cond, p, w)
+        out[f"baseline_unigram_{split}_loss"] = float(-np.mean(np.log(table.unigram[ids[1:]])))
+        out[f"baseline_bigram_{split}_loss"] = float(-np.mean(np.log(table.probs(ids[:-1], ids[1:]))))
     return out
 
 
@@ -68,14 +55,19 @@ class BigramTable:
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray, cond: np.ndarray, unigram: np.ndarray, w: float):
         self.rows, self.cols = rows.astype(np.int64), cols.astype(np.int64)
-        self.cond, self.unigram, self.w = cond.astype(np.float32), unigram.astype(np.float32), float(w)
+        self.cond, self.unigram, self.w = cond.astype(np.float64), unigram.astype(np.float64), float(w)
+
+    @classmethod
+    def counts(cls, train: np.ndarray, vocab_size: int, w: float = 1.0) -> BigramTable:
+        """The table of `train`'s pair counts with weight `w`."""
+        pairs, counts, first = _pair_counts(train, vocab_size)
+        rows, cols = pairs // vocab_size, pairs % vocab_size
+        return cls(rows, cols, counts / first[rows], _unigram(train, vocab_size), w)
 
     @classmethod
     def fit(cls, train: np.ndarray, vocab_size: int) -> BigramTable:
         """Counts over the whole train split; the weight chosen on train alone (`bigram_weight`)."""
-        pairs, counts, first = _pair_counts(train, vocab_size)
-        rows, cols = pairs // vocab_size, pairs % vocab_size
-        return cls(rows, cols, counts / first[rows], _unigram(train, vocab_size), bigram_weight(train, vocab_size))
+        return cls.counts(train, vocab_size, bigram_weight(train, vocab_size))
 
     @property
     def vocab_size(self) -> int:

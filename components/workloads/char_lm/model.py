@@ -88,9 +88,9 @@ class BigramMixture(nn.Module):
         self.lm, self.bigram, self.lam = lm, bigram, float(lam)
         v = bigram.vocab_size
         idx = torch.from_numpy(np.stack([bigram.rows, bigram.cols]))
-        vals = torch.from_numpy(bigram.w * bigram.cond)
+        vals = torch.from_numpy(bigram.w * bigram.cond).float()
         self.table = torch.sparse_coo_tensor(idx, vals, (v, v), check_invariants=True).coalesce()
-        self.floor = torch.from_numpy((1.0 - bigram.w) * bigram.unigram)  # the unigram share of every row
+        self.floor = torch.from_numpy((1.0 - bigram.w) * bigram.unigram).float()  # the unigram share of every row
 
     def init_hidden(self, bs: int, device: torch.device | str = "cpu") -> Hidden:
         return self.lm.init_hidden(bs, device)
