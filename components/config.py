@@ -160,6 +160,8 @@ class RegisterParams(Section):
     metric: str = knob("val_loss", "from metrics/<workload>/eval.json; the champion is re-scored with it "
                        "on the same val data, so only the workload's own metric is accepted")
     mode: Literal["min", "max"] = knob("min", "min | max")
+    min_delta: float = knob(0.0, "the champion moves only for an improvement of at least this much in `metric` "
+                            "(0: any strict improvement); the baseline gate is strict either way", ge=0)
 
 
 # Train keys only the final run reads: a trial takes its budget, workers and seed from

@@ -16,10 +16,23 @@ from typing import Any
 import pyarrow.fs as pafs
 
 
+def project_root() -> Path:
+    """The project's root: `DVC_ROOT` (DVC sets it for every stage; in `dvc exp run --temp` and
+    queued experiments it names the project, not the temporary copy the stage runs in), else
+    the working directory. Relative stores resolve against it, so experiments run elsewhere
+    still record into the project's run store and MLflow."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def in_project(path: str | Path) -> Path:
+    """`path` made absolute against the project's root (absolute paths stay as they are)."""
+    return (project_root() / path).resolve()
+
+
 def store_root() -> str:
-    """The run store: `TRAINYARD_STORE`, or `.trainyard` in the working directory (absolute)."""
+    """The run store: `TRAINYARD_STORE`, or `.trainyard` in the project's root (absolute)."""
     root = os.environ.get("TRAINYARD_STORE", ".trainyard")
-    return root if "://" in root else str(Path(root).resolve())
+    return root if "://" in root else str(in_project(root))
 
 
 
@@ -39,9 +52,9 @@ def stage_storage(workload: str, stage: str) -> str:
 
 def local_state_dir() -> Path:
     """A local folder for this machine's own state (downloads, Ray process records, the
-    MLflow journal): the run store when it is local, else `./.trainyard`."""
+    MLflow journal): the run store when it is local, else `.trainyard` in the project."""
     root = store_root()
-    return Path(root) if "://" not in root else Path(".trainyard").resolve()
+    return Path(root) if "://" not in root else in_project(".trainyard")
 
 
 

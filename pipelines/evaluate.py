@@ -3,8 +3,7 @@ reports: loss, bits/char and samples for the char-LM; accuracy, confusion matric
 activation maps for the image classifier); logged to the training run.
 
     python -m pipelines.evaluate --workload char_lm --data data/char_lm/normalized \
-        --model models/char_lm/model.pt --train-metrics metrics/char_lm/train.json \
-        --metrics metrics/char_lm/eval.json --reports reports/char_lm
+        --model models/char_lm/model.pt --metrics metrics/char_lm/eval.json --reports reports/char_lm
 """
 
 from __future__ import annotations
@@ -15,14 +14,15 @@ import time
 from mlflow.entities import Metric
 
 from components.cli.entry import main, paths, workload
-from components.data.parquet import read_json, staging_dir, write_json
+from components.data.parquet import staging_dir, write_json
+from components.tracking import runs
 from components.tracking.session import connect
 
 
 def run(args: argparse.Namespace) -> None:
     w, p = workload(args)
     t = connect(args.tracking_uri)
-    run_id = read_json(args.train_metrics)["run_id"]
+    run_id = runs.train_run_id(args.model, args.train_run)
     with staging_dir(args.reports) as tmp:
         metrics, lines = w.evaluate(p, args.data, args.model, tmp)
     write_json(args.metrics, metrics)
@@ -30,10 +30,11 @@ def run(args: argparse.Namespace) -> None:
     flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     t.client.log_batch(run_id, metrics=[Metric(f"eval_{k}", float(v), now, 0) for k, v in flat.items()])
     t.client.log_artifacts(run_id, args.reports, artifact_path="evaluation")
+    runs.log_datasets(t.client, run_id, args.data, {"test.parquet": "testing"}, args.workload)
     print(f"[evaluate] {lines[0]} -> {args.metrics}, {args.reports}/")
     for line in lines[1:]:
         print(f"[evaluate] {line}")
 
 
 if __name__ == "__main__":
-    main(run, __doc__, paths("--data", "--model", "--train-metrics", "--metrics", "--reports"))
+    main(run, __doc__, paths("--data", "--model", "--metrics", "--reports", optional=("--train-run",)))

@@ -4,6 +4,9 @@ params unless `train.use_tuned: false`.
     python -m pipelines.train --workload char_lm --data data/char_lm/normalized \
         --tuned tune/char_lm/best_params.json --model models/char_lm/model.pt \
         --metrics metrics/char_lm/train.json --plot plots/char_lm/train_curve.csv
+
+The run record (MLflow run id, Ray run folder, tuned values) goes to `train_run.json` beside
+the model (or `--run-info`); `--metrics` holds numbers only, for `dvc metrics`.
 """
 
 from __future__ import annotations
@@ -65,13 +68,22 @@ def describe_budget(cfg: dict[str, Any]) -> str:
     return out
 
 
-def write_curve(path: str | Path, history: list[dict[str, float]]) -> None:
-    """Per-epoch train / val loss as CSV for `dvc plots`."""
+def write_curve(path: str | Path, history: list[dict[str, float]], extra: tuple[str, ...] = ()) -> None:
+    """Per-epoch train / val loss (and the workload's `extra` live metrics, e.g. val accuracy)
+    as CSV for `dvc plots`."""
+    cols = ["epoch", "train_loss", "val_loss", *(k for k in extra if k in history[0] and k != "lr")]
+    cols = list(dict.fromkeys(cols))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss"])
+        w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for row in history:
-            w.writerow({k: row[k] for k in ("epoch", "train_loss", "val_loss")})
+            w.writerow({k: row[k] for k in cols})
+
+
+def run_info_path(args: argparse.Namespace) -> Path:
+    """Where train records its run (MLflow run id, Ray run folder, tuned values): `--run-info`,
+    else `train_run.json` beside the model; evaluate and register read it from there."""
+    return Path(getattr(args, "run_info", None) or Path(args.model).with_name("train_run.json"))
 
 
 def train_stage(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,6 +105,8 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
                             {"trainyard.stage": "train", "trainyard.arch": str(cfg.get("arch", "-")),
                              "trainyard.code": code})
     runs.log_params(t.client, run_id, cfg | data.logged)
+    runs.log_datasets(t.client, run_id, args.data, {"train.parquet": "training", "val.parquet": "validation"},
+                      args.workload)
     usual = [k for k in w.headline if k in cfg]
     shown = usual + sorted(set(tuned_values) - set(usual))  # a searched n_hidden shows too
     tuned = {k: cfg[k] for k in shown}
@@ -107,11 +121,15 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
                            num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
                            use_gpu=gpu, max_failures=cfg["max_failures"], callbacks=[live],
                            placement=cfg["placement"], select=w.select)
+    monitor = runs.system_metrics(run_id, t.uri)
     try:
         outcome = fit(trainer, cfg["num_workers"], w.select)
     except BaseException:
         writer.finish(run_id, "FAILED")
         raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
     history = outcome.state["history"]
     writer.log_history(run_id, history)  # whatever the live writes missed (the checkpoint has it all)
     # the best epoch's weights (by the workload's `select` metric), with the whole run's history
@@ -119,19 +137,22 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     w.publish(args.model, outcome.published, args.data, data.workers, cfg)
     writer.write({"op": "tag", "run_id": run_id, "key": "trainyard.published_epoch", "value": str(published)})
     last, best = history[-1], history[published - 1]
-    metrics = {"run_id": run_id, "arch": cfg.get("arch", "-"), "epochs": last["epoch"], "published_epoch": published,
-               "selected_by": f"{w.select[0]} ({w.select[1]})", "num_workers": cfg["num_workers"],
-               "train_loss": best["train_loss"], "val_loss": best["val_loss"],
-               "params": tuned, "train_s": last["train_s"], "ray_run_path": outcome.run_path,
+    # `dvc metrics` reads numbers only: what the run measured. Who ran it and with what goes to
+    # the run record beside the model (evaluate and register read the MLflow run id there).
+    metrics = {"epochs": last["epoch"], "published_epoch": published, "num_workers": cfg["num_workers"],
+               "train_loss": best["train_loss"], "val_loss": best["val_loss"], "train_s": last["train_s"],
                **{k: best[k] for k in (*w.live_metrics, "samples_padded") if k in best and k not in ("epoch", "lr")}}
+    info = {"run_id": run_id, "arch": cfg.get("arch", "-"), "selected_by": f"{w.select[0]} ({w.select[1]})",
+            "params": tuned, "ray_run_path": outcome.run_path}
+    write_json(run_info_path(args), info)
     write_json(args.metrics, metrics)
-    write_curve(args.plot, history)
+    write_curve(args.plot, history, w.live_metrics)
     writer.log_artifact(run_id, args.plot)
     writer.finish(run_id)
     if not writer.settle():
         print(f"[mlflow] {writer.uri} is down: {len(writer.journal)} writes kept in {writer.journal.path}; "
               "they are sent when the next stage starts with the server back", flush=True)
-    return metrics
+    return metrics | info
 
 
 def run(args: argparse.Namespace) -> None:
@@ -142,4 +163,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__, paths("--data", "--model", "--metrics", "--plot", optional=("--tuned",)))
+    main(run, __doc__, paths("--data", "--model", "--metrics", "--plot", optional=("--tuned", "--run-info")))

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from components import workloads
+from components.cluster.connect import quiet_loggers
 from components.params import load_params
 from components.tracking.server import tracking_uri
 from components.workloads.base import Workload
@@ -71,6 +72,7 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
         add_args(p)
     args = p.parse_args()
     args.tracking_uri = tracking_uri()
+    quiet_loggers()
     try:
         fn(args)
     except KeyboardInterrupt:

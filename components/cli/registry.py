@@ -4,15 +4,24 @@
     python -m components.cli.registry show 3
     python -m components.cli.registry promote 3 --why "better samples, checked by hand"
     python -m components.cli.registry rollback --why "v4 regressed on the new prompts"
+    python -m components.cli.registry archive 2 --why "trained on the corpus with the bad encoding"
+    python -m components.cli.registry trace --data data/char_lm/normalized/train.parquet --rev HEAD~3
+    python -m components.cli.registry trace --md5 3f2a9c      # versions built from this data digest
+    python -m components.cli.registry trace --commit 1a2b3c4  # versions built at this git commit
+    python -m components.cli.registry trace --version 3       # and back: its commit, data, run
 
 The model name comes from `<workload>.register.model_name` in params.yaml (or `--name`).
-Promotions and rollbacks record who and why as version tags; the MLflow UI shows the same.
+Promotions, rollbacks and archiving record who and why as version tags; the MLflow UI shows the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+from pathlib import Path
+
+import yaml
 
 from components.cli.entry import main, params
 from components.tracking import registry
@@ -24,9 +33,56 @@ def _row(v: dict) -> str:
     metric = t.get("trainyard.metric_name", "")
     value = t.get(f"trainyard.metric.{metric}", "")
     value = f"{float(value):.4f}" if value else "-"
-    return (f"v{v['version']:<4} {','.join(v['aliases']) or '-':<20} {metric}={value:<8} "
-            f"arch={t.get('trainyard.arch', '-'):<5} commit={t.get('trainyard.git_commit', '-')[:12]:<12} "
+    aliases = ",".join(v["aliases"]) or ("archived" if registry.ARCHIVED in t else "-")
+    return (f"v{v['version']:<4} {aliases:<20} {metric}={value:<8} "
+            f"arch={t.get('trainyard.arch', '-'):<5} commit={t.get(registry.COMMIT_TAG, '-')[:12]:<12} "
             f"run={v['run_id'] or '-'}")
+
+
+def lock_digests(path: str, rev: str | None) -> dict[str, str]:
+    """md5 of `path` in dvc.lock (at git `rev`, else the workspace's): the file itself, or every
+    file under it when it is a folder; {} when dvc.lock does not name it."""
+    if rev is None:
+        text = Path("dvc.lock").read_text()
+    else:
+        p = subprocess.run(["git", "show", f"{rev}:dvc.lock"], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise ValueError(f"no dvc.lock at {rev}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}")
+        text = p.stdout
+    want = path.rstrip("/")
+    out = {}
+    for stage in (yaml.safe_load(text) or {}).get("stages", {}).values():
+        for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
+            p_ = entry.get("path", "")
+            if (p_ == want or p_.startswith(want + "/")) and "md5" in entry and not entry["md5"].endswith(".dir"):
+                out[p_] = entry["md5"]
+    return out
+
+
+def _trace(c, name: str, args: argparse.Namespace) -> None:
+    if args.version:
+        v = registry.describe(c, name, args.version)
+        t = v["tags"]
+        print(f"{name} v{v['version']}: commit {t.get(registry.COMMIT_TAG, '-')}, training run {v['run_id']}, "
+              f"model md5 {t.get('trainyard.model_md5', '-')}")
+        for path, md5 in sorted(registry.data_digests(t).items()):
+            print(f"  data {path}  md5 {md5}")
+        if exp := t.get("trainyard.dvc_exp_name"):
+            print(f"  dvc experiment {exp} (baseline {t.get('trainyard.dvc_exp_baseline', '-')[:12]})")
+        return
+    if args.data:
+        digests = lock_digests(args.data, args.rev)
+        if not digests:
+            raise ValueError(f"dvc.lock{' at ' + args.rev if args.rev else ''} has no md5 for {args.data}")
+        found = {v["version"]: v for md5 in digests.values() for v in registry.trace(c, name, md5=md5)}
+        what = f"{args.data}{' at ' + args.rev if args.rev else ''} ({', '.join(sorted(set(digests.values())))[:80]})"
+        versions = sorted(found.values(), key=lambda v: -int(v["version"]))
+    else:
+        versions = registry.trace(c, name, md5=args.md5, commit=args.commit)
+        what = f"md5 {args.md5}" if args.md5 else f"commit {args.commit}"
+    print(f"{name}: {len(versions)} version(s) built from {what}")
+    for v in versions:
+        print(_row(v))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -47,6 +103,11 @@ def run(args: argparse.Namespace) -> None:
     elif args.cmd == "rollback":
         v = registry.rollback(c, name, args.why, args.who)
         print(f"{name}: champion rolled back to v{v['version']} ({args.why})")
+    elif args.cmd == "archive":
+        v = registry.archive(c, name, args.version, args.why, args.who)
+        print(f"{name}: v{v['version']} archived ({args.why})")
+    elif args.cmd == "trace":
+        _trace(c, name, args)
 
 
 def _args(a: argparse.ArgumentParser) -> None:
@@ -57,9 +118,18 @@ def _args(a: argparse.ArgumentParser) -> None:
     pr = sub.add_parser("promote", help="make a version champion")
     pr.add_argument("version")
     rb = sub.add_parser("rollback", help="give champion back to the previous holder")
-    for s in (pr, rb):
+    ar = sub.add_parser("archive", help="retire a version: aliases removed, tagged with who and why")
+    ar.add_argument("version")
+    for s in (pr, rb, ar):
         s.add_argument("--why", required=True, help="reason, recorded as a tag")
         s.add_argument("--who", help="recorded as a tag (default: the current user)")
+    tr = sub.add_parser("trace", help="versions built from some data or commit, or a version's origins")
+    how = tr.add_mutually_exclusive_group(required=True)
+    how.add_argument("--md5", help="a data file's md5 (as in dvc.lock; 6+ characters)")
+    how.add_argument("--data", help="a data path as dvc.lock names it (a file, or a folder: every file under it)")
+    how.add_argument("--commit", help="a git commit (6+ characters)")
+    how.add_argument("--version", help="a version: its commit, data files and md5s, training run")
+    tr.add_argument("--rev", help="with --data: read dvc.lock at this git revision (default: the workspace's)")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
+import sys
 
 from components.cluster.processes import (
     reap_leaked_placement_groups,
@@ -38,6 +41,87 @@ def forwarded_env() -> dict[str, str]:
 
 
 
+# Lines of Ray's (and MLflow's) own that say nothing a pipeline user can act on: a trial ASHA
+# stopped takes its Train run down with it ("owner has died" is how that reads), absl's mutex
+# contention notes, worker-start and token notices. TRAINYARD_RAY_VERBOSE=1 shows them all.
+NOISE = re.compile("|".join([
+    r"mutex\.cc.*RAW: Lock blocking",
+    r"PYTHON worker processes have been started on node",
+    r"Token authentication is enabled for this Ray cluster",
+    r"Passing a Python object as `python_model` causes it to be serialized using CloudPickle",
+    r"Add type hints to the `predict` method",
+    r"^\s*color_warning\(\s*$",
+]))
+NORMAL_END = re.compile(r"The actor is dead because its owner has died|owner has exited|owner died")
+
+
+def ray_verbose() -> bool:
+    """Whether Ray's own log lines are wanted: `TRAINYARD_RAY_VERBOSE=1`."""
+    return os.environ.get("TRAINYARD_RAY_VERBOSE", "") not in ("", "0")
+
+
+def keep_lines(lines: list[str]) -> list[str]:
+    """A batch of relayed worker lines without the noise; a batch telling of a trial's Train run
+    torn down with its stopped trial (a traceback ending "owner has died") goes whole."""
+    if any(NORMAL_END.search(ln) for ln in lines):
+        return []
+    return [ln for ln in lines if not NOISE.search(ln)]
+
+
+class _NoiseFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not NOISE.search(record.getMessage())
+
+
+def quiet_loggers() -> None:
+    """Ray's and MLflow's own loggers without the noise (before `ray.init`, which logs some)."""
+    if ray_verbose():
+        return
+    import warnings
+
+    import mlflow  # noqa: F401 - its handlers exist once it is imported; every stage imports it anyway
+
+    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
+    for name in ("ray", "mlflow"):
+        if name not in sys.modules:  # Ray sets its handler up on import; stages without Ray skip it
+            continue
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            if not any(isinstance(f, _NoiseFilter) for f in target.filters):
+                target.addFilter(_NoiseFilter())
+
+
+def quiet_ray_logs() -> None:
+    """Drop Ray's internal noise from the worker output Ray relays to this driver, unless
+    `TRAINYARD_RAY_VERBOSE=1`. Best effort: the relay is a private hook of Ray's; if it moves,
+    everything is printed as before."""
+    if ray_verbose():
+        return
+    try:
+        import functools
+
+        from ray._private import worker as ray_worker
+
+        original = getattr(ray_worker.print_to_stdstream, "__wrapped__", ray_worker.print_to_stdstream)
+
+        def filtered(data: dict, ignore_prefix: bool) -> None:
+            lines = keep_lines(list(data.get("lines", [])))
+            if lines:
+                original({**data, "lines": lines}, ignore_prefix=ignore_prefix)
+
+        filtered.__wrapped__ = original  # type: ignore[attr-defined]
+        # raylet notices (worker-start warnings) go through the module's function ...
+        ray_worker.print_to_stdstream = filtered
+        # ... and worker output through the relay's handler, which holds the original
+        dispatcher = ray_worker.global_worker_stdstream_dispatcher
+        if any(name == "ray_print_logs" for name, _ in dispatcher.handlers):  # log_to_driver is on
+            ignore = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+            dispatcher.remove_handler("ray_print_logs")
+            dispatcher.add_handler("ray_print_logs", functools.partial(filtered, ignore_prefix=ignore))
+    except (ImportError, AttributeError):
+        pass
+
+
 def init_ray() -> dict[str, float]:
     """Connect to `RAY_ADDRESS` if set, else start a local Ray; return the cluster's resources."""
     import ray
@@ -50,6 +134,7 @@ def init_ray() -> dict[str, float]:
     # worker's stdout, also prints it: every progress line reached the console twice.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if not ray.is_initialized():
+        quiet_loggers()
         address = os.environ.get("RAY_ADDRESS")
         # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner
         # needs to free a dead run's resources; TRAINYARD_RAY_DASHBOARD=0 turns it off.
@@ -73,4 +158,5 @@ def init_ray() -> dict[str, float]:
         except ConnectionError as err:
             raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({err})") from None
         reap_leaked_placement_groups()
+        quiet_ray_logs()
     return {k: float(v) for k, v in ray.cluster_resources().items()}

@@ -26,6 +26,9 @@ HISTORY = "trainyard.champion_history"  # registered-model tag: champion version
 BASELINE = "trainyard.baseline"  # version tag: the best baseline on the same val data, name=value
 BEATS_BASELINE = "trainyard.beats_baseline"  # version tag: true / false
 LEASE = "trainyard.lease"  # registered-model tag: who decides aliases now, and until when
+ARCHIVED = "trainyard.archived"  # version tag: JSON {who, why, at}; no alias may point at it
+DATA_TAG = "trainyard.data."  # version tags: trainyard.data.<path> = md5 (the numbers in dvc.lock)
+COMMIT_TAG = "trainyard.git_commit"
 
 
 class RegistryBusy(RuntimeError):
@@ -92,9 +95,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def better(new: float, old: float, mode: str) -> bool:
-    """Whether `new` beats `old` strictly under `mode` (min or max)."""
-    return new < old if mode == "min" else new > old
+def better(new: float, old: float, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether `new` beats `old` under `mode` (min or max): strictly, and by at least `min_delta`."""
+    gain = old - new if mode == "min" else new - old
+    return gain > 0 and gain >= min_delta
 
 
 def ensure_model(c, name: str, description: str = "") -> None:
@@ -147,7 +151,8 @@ def set_champion(c, name: str, version: str, who: str, why: str) -> None:
 
 def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
              metric: str, value: float, mode: str, val_data_md5: str, lineage: dict[str, str],
-             rescore: Callable[[Any], float], floor: tuple[str, float] | None = None) -> dict[str, Any]:
+             rescore: Callable[[Any], float], floor: tuple[str, float] | None = None,
+             min_delta: float = 0.0) -> dict[str, Any]:
     """Register (once) and decide aliases; returns the registry's view of this model.
 
     `log_model()` logs the pyfunc and returns its URI (called only for a new version);
@@ -155,17 +160,19 @@ def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], r
     metric was measured on other data, so the comparison is always like for like.
     `floor`: (name, value) of the best baseline on the same val data; a model that does not
     beat it is registered and left challenger, never crowned here (`promote` still can).
+    `min_delta`: the least improvement over the champion that moves the crown (noise is not progress).
     """
     ensure_model(c, name, "Registered by the trainyard pipeline; see version tags for lineage.")
     with lease(c, name):
         return _register_locked(c, name=name, model_sha256=model_sha256, log_model=log_model, run_id=run_id,
                                 metric=metric, value=value, mode=mode, val_data_md5=val_data_md5,
-                                lineage=lineage, rescore=rescore, floor=floor)
+                                lineage=lineage, rescore=rescore, floor=floor, min_delta=min_delta)
 
 
 def _register_locked(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
                      metric: str, value: float, mode: str, val_data_md5: str, lineage: dict[str, str],
-                     rescore: Callable[[Any], float], floor: tuple[str, float] | None) -> dict[str, Any]:
+                     rescore: Callable[[Any], float], floor: tuple[str, float] | None,
+                     min_delta: float) -> dict[str, Any]:
     version = find_version(c, name, model_sha256)
     if version is None:
         tags = {MODEL_SHA: model_sha256, VAL_DATA: val_data_md5, _metric_tag(metric): repr(value),
@@ -197,10 +204,13 @@ def _register_locked(c, *, name: str, model_sha256: str, log_model: Callable[[],
             champ_value = float(recorded)
         else:
             champ_value = rescore(cv)  # measured on other data: score it on ours
-        if better(value, champ_value, mode):
+        if better(value, champ_value, mode, min_delta):
             set_champion(c, name, v, "register",
                          f"{metric} {value:.4f} beats champion v{champ} ({champ_value:.4f})")
             decision = f"champion (beat v{champ}: {champ_value:.4f})"
+        elif better(value, champ_value, mode):
+            decision = (f"challenger (champion v{champ} holds: {champ_value:.4f}; {value:.4f} is better by "
+                        f"{abs(value - champ_value):.4f}, under register.min_delta {min_delta:g})")
         else:
             decision = f"challenger (champion v{champ} holds: {champ_value:.4f})"
     return describe(c, name, v) | {"decision": decision}
@@ -226,8 +236,11 @@ def list_versions(c, name: str) -> list[dict[str, Any]]:
 
 
 def promote(c, name: str, version: str, why: str, who: str | None = None) -> dict[str, Any]:
-    """Make `version` champion by hand."""
-    c.get_model_version(name, version)  # fails clearly if it does not exist
+    """Make `version` champion by hand (an archived version cannot be)."""
+    mv = c.get_model_version(name, version)  # fails clearly if it does not exist
+    if ARCHIVED in mv.tags:
+        raise ValueError(f"{name} v{version} is archived ({json.loads(mv.tags[ARCHIVED])['why']}): "
+                         "not promotable")
     set_champion(c, name, str(version), who or getpass.getuser(), why)
     return describe(c, name, str(version))
 
@@ -236,7 +249,8 @@ def rollback(c, name: str, why: str, who: str | None = None) -> dict[str, Any]:
     """Move `champion` back to the version that held it before the current one."""
     hist = _history(c, name)
     current = alias_version(c, name, CHAMPION)
-    while hist and hist[-1] == current:
+    archived = {str(m.version) for m in c.search_model_versions(f"name = '{name}'") if ARCHIVED in m.tags}
+    while hist and (hist[-1] == current or hist[-1] in archived):
         hist.pop()
     if not hist:
         raise ValueError(f"{name}: no earlier champion to roll back to")
@@ -249,3 +263,43 @@ def rollback(c, name: str, why: str, who: str | None = None) -> dict[str, Any]:
     if current:
         c.set_model_version_tag(name, current, "trainyard.demoted", json.dumps({"why": why, "at": _now()}))
     return describe(c, name, previous)
+
+
+def archive(c, name: str, version: str, why: str, who: str | None = None) -> dict[str, Any]:
+    """Retire a version: tag it archived (who, why, when) and take its aliases away. The
+    champion cannot be archived (promote another or roll back first); its files and lineage
+    stay, so `trace` still finds it and a review can see why it went."""
+    version = str(version)
+    c.get_model_version(name, version)
+    if alias_version(c, name, CHAMPION) == version:
+        raise ValueError(f"{name} v{version} is the champion: promote another version or roll back first")
+    for alias, ver in (c.get_registered_model(name).aliases or {}).items():
+        if str(ver) == version:
+            c.delete_registered_model_alias(name, alias)
+    c.set_model_version_tag(name, version, ARCHIVED,
+                            json.dumps({"who": who or getpass.getuser(), "why": why, "at": _now()}))
+    return describe(c, name, version)
+
+
+def data_digests(tags: dict[str, str]) -> dict[str, str]:
+    """A version's data files and their md5s, from its lineage tags."""
+    return {k.removeprefix(DATA_TAG): v for k, v in tags.items() if k.startswith(DATA_TAG)}
+
+
+def trace(c, name: str, *, md5: str | None = None, commit: str | None = None) -> list[dict[str, Any]]:
+    """The versions built from data with this md5 (any of its data files; a prefix of at least
+    6 characters will do) or from this git commit (a prefix too), newest first."""
+    if not md5 and not commit:
+        raise ValueError("trace needs a data md5 or a commit")
+    for label, value in (("md5", md5), ("commit", commit)):
+        if value is not None and len(value) < 6:
+            raise ValueError(f"{label} '{value}' is too short to be unambiguous: give at least 6 characters")
+    out = []
+    for v in list_versions(c, name):
+        tags = v["tags"]
+        if md5 and not any(d.startswith(md5) for d in data_digests(tags).values()):
+            continue
+        if commit and not tags.get(COMMIT_TAG, "").startswith(commit):
+            continue
+        out.append(v)
+    return out

@@ -7,10 +7,55 @@ of creating a duplicate, and metric history already logged is not logged twice.
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from components.store import project_root
+
 RUN_KEY = "trainyard.run_key"
+
+
+def git_commit() -> str:
+    """The project's commit, with `-dirty` when tracked files differ; `unknown` outside git.
+    In a `dvc exp run` the experiment's baseline commit (its workspace holds the baseline with
+    the experiment's changes applied)."""
+    if base := os.environ.get("DVC_EXP_BASELINE_REV"):
+        return base
+    root = project_root()
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=root).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, cwd=root).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags (what the UI's Source and User columns read) and, in a
+    `dvc exp run`, the experiment's name and baseline commit."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user with no passwd entry
+        user = "unknown"
+    commit = git_commit()
+    stage = os.environ.get("DVC_STAGE")  # set by DVC for the stage it runs
+    tags = {"mlflow.user": user, "mlflow.source.type": "JOB",
+            "mlflow.source.name": f"dvc stage {stage}" if stage else " ".join(sys.argv[:1]) or "python",
+            "mlflow.source.git.commit": commit.removesuffix("-dirty")}
+    if commit.endswith("-dirty"):
+        tags["trainyard.git_dirty"] = "true"
+    if name := os.environ.get("DVC_EXP_NAME"):
+        tags["trainyard.dvc_exp_name"] = name
+        tags["trainyard.dvc_exp_baseline"] = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    return tags
 
 
 def experiment_id(c, name: str, artifact_location: str | None = None) -> str:
@@ -26,6 +71,13 @@ def experiment_id(c, name: str, artifact_location: str | None = None) -> str:
         return c.get_experiment_by_name(name).experiment_id
 
 
+def train_run_id(model: str | Path, record: str | Path | None = None) -> str:
+    """The training run's MLflow id, from train's run record: `record`, else `train_run.json`
+    beside the model file."""
+    path = Path(record or Path(model).with_name("train_run.json"))
+    return json.loads(path.read_text())["run_id"]
+
+
 def find_run(c, exp_id: str, run_key: str):
     """The run tagged with `run_key`, or None."""
     runs = c.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY}` = '{run_key}'", max_results=1)
@@ -37,7 +89,7 @@ def start_run(c, exp_id: str, run_key: str, run_name: str, tags: dict[str, str] 
     """Reuse the run with this key, or create it; returns its id. The run is RUNNING after,
     unless `reopen` is false and it had ended (a finished sweep trial stays as it was)."""
     run = find_run(c, exp_id, run_key)
-    all_tags = {RUN_KEY: run_key, **(tags or {})}
+    all_tags = {RUN_KEY: run_key, **source_tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     if run is None:
@@ -48,6 +100,52 @@ def start_run(c, exp_id: str, run_key: str, run_name: str, tags: dict[str, str] 
         if reopen or run.info.status == "RUNNING":
             c.update_run(run.info.run_id, status="RUNNING")
     return run.info.run_id
+
+
+def log_datasets(c, run_id: str, data_dir: str | Path, files: dict[str, str], name: str) -> None:
+    """Log data files as the run's dataset inputs, each named `<name>/<file stem>` with its DVC
+    digest (the md5 `dvc.lock` records) and `files[file]` as its context (training, validation,
+    testing). MLflow keeps one input per dataset and context, so a resumed run logs nothing twice."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from components.data.parquet import file_md5
+
+    inputs = []
+    for f, context in files.items():
+        path = Path(data_dir) / f
+        rows, md5 = _parquet_rows(path), file_md5(path)
+        ds = Dataset(name=f"{name}/{path.stem}", digest=md5, source_type="dvc",
+                     source=json.dumps({"path": str(path), "md5": md5}),
+                     profile=json.dumps({"num_rows": rows}) if rows is not None else None)
+        inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)]))
+    c.log_inputs(run_id, datasets=inputs)
+
+
+def _parquet_rows(path: Path) -> int | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError):
+        return None
+
+
+def system_metrics(run_id: str, uri: str, interval_s: float = 2.0):
+    """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU utilisation and memory
+    where one is present) on this run, sampled every `interval_s`; `.finish()` it at the end.
+    None when it cannot start (system metrics are a view, never a reason to fail a run)."""
+    import logging
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # "Started monitoring..."
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        mon = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=uri)
+        mon.start()
+        return mon
+    except Exception as err:  # noqa: BLE001
+        print(f"[mlflow] system metrics off: {err}", flush=True)
+        return None
 
 
 def log_params(c, run_id: str, params: dict[str, Any]) -> None:

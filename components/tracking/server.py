@@ -7,7 +7,8 @@ import base64
 import os
 import urllib.error
 import urllib.request
-from pathlib import Path
+
+from components.store import in_project
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -17,16 +18,17 @@ class TrackingError(RuntimeError):
 
 
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, else the embedded SQLite store in the working directory."""
+    """`MLFLOW_TRACKING_URI`, else the embedded SQLite store in the project's root (a relative
+    SQLite path resolves there too: see `store.project_root`)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+        uri = "sqlite:///" + str(in_project(uri.removeprefix("sqlite:///")))
     return uri
 
 
 def artifact_root(uri: str) -> str | None:
-    """Artifacts of the embedded store go to `./mlartifacts`; a server decides its own."""
-    return Path("mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    """Artifacts of the embedded store go to `mlartifacts` in the project; a server decides its own."""
+    return in_project("mlartifacts").as_uri() if uri.startswith("sqlite:") else None
 
 
 def check_tracking(uri: str, timeout_s: float = 5.0) -> None:

@@ -5,7 +5,9 @@ A workload's loop reads top to bottom as its own steps between these."""
 from __future__ import annotations
 
 import math
+import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +113,46 @@ def finished_already(progress: Progress, config: dict[str, Any], rank: int = 0, 
         ray.train.report(replaying(progress.history[-1], progress.history))
         return True
     return False
+
+
+def progress_every_s() -> float:
+    """Seconds between in-epoch progress lines: `TRAINYARD_PROGRESS_S` (default 30; 0 turns them off)."""
+    return float(os.environ.get("TRAINYARD_PROGRESS_S", "30"))
+
+
+class EpochMeter:
+    """In-epoch progress for epochs that take minutes: rank 0 prints at most one line every
+    `every_s` seconds, with the running loss, throughput and the epoch's ETA. Silent on other
+    ranks and for epochs shorter than `every_s`."""
+
+    def __init__(self, rank: int, epoch: int, epochs: int, steps: int | None, unit: str = "steps",
+                 every_s: float | None = None) -> None:
+        self.on = rank == 0 and (every_s if every_s is not None else progress_every_s()) > 0
+        self.every_s = every_s if every_s is not None else progress_every_s()
+        self.epoch, self.epochs, self.steps, self.unit = epoch, epochs, steps, unit
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, step: int, mean_loss: float) -> str | None:
+        """After `step` steps of this epoch (mean loss so far): print a line when one is due;
+        returns it (None when not due)."""
+        if not self.on:
+            return None
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return None
+        self.last = now
+        rate = step / max(now - self.t0, 1e-9)
+        done = f"{step}/{self.steps}" if self.steps else str(step)
+        eta = f", epoch ETA {_clock((self.steps - step) / rate)}" if self.steps and rate > 0 else ""
+        line = (f"[train] epoch {self.epoch + 1}/{self.epochs}: {done} {self.unit}, loss {mean_loss:.4f}, "
+                f"{rate:.1f} {self.unit}/s{eta}")
+        print(line, flush=True)
+        return line
+
+
+def _clock(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def checkpoint_and_report(progress: Progress, rank: int, epoch: int, metrics: dict[str, Any],

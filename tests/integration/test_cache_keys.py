@@ -39,6 +39,7 @@ def test_a_model_code_change_retrains_from_scratch_under_a_new_mlflow_run(projec
     model_py = project / "components/workloads/char_lm/model.py"
     before_fp = code_fingerprint("pipelines.train", "char_lm", project)
     old = json.loads((project / "metrics/char_lm/train.json").read_text())
+    old_run = json.loads((project / "models/char_lm/train_run.json").read_text())["run_id"]
     old_md5 = file_md5(project / "models/char_lm/model.pt")
     model_py.write_text(model_py.read_text().replace("emb = self.emb(x)", "emb = 0.1 * self.emb(x)", 1))
     assert code_fingerprint("pipelines.train", "char_lm", project) != before_fp
@@ -50,7 +51,7 @@ def test_a_model_code_change_retrains_from_scratch_under_a_new_mlflow_run(projec
     log = p.stdout + p.stderr
     assert "resumed from epoch" not in log and "[train] epoch 1/" in log, log[-3000:]
     new = json.loads((project / "metrics/char_lm/train.json").read_text())
-    assert new["run_id"] != old["run_id"]
+    assert json.loads((project / "models/char_lm/train_run.json").read_text())["run_id"] != old_run
     assert file_md5(project / "models/char_lm/model.pt") != old_md5
     assert new["val_loss"] != old["val_loss"]
 

@@ -202,7 +202,7 @@ def test_a_reader_cannot_register_a_model(cluster_project, mlflow_auth, reviewer
     before = _rest(mlflow_auth["uri"], "registered-models/get", user, password, name=MODEL)[1]
     p = run_bounded([sys.executable, "-m", "pipelines.register", "--workload", "char_lm",
                      "--model", "models/char_lm/model.pt", "--eval", "metrics/char_lm/eval.json",
-                     "--train-metrics", "metrics/char_lm/train.json", "--data", "data/char_lm/normalized",
+                     "--data", "data/char_lm/normalized",
                      "--out", str(tmp_path / "registered.json")],
                     project, {**env, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password},
                     timeout=300)

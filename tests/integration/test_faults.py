@@ -119,9 +119,11 @@ def good_train(fault_project, tmp_path_factory) -> dict:
     keep = tmp_path_factory.mktemp("good-train")
     out = {"lock": (fault_project / "dvc.lock").read_text(),
            "md5": file_md5(fault_project / "models/char_lm/model.pt"),
-           "model": keep / "model.pt", "train": keep / "train.json", "params": keep / "params.yaml"}
+           "model": keep / "model.pt", "train": keep / "train_run.json", "metrics": keep / "train.json",
+           "params": keep / "params.yaml"}
     shutil.copy2(fault_project / "models/char_lm/model.pt", out["model"])
-    shutil.copy2(fault_project / "metrics/char_lm/train.json", out["train"])
+    shutil.copy2(fault_project / "models/char_lm/train_run.json", out["train"])
+    shutil.copy2(fault_project / "metrics/char_lm/train.json", out["metrics"])
     shutil.copy2(fault_project / "params.yaml", out["params"])
     return out
 
@@ -277,7 +279,7 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
     out = tmp_path / "b"
     ev = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--workload", "char_lm",
                          "--data", "data/char_lm/normalized", "--params", str(out / "params.yaml"),
-                         "--model", str(out / "model.pt"), "--train-metrics", str(out / "train.json"),
+                         "--model", str(out / "model.pt"),
                          "--metrics", str(out / "eval.json"), "--reports", str(out / "reports")],
                         cwd=project, capture_output=True, text=True, timeout=600,
                         env={**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store)})
@@ -307,24 +309,25 @@ def test_concurrent_registers_get_distinct_versions_and_the_better_champion(faul
         p = fault_params()
         if over is None:
             shutil.copy2(good_train["model"], d / "model.pt")
-            shutil.copy2(good_train["train"], d / "train.json")
+            shutil.copy2(good_train["train"], d / "train_run.json")
+            shutil.copy2(good_train["metrics"], d / "train.json")
         else:
             p["char_lm"]["train"].update(over)
         (d / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-        m = {"model": str(d / "model.pt"), "eval": str(d / "eval.json"), "train": str(d / "train.json")}
+        m = {"model": str(d / "model.pt"), "eval": str(d / "eval.json"), "train": str(d / "train_run.json")}
         common = ["--workload", "char_lm", "--data", "data/char_lm/normalized", "--params", str(d / "params.yaml"),
                   "--model", m["model"]]
         if over is not None:
-            run([sys.executable, "-m", "pipelines.train", *common, "--metrics", m["train"],
+            run([sys.executable, "-m", "pipelines.train", *common, "--metrics", str(d / "train.json"),
                  "--plot", str(d / "curve.csv")], project)
-        run([sys.executable, "-m", "pipelines.evaluate", *common, "--train-metrics", m["train"], "--metrics", m["eval"],
+        run([sys.executable, "-m", "pipelines.evaluate", *common, "--train-run", m["train"], "--metrics", m["eval"],
              "--reports", str(d / "reports")], project)
         models.append(m)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     procs = [subprocess.Popen([sys.executable, "-m", "pipelines.register", "--workload", "char_lm",
                                "--params", str(tmp_path / "params.yaml"), "--model", m["model"], "--eval", m["eval"],
-                               "--train-metrics", m["train"], "--data", "data/char_lm/normalized",
+                               "--train-run", m["train"], "--data", "data/char_lm/normalized",
                                "--out", str(tmp_path / f"registered-{i}.json")],
                               cwd=project, env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i, m in enumerate(models)]
@@ -345,8 +348,9 @@ def test_concurrent_registers_get_distinct_versions_and_the_better_champion(faul
     # each version's training run has its whole metric history
     for m in models:
         tr = json.loads(Path(m["train"]).read_text())
+        epochs = json.loads(Path(m["train"]).with_name("train.json").read_text())["epochs"]
         steps = sorted(x.step for x in c.get_metric_history(tr["run_id"], "val_loss"))
-        assert steps == list(range(1, tr["epochs"] + 1))
+        assert steps == list(range(1, epochs + 1))
     assert "trainyard.lease" not in c.get_registered_model("char-lm-race").tags  # released
 
 

@@ -35,7 +35,7 @@ def _model(tmp_path, seed: int):
     return path
 
 
-def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, floor=None):
+def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, floor=None, min_delta=0.0):
     from components.data.parquet import file_sha256
 
     path = _model(tmp_path, seed)
@@ -51,7 +51,7 @@ def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, flo
 
     return registry.register(c, name=NAME, model_sha256=file_sha256(path), log_model=log_model, run_id=run_id,
                              metric="val_loss", value=value, mode="min", val_data_md5=val_md5,
-                             lineage={"trainyard.arch": "lstm"}, rescore=rescore, floor=floor)
+                             lineage={"trainyard.arch": "lstm"}, rescore=rescore, floor=floor, min_delta=min_delta)
 
 
 def test_a_model_that_does_not_beat_the_baseline_is_never_crowned(store, tmp_path):
@@ -86,6 +86,32 @@ def test_champion_moves_only_for_a_better_model(store, tmp_path):
     other = _register(c, exp, tmp_path, 4, 1.2, val_md5="val-b", rescored=calls)
     assert calls == [better["version"]]
     assert other["aliases"] == ["challenger"] and "1.0000" in other["decision"]
+
+
+def test_the_champion_moves_only_for_an_improvement_of_at_least_min_delta(store, tmp_path):
+    c, exp = store
+    first = _register(c, exp, tmp_path, 1, 2.0)
+    slight = _register(c, exp, tmp_path, 2, 1.995, min_delta=0.01)  # better, but by 0.005: noise
+    assert slight["aliases"] == ["challenger"] and slight["champion_version"] == first["version"]
+    assert "better by 0.0050, under register.min_delta 0.01" in slight["decision"]
+    clear = _register(c, exp, tmp_path, 3, 1.98, min_delta=0.01)
+    assert clear["aliases"] == ["challenger", "champion"]
+    assert registry.better(1.0, 1.01, "min", 0.01) and not registry.better(0.995, 0.99, "max", 0.01)
+
+
+def test_an_archived_version_loses_its_aliases_and_is_skipped_by_rollback(store, tmp_path):
+    c, exp = store
+    v1, v2, v3 = (_register(c, exp, tmp_path, s, 3.0 - s)["version"] for s in (1, 2, 3))
+    assert registry.alias_version(c, NAME, "champion") == v3
+    with pytest.raises(ValueError, match="is the champion"):
+        registry.archive(c, NAME, v3, "bad data")
+    registry.promote(c, NAME, v2, "check")
+    registry.promote(c, NAME, v3, "check")
+    out = registry.archive(c, NAME, v2, "trained on the corpus with the bad encoding", who="ana")
+    assert out["aliases"] == [] and '"who": "ana"' in out["tags"]["trainyard.archived"]
+    assert registry.rollback(c, NAME, "v3 regressed")["version"] == v1  # v2 is skipped
+    with pytest.raises(ValueError, match="archived"):
+        registry.promote(c, NAME, v2, "again")
 
 
 def test_promote_and_rollback_record_who_and_why(store, tmp_path):

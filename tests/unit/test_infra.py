@@ -101,31 +101,16 @@ def test_every_pipeline_image_is_the_dockerfile_tag():
 def test_the_image_holds_what_dvc_repro_reads(tmp_path):
     """The Dockerfile's COPY and `RUN dvc ...` lines, replayed into a folder with no .git, give a
     tree where DVC opens the project and finds every stage's source dependencies:
-    what the image's `CMD ["dvc", "repro"]` needs."""
-    import shlex
-    import shutil
+    what the image's entry point (`dvc repro` between a pull and a push) needs."""
     import subprocess
     import sys
 
-    repo = INFRA.parent
-    text = (INFRA / "Dockerfile").read_text()
-    assert 'CMD ["dvc", "repro"]' in text
-    for line in text.splitlines():
-        if line.startswith("COPY "):
-            *srcs, dest = line.split()[1:]
-            for src in srcs:  # Docker's rules: a folder's contents go to dest; a file into dest/ or as dest
-                source = repo / src.rstrip("/")
-                assert source.exists(), f"Dockerfile copies missing {src}"
-                where = tmp_path / dest
-                if source.is_dir():
-                    shutil.copytree(source, where, dirs_exist_ok=True)
-                else:
-                    where = where / source.name if dest.endswith("/") else where
-                    where.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(source, where)
-        elif line.startswith("RUN dvc "):
-            subprocess.run([str(Path(sys.executable).parent / "dvc"), *shlex.split(line)[2:]], cwd=tmp_path,
-                           check=True, capture_output=True)
+    from tests.docker_context import DOCKERFILE, build_context
+
+    text = DOCKERFILE.read_text()
+    assert 'ENTRYPOINT ["/app/infra/entrypoint.sh"]' in text
+    build_context(tmp_path)
+    assert (tmp_path / "infra/entrypoint.sh").stat().st_mode & 0o111  # executable in the image too
     # no .git: DVC must open the tree as the image's `dvc repro` will, and see every stage
     p = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status"], cwd=tmp_path, capture_output=True,
                        text=True)
@@ -148,7 +133,12 @@ def test_kuberay_manifests_are_ray_crds_with_our_env():
     rc, job = _load("kuberay/raycluster.yaml"), _load("kuberay/rayjob.yaml")
     assert (rc["apiVersion"], rc["kind"]) == ("ray.io/v1", "RayCluster")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
-    assert job["spec"]["entrypoint"].split()[:2] == ["dvc", "repro"]
+    # the RayJob runs the image's entry point (pull, dvc repro, push) with a remote and a results volume
+    assert job["spec"]["entrypoint"].split()[0] == "/app/infra/entrypoint.sh"
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in head["containers"][0]["env"]}
+    mounts = {m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
+    assert env["DVC_REMOTE_URL"] and env["TRAINYARD_RESULTS"] in mounts
     import ray
     for spec in (rc["spec"], job["spec"]["rayClusterSpec"]):
         assert spec["rayVersion"] == ray.__version__

@@ -87,3 +87,22 @@ def test_worker_start_wait_is_bounded_and_validated(monkeypatch):
     assert start_timed_out(ControllerError(WorkerGroupStartupTimeoutError()))
     assert not start_timed_out(ControllerError(ValueError()))
     assert not start_timed_out(RuntimeError("x"))
+
+
+def test_rays_internal_noise_is_dropped_and_comes_back_with_one_variable(monkeypatch):
+    from components.cluster import connect
+
+    stopped = ["Training failed due to worker errors:", "Traceback (most recent call last):",
+               "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.",
+               "\tThe actor is dead because its owner has died. Owner Id: 01000000 Owner Ip address: 127.0.0.1"]
+    assert connect.keep_lines(stopped) == []  # a trial ASHA stopped: its Train run went down with it
+    mixed = ["[2026-11-24 10:00:00,000 I 123 456] mutex.cc:1234: RAW: Lock blocking 0x7f00 @",
+             "[train] epoch 1/3 train_loss 3.8461 val_loss 3.3481",
+             "WARNING: 8 PYTHON worker processes have been started on node: abc with address: 127.0.0.1"]
+    assert connect.keep_lines(mixed) == ["[train] epoch 1/3 train_loss 3.8461 val_loss 3.3481"]
+    real = ["Training failed due to worker errors:", "ValueError: bs must divide by num_workers"]
+    assert connect.keep_lines(real) == real  # a real failure is never hidden
+    monkeypatch.setenv("TRAINYARD_RAY_VERBOSE", "1")
+    assert connect.ray_verbose()
+    monkeypatch.setenv("TRAINYARD_RAY_VERBOSE", "0")
+    assert not connect.ray_verbose()

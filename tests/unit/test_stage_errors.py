@@ -68,3 +68,11 @@ def test_mlflow_that_does_not_answer_fails_before_compute(tmp_path):
     assert p.returncode == 1
     assert "MLFLOW_TRACKING_URI=http://127.0.0.1:9: no MLflow server answers" in p.stderr
     assert not (tmp_path / "best.json").exists()
+
+
+def test_a_stage_run_by_a_python_without_the_venv_says_so_in_one_line():
+    # -S: no site-packages, as the system python a shell without the venv would pick
+    p = subprocess.run([sys.executable, "-S", "-m", "pipelines.train", "--help"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and "source .venv/bin/activate" in p.stderr

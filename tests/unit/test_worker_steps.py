@@ -56,3 +56,21 @@ def test_train_publishes_the_best_epochs_weights_with_the_whole_history():
     out = TrainOutcome(state=last, best={"model": {"w": 1}, "epoch": 1}, run_path="/runs/x", num_workers=2)
     assert out.published == {"model": {"w": 1}, "history": last["history"], "epoch": 3}
     assert last["model"] == {"w": 3}  # the loaded state itself is left as it was
+
+
+def test_in_epoch_progress_is_rate_limited_rank_0_only_and_has_an_eta(monkeypatch, capsys):
+    from components.training import worker
+
+    clock = iter([0.0, 5.0, 31.0, 40.0, 62.0])
+    monkeypatch.setattr(worker.time, "monotonic", lambda: next(clock, 100.0))
+    m = worker.EpochMeter(rank=0, epoch=2, epochs=10, steps=400, unit="windows", every_s=30)  # t=0
+    assert m.update(50, 2.5) is None  # t=5: not due
+    line = m.update(100, 2.25)  # t=31: 100 windows in 31 s, 300 left
+    assert line == "[train] epoch 3/10: 100/400 windows, loss 2.2500, 3.2 windows/s, epoch ETA 1:33"
+    assert m.update(120, 2.2) is None  # t=40: 9 s after the last line
+    assert "ETA 1:02" in m.update(200, 2.1)  # t=62: 200 in 62 s, 200 left
+    assert capsys.readouterr().out.count("[train] epoch 3/10:") == 2
+    quiet = worker.EpochMeter(rank=1, epoch=0, epochs=1, steps=10, every_s=0.0)
+    assert quiet.update(5, 1.0) is None  # other ranks never print
+    monkeypatch.setenv("TRAINYARD_PROGRESS_S", "0")
+    assert not worker.EpochMeter(rank=0, epoch=0, epochs=1, steps=10).on  # off by the variable

@@ -30,6 +30,7 @@ from components.training.steps import (
     rank0_value,
 )
 from components.training.worker import (
+    EpochMeter,
     Progress,
     StepPlan,
     checkpoint_and_report,
@@ -71,6 +72,7 @@ def train_epoch(model: CharLM, ddp_model: nn.Module, opt: torch.optim.Optimizer,
     remaining = plan.total - progress.step
     full_pass = not tp["steps_per_epoch"] and remaining >= plan.per_epoch
     schedule = plan.schedule_cfg(tp)
+    meter = EpochMeter(rank, epoch, plan.epochs, min(remaining, plan.per_epoch), "windows")
     for start, seq_len in sampler.windows(None if full_pass else min(remaining, plan.per_epoch)):
         if progress.step >= plan.total:
             break
@@ -96,6 +98,7 @@ def train_epoch(model: CharLM, ddp_model: nn.Module, opt: torch.optim.Optimizer,
         stats.steps += 1
         stats.tokens += y.numel()
         progress.step += 1
+        meter.update(stats.steps, stats.loss_sum / stats.steps)
         progress.train_s += time.perf_counter() - t_step
         if budget:
             progress.train_s = rank0_value(progress.train_s, device)  # one clock for every rank

@@ -30,6 +30,7 @@ from components.training.checkpoints import (
 from components.training.schedules import multiplier
 from components.training.steps import DivergedError, all_reduce_sum, make_optimizer, optimizer_step
 from components.training.worker import (
+    EpochMeter,
     Progress,
     StepPlan,
     checkpoint_and_report,
@@ -107,6 +108,7 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
     order = torch.randperm(len(x_train), generator=g).repeat(math.ceil(need / len(x_train)))[:need]
     ddp_model.train()
     stats, t0 = EpochStats(steps=steps), time.perf_counter()
+    meter = EpochMeter(rank, epoch, plan.epochs, steps, "steps")
     for s in range(steps):
         idx = order[s * bs_local:(s + 1) * bs_local]
         xb = augment(x_train[idx], data["flip"], pad, g).to(device)
@@ -121,6 +123,7 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
         stats.loss_sum += loss.item()
         stats.seen += len(idx)
         progress.step += 1
+        meter.update(s + 1, stats.loss_sum / (s + 1))
     stats.elapsed = time.perf_counter() - t0
     progress.train_s += stats.elapsed
     return stats

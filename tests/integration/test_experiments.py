@@ -1,0 +1,72 @@
+"""`dvc exp run --queue` + `dvc queue start`: the experiment runs in a temporary workspace, yet
+records into the project's MLflow and run store, tagged with its name and baseline commit, and
+`dvc exp show` / `dvc metrics diff` / `dvc plots diff` read it as DVC users expect."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.integration.conftest import run
+
+pytestmark = pytest.mark.slow
+GIT = ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci"]
+
+
+def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_project, tmp_path):
+    # a copy of the shared project with its results committed, the way a user starts experiments
+    project = tmp_path / "exp"
+    shutil.copytree(tiny_project, project, symlinks=True, ignore=shutil.ignore_patterns(".trainyard", ".venv"))
+    run(["git", "add", "-A"], project)
+    run([*GIT, "commit", "-q", "-m", "results"], project)
+    base = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    # a final-run key: train, evaluate and register rerun, the sweep does not
+    run(["dvc", "exp", "run", "--queue", "-n", "seed7", "-S", "char_lm.train.seed=7"], project)
+    run(["dvc", "queue", "start", "-j", "1"], project)
+    deadline = time.monotonic() + 900
+    while True:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if "seed7" in status and ("Success" in status or "Failed" in status):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    logs = run(["dvc", "queue", "logs", "seed7"], project, check=False).stdout
+    assert "Success" in status, status + logs[-4000:]
+    assert "Running stage 'train@char_lm'" in logs and "Running stage 'tune@char_lm'" not in logs, logs[-4000:]
+
+    # the project's MLflow has the experiment's training run, tagged with its name and baseline
+    code = textwrap.dedent("""
+        import json, mlflow
+        from mlflow import MlflowClient
+        c = MlflowClient('sqlite:///mlflow.db')
+        exp = c.get_experiment_by_name('char_lm')
+        rs = c.search_runs([exp.experiment_id], "tags.`trainyard.dvc_exp_name` = 'seed7'")
+        print(json.dumps([{'stage': r.data.tags.get('trainyard.stage'), 'base': r.data.tags['trainyard.dvc_exp_baseline'],
+                           'seed': r.data.params.get('seed')} for r in rs]))
+    """)
+    found = json.loads(run([sys.executable, "-c", code], project).stdout.strip().splitlines()[-1])
+    assert {"stage": "train", "base": base, "seed": "7"} in found, found
+    # ... and its run store: the checkpoints are in the project's .trainyard, not a deleted temp folder
+    assert list((project / ".trainyard/char_lm/train").glob("run-*")), "run store outside the project"
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    exps = [e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == "seed7"]
+    assert exps, json.dumps(shown)[:3000]
+    data = exps[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["char_lm"]["train"]["seed"] == 7
+    assert "lr" in data["params"]["tune/char_lm/best_params.json"]["data"]["params"]  # the tuned values
+    assert isinstance(data["metrics"]["metrics/char_lm/eval.json"]["data"]["val_loss"], float)
+
+    diff = json.loads(run(["dvc", "metrics", "diff", base, "seed7", "--json"], project).stdout)
+    assert "val_loss" in diff["metrics/char_lm/train.json"], diff
+    plots = json.loads(run(["dvc", "plots", "diff", base, "seed7", "--json", "--split"], project).stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    charts = plots["data"]
+    assert "char_lm_loss" in charts and not [k for k in charts if "train_curve" in k], sorted(charts)
+    revs = charts["char_lm_loss"][0]["revisions"]
+    assert len(revs) == 2 and "seed7" in revs, revs  # the baseline's curve beside the experiment's
