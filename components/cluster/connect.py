@@ -45,7 +45,9 @@ def forwarded_env() -> dict[str, str]:
 # stopped takes its Train run down with it ("owner has died" is how that reads), absl's mutex
 # contention notes, worker-start and token notices. TRAINYARD_RAY_VERBOSE=1 shows them all.
 NOISE = re.compile("|".join([
-    r"mutex\.cc.*RAW: Lock blocking",
+    r"mutex\.cc.*RAW: ",  # absl's "Lock blocking / returning" contention notes
+    r"core_worker\.cc.*has constructor arguments in the object store",
+    r"Detected that the Ray Train controller actor .* is dead\. Cleaning up placement group",
     r"PYTHON worker processes have been started on node",
     r"Token authentication is enabled for this Ray cluster",
     r"Passing a Python object as `python_model` causes it to be serialized using CloudPickle",

@@ -14,6 +14,7 @@ from components.cluster.resources import (
     start_timed_out,
     start_wait_s,
 )
+from components.cluster.connect import ray_verbose
 from components.data.parquet import check_table, load_manifest
 from components.store import stage_data
 
@@ -52,7 +53,10 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
             checkpoint_config=(ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select[0],
                                                           checkpoint_score_order=select[1])
                                if select else ray.train.CheckpointConfig(num_to_keep=2)),
-            callbacks=callbacks or []),
+            callbacks=callbacks or [],
+            # Ray Train's own INFO lines (worker groups starting, checkpoints written, DDP
+            # wrapping) on every trial are noise to a pipeline user; TRAINYARD_RAY_VERBOSE=1 shows them
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if ray_verbose() else "WARNING")),
     )
 
 

@@ -175,3 +175,24 @@ def test_every_workload_builds_its_trial_configs_from_its_own_schema():
         cfg = trial_train_config(trial_params(p.train), p.tune, {}, w.train_schema, lambda c: 100)
         assert set(cfg) == set(w.train_schema.model_fields)
         assert cfg["epochs"] == p.tune.epochs and cfg["num_workers"] == p.tune.workers_per_trial
+
+
+def test_relative_stores_resolve_against_the_project_root_dvc_names(tmp_path, monkeypatch):
+    # `dvc exp run --temp` / queued experiments run in a temporary copy with DVC_ROOT naming the project
+    from components.store import local_state_dir, store_root
+    from components.tracking.server import artifact_root, tracking_uri
+
+    project, temp = tmp_path / "project", tmp_path / "exp-workspace"
+    project.mkdir()
+    temp.mkdir()
+    monkeypatch.chdir(temp)
+    for var in ("MLFLOW_TRACKING_URI", "TRAINYARD_STORE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert tracking_uri() == f"sqlite:///{project}/mlflow.db"
+    assert artifact_root(tracking_uri()) == (project / "mlartifacts").as_uri()
+    assert store_root() == str(project / ".trainyard") and local_state_dir() == project / ".trainyard"
+    monkeypatch.setenv("TRAINYARD_STORE", "runs")  # relative: the project's too
+    assert store_root() == str(project / "runs")
+    monkeypatch.delenv("DVC_ROOT")  # outside DVC: the working directory
+    assert tracking_uri() == f"sqlite:///{temp}/mlflow.db"
