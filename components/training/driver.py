@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.cluster.connect import ray_verbose
 from components.cluster.resources import (
     ResourceError,
     free_resources_line,
@@ -14,7 +15,6 @@ from components.cluster.resources import (
     start_timed_out,
     start_wait_s,
 )
-from components.cluster.connect import ray_verbose
 from components.data.parquet import check_table, load_manifest
 from components.store import stage_data
 
