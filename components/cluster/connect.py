@@ -47,6 +47,8 @@ def forwarded_env() -> dict[str, str]:
 NOISE = re.compile("|".join([
     r"mutex\.cc.*RAW: ",  # absl's "Lock blocking / returning" contention notes
     r"core_worker\.cc.*has constructor arguments in the object store",
+    # Ray Train logs this at INFO through a logger named after its file, past its own level setting
+    r"Reporting training result \d+: TrainingReport\(",
     r"Detected that the Ray Train controller actor .* is dead\. Cleaning up placement group",
     r"PYTHON worker processes have been started on node",
     r"Token authentication is enabled for this Ray cluster",
