@@ -5,6 +5,7 @@ records into the project's MLflow and run store, tagged with its name and baseli
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import textwrap
@@ -25,6 +26,11 @@ def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_pro
     run(["git", "add", "-A"], project)
     run([*GIT, "commit", "-q", "-m", "results"], project)
     base = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    # with dvc.lock committed, `trace` finds the versions built from a data path at that commit
+    traced = run([sys.executable, "-m", "components.cli.registry", "trace", "--data",
+                  "data/char_lm/normalized/val.parquet", "--rev", "HEAD"], project).stdout
+    assert re.search(r"^char-lm: [1-9]\d* version\(s\) built from data/char_lm/normalized/val.parquet at HEAD",
+                     traced, re.M) and re.search(r"^v\d+\s", traced, re.M), traced
     # a final-run key: train, evaluate and register rerun, the sweep does not
     run(["dvc", "exp", "run", "--queue", "-n", "seed7", "-S", "char_lm.train.seed=7"], project)
     run(["dvc", "queue", "start", "-j", "1"], project)
