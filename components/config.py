@@ -92,18 +92,19 @@ class OptimParams(Section):
 
 
 class SearchDim(Section):
-    """One dimension of the search space: `choice` of values, or a (log-)uniform range."""
+    """One dimension of the search space: `choice` of values, `grid` (every value, each
+    crossed with the other grid dimensions), or a (log-)uniform range."""
 
-    type: Literal["choice", "uniform", "loguniform", "randint"]
+    type: Literal["choice", "grid", "uniform", "loguniform", "randint"]
     values: list[Any] | None = None
     low: float | None = None
     high: float | None = None
 
     @model_validator(mode="after")
     def _well_formed(self) -> SearchDim:
-        if self.type == "choice":
+        if self.type in ("choice", "grid"):
             if not self.values:
-                raise ValueError("choice needs a non-empty 'values' list")
+                raise ValueError(f"{self.type} needs a non-empty 'values' list")
         else:
             if self.low is None or self.high is None:
                 raise ValueError(f"{self.type} needs 'low' and 'high'")
@@ -120,14 +121,21 @@ def dims(**space: dict[str, Any]) -> dict[str, SearchDim]:
 
 
 class TuneParams(Section):
-    """The sweep: Ray Tune with ASHA, each trial a Ray Train run."""
+    """The sweep: Ray Tune with ASHA; each trial runs the workload's loop (a Ray Train run when
+    it has more than one worker)."""
 
-    num_samples: PositiveInt = knob(6, "trials in the sweep")
+    num_samples: PositiveInt = knob(6, "trials in the sweep (raised on a finished sweep: only the new ones run)")
+    search: Literal["random", "optuna"] = knob("random", "how trials are drawn: random, or optuna (TPE, "
+                                                "told every finished trial's result)")
+    reproducible: bool = knob(False, "one trial at a time, so ASHA and the searcher see results in the same "
+                              "order: the same pick on every run, at the cost of the sweep's parallelism")
     max_concurrent: PositiveInt | None = knob(None, "null: as many as the cluster fits (trial driver counted)")
     workers_per_trial: PositiveInt = knob(1, "Ray Train workers in each trial")
+    in_process: bool = knob(True, "1-worker trials run their loop in the trial's own process "
+                            "(no Train worker group: seconds less per trial); false: Ray Train for every trial")
     cpus_per_worker: PositiveFloat = knob(1.0, "CPUs each trial worker holds")
     gpus_per_worker: Annotated[float, Field(ge=0)] = knob(0.0, ">0 to sweep on GPUs (with train.use_gpu auto/true)")
-    driver_memory_mb: PositiveInt = knob(256, "what each trial's driver holds (it waits; it needs no CPU)")
+    driver_memory_mb: PositiveInt = knob(256, "what each trial's own process holds (memory)")
     epochs: PositiveInt = knob(3, "ASHA's max_t (one report per epoch)")
     steps_per_epoch: PositiveInt | None = knob(None, "steps per trial epoch; null: pass_frac of a pass over "
                                                "the training data, at least min_steps")
@@ -142,7 +150,7 @@ class TuneParams(Section):
         lambda: dims(bptt={"type": "choice", "values": [16, 32, 64]},
                      lr={"type": "loguniform", "low": 0.001, "high": 0.01},
                      dropout={"type": "uniform", "low": 0.2, "high": 0.5}),
-        "train keys to search: {type: choice, values: [...]} or {type: uniform|loguniform|randint, low, high}")
+        "train keys to search: {type: choice|grid, values: [...]} or {type: uniform|loguniform|randint, low, high}")
 
     @model_validator(mode="after")
     def _space_keys(self) -> TuneParams:
@@ -150,6 +158,9 @@ class TuneParams(Section):
             raise ValueError("space is empty: name at least one train key to search")
         if self.grace_period > self.epochs:
             raise ValueError(f"grace_period ({self.grace_period}) exceeds epochs ({self.epochs})")
+        grid = [k for k, d in self.space.items() if d.type == "grid"]
+        if grid and self.search != "random":
+            raise ValueError(f"space.{grid[0]}: a grid dimension needs search: random ({self.search} draws its own points)")
         return self
 
 

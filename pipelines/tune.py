@@ -1,5 +1,6 @@
-r"""tune: a Ray Tune sweep (ASHA) over the train params named in `tune.space`; each trial is
-a Ray Train run. Writes the best trial's params.
+r"""tune: a Ray Tune sweep (ASHA; random or Optuna TPE search) over the train params named in
+`tune.space`; each trial runs the workload's loop (a Ray Train run when it has more than one
+worker). Writes the best trial's params.
 
     python -m pipelines.tune --workload char_lm --data data/char_lm/normalized \
         --trial-params tune/char_lm/trial_params.json --out tune/char_lm/best_params.json
@@ -36,9 +37,10 @@ def run(args: argparse.Namespace) -> None:
     # dvc.yaml passes the trial_params stage's file (what tune depends on); by hand, params.yaml's
     base = sweep_base(w.train_schema, args.trial_params) if args.trial_params else trial_params(p.train)
     data = w.training_data(args.data, base, p).workers
-    # Same code + data + params -> same sweep name -> a killed sweep resumes; any change -> a new sweep.
+    # Same code + data + params -> same sweep name -> a killed sweep resumes; any change -> a new
+    # sweep. Except num_samples: raised, it adds trials to the same sweep (run_sweep's rounds).
     code = code_fingerprint("pipelines.tune", args.workload)
-    key = params_key(p.tune.model_dump(), base, load_manifest(args.data)["files"], code)
+    key = params_key(p.tune.model_dump(exclude={"num_samples"}), base, load_manifest(args.data)["files"], code)
     outcome = run_sweep(p.tune, base, data, workload=w, tracking_uri=args.tracking_uri, code=code,
                         storage=stage_storage(args.workload, "tune"), name=f"sweep-{key}",
                         use_gpu_setting=base["use_gpu"])

@@ -49,6 +49,8 @@ NOISE = re.compile("|".join([
     r"core_worker\.cc.*has constructor arguments in the object store",
     # Ray Train logs this at INFO through a logger named after its file, past its own level setting
     r"Reporting training result \d+: TrainingReport\(",
+    # Tune's function session logs each in-process trial's checkpoint at INFO
+    r"Checkpoint successfully created at: Checkpoint\(",
     r"Detected that the Ray Train controller actor .* is dead\. Cleaning up placement group",
     r"PYTHON worker processes have been started on node",
     r"Token authentication is enabled for this Ray cluster",

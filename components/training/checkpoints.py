@@ -39,15 +39,14 @@ def resumes_after(state: dict[str, Any] | None, step: int) -> list[dict[str, int
 
 
 def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-    """Load model and optimizer from Ray Train's last reported checkpoint (after a worker
+    """Load model and optimizer from the session's last reported checkpoint (after a worker
     failure, or when the same run name + storage path is started again); return the whole
     state for the loop's own parts, or None on a fresh start."""
-    import ray.train
+    from components.training import session
 
-    ckpt = ray.train.get_checkpoint()
-    if not ckpt:
-        return None
-    with ckpt.as_directory() as d:
+    with session.current().checkpoint_dir() as d:
+        if d is None:
+            return None
         state = load_state(d)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

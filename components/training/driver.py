@@ -27,6 +27,12 @@ def checked_and_staged(folder: Path, schema) -> tuple[dict[str, Any], dict[str, 
     return manifest, stage_data({"train": folder / "train.parquet", "val": folder / "val.parquet"})
 
 
+def worker_config(loop_config: dict[str, Any], cpus_per_worker: float,
+                  select: tuple[str, str] | None) -> dict[str, Any]:
+    """The config a worker loop receives, wherever it runs (a Train worker, a Tune trial)."""
+    return {**loop_config, "cpus_per_worker": cpus_per_worker, "select": select}
+
+
 def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, name: str,
                  storage_path: str, num_workers: int, cpus_per_worker: float, use_gpu: bool, max_failures: int,
                  callbacks: list | None = None, placement: str = "pack", select: tuple[str, str] | None = None):
@@ -39,7 +45,7 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
     start_wait_s()  # a bad TRAINYARD_WORKER_START_TIMEOUT_S fails here, before any compute
     return TorchTrainer(
         loop,
-        train_loop_config={**loop_config, "cpus_per_worker": cpus_per_worker, "select": select},
+        train_loop_config=worker_config(loop_config, cpus_per_worker, select),
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, placement_strategy=placement.upper(),
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),

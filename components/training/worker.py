@@ -12,23 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import ray.train
-import ray.train.torch
 import torch
 
+from components.training import session
 from components.training.checkpoints import replaying, restore, resumes_after, save_state
 
 
 def start_worker(config: dict[str, Any]) -> tuple[int, int, torch.device]:
     """(rank, world size, device) of this worker, its torch threads set to its CPUs."""
-    ctx = ray.train.get_context()
     torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
-    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+    s = session.current()
+    return *s.rank_world(), s.device()
 
 
 def wrap_ddp(model: torch.nn.Module, world: int) -> torch.nn.Module:
     """DDP around `model` when there is more than one worker (one worker needs none)."""
-    return ray.train.torch.prepare_model(model) if world > 1 else model
+    return session.current().prepare_model(model) if world > 1 else model
 
 
 class Progress:
@@ -110,7 +109,7 @@ def finished_already(progress: Progress, config: dict[str, Any], rank: int = 0, 
     last = plan.epochs if plan else config["train"]["epochs"]
     capped = plan is not None and progress.step >= plan.total
     if progress.state and (progress.start_epoch >= last or capped or stop_early(progress, config, rank)):
-        ray.train.report(replaying(progress.history[-1], progress.history))
+        session.current().report(replaying(progress.history[-1], progress.history))
         return True
     return False
 
@@ -161,12 +160,10 @@ def checkpoint_and_report(progress: Progress, rank: int, epoch: int, metrics: di
     `line`; every rank reports (report is a barrier)."""
     progress.history.append(metrics)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
         if rank == 0:
             save_state(tmp, {**state(), "schedule": {"step": progress.step, "train_s": progress.train_s},
                              "epoch": epoch + 1, "history": progress.history, "resumes": progress.resumes})
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
             print(line, flush=True)
-        ray.train.report(replaying(metrics, progress.history) if progress.replay else metrics,
-                         checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+        session.current().report(replaying(metrics, progress.history) if progress.replay else metrics,
+                                 checkpoint_dir=tmp if rank == 0 else None, dir_name=f"epoch-{epoch + 1:04d}")
         progress.replay = False

@@ -1,10 +1,11 @@
-"""Ray Tune sweeps where every trial is a Ray Train run.
+"""Ray Tune sweeps over a workload's worker loop.
 
 Kept apart as in Ray's examples: the worker function (a workload's loop.py), the per-trial
-driver (`_trial`, which starts a TorchTrainer) and the tuner (`run_sweep`). The Tune driver
-process is the only MLflow writer: one parent run, one child run per trial, keyed by the
-trial id so a resumed sweep never duplicates them.
-"""
+driver (`_trial`: the loop itself in the trial's process for 1-worker trials, else a
+TorchTrainer) and the tuner (`run_sweep`). The Tune driver process is the only MLflow writer:
+one parent run, one child run per trial, keyed by the trial id so a resumed sweep never
+duplicates them. Raising `num_samples` on a finished sweep adds a round of new trials; the
+searcher is told the earlier ones."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key, dim in space.items():
-        if dim.type == "choice":
+        if dim.type in ("choice", "grid"):  # grid points are fed in by `grid_points`
             out[key] = tune.choice(list(dim.values))
         elif dim.type == "uniform":
             out[key] = tune.uniform(dim.low, dim.high)
@@ -69,14 +70,33 @@ def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, 
     return schema.model_validate(cfg).model_dump()
 
 
+def in_process(tp: TuneParams) -> bool:
+    """Whether a trial runs its loop in the Tune trial's own process: one worker needs no
+    worker group, no DDP and no placement group of its own (seconds per trial on a sweep of
+    short trials); `tune.in_process: false` keeps Ray Train for every trial."""
+    return tp.workers_per_trial == 1 and tp.in_process
+
+
+def trial_resources(tp: TuneParams, use_gpu: bool) -> dict[str, float]:
+    """What Tune reserves for one trial's own process: the worker's CPUs (and GPU) when the
+    loop runs there; else memory only: it just waits on its TorchTrainer, and the CPUs go to
+    the Train workers, which Ray Train places in their own placement group."""
+    own = {"memory": tp.driver_memory_mb * 2**20}
+    if in_process(tp):
+        return {"CPU": tp.cpus_per_worker, "GPU": tp.gpus_per_worker if use_gpu else 0, **own}
+    return {"CPU": 0, **own}
+
+
 def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data: dict[str, Any],
            storage: str, sweep: str, use_gpu: bool, loop: Callable[[dict[str, Any]], None],
            schema: type[BaseModel], select: tuple[str, str], steps_per_pass: Callable[[dict[str, Any]], int]) -> None:
-    """One trial's driver: a TorchTrainer whose rank-0 reports flow to Tune."""
+    """One trial: the workload's loop in this process when the trial has one worker, else a
+    TorchTrainer whose rank-0 reports flow to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from components.training.driver import make_trainer
+    from components.training.driver import make_trainer, worker_config
+    from components.training.session import TuneSession, running_in
 
     trial_id = tune.get_context().get_trial_id()
     done = read_store_json(_done_marker(storage, sweep, trial_id))
@@ -86,6 +106,11 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
         tune.report(done)
         return
     train_cfg = trial_train_config(base, tp, config, schema, steps_per_pass)
+    if in_process(tp):
+        # Same loop, same steps; reports and checkpoints go straight to Tune.
+        with running_in(TuneSession(use_gpu)):
+            loop(worker_config({"train": train_cfg, "data": data}, tp.cpus_per_worker, select))
+        return
     reap_leaked_placement_groups()  # CPUs a stopped trial's Train run may have left held
     handover = _guard_report_handover()  # before the first report can exist
     trainer = make_trainer(
@@ -232,6 +257,73 @@ def _reaper(every_s: float = 10.0):
     return ReapLeakedGroups()
 
 
+def rounds(storage: str, name: str) -> list[str]:
+    """The sweep's Tune experiments in order: `name`, then `name-r2`, ... one per raise of
+    `num_samples` (a Tune experiment's trial count is fixed once it starts)."""
+    from ray import tune
+
+    found = []
+    while tune.Tuner.can_restore(f"{storage.rstrip('/')}/{name if not found else f'{name}-r{len(found) + 1}'}"):
+        found.append(name if not found else f"{name}-r{len(found) + 1}")
+    return found
+
+
+def searcher(tp: TuneParams, concurrent: int, done: list[dict[str, Any]], round_index: int):
+    """The search algorithm of a new round, told of the trials earlier rounds finished.
+
+    random: Ray's variant generator (seeded; a later round draws from another seed, so it
+    never repeats the first round's points). optuna: TPE, with every earlier trial added to
+    its study as evaluated (config and result): nothing is run twice.
+    """
+    if tp.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        known = [t for t in done if t[tp.metric] is not None]
+        alg = OptunaSearch(space=OptunaSearch.convert_search_space(search_space(tp.space)), metric=tp.metric,
+                           mode=tp.mode, seed=tp.seed,
+                           points_to_evaluate=[{k: t["config"][k] for k in tp.space} for t in known] or None,
+                           evaluated_rewards=[t[tp.metric] for t in known] or None)
+        return ConcurrencyLimiter(alg, max_concurrent=concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # The concurrency limit must live in the generator: Tune ignores max_concurrent_trials
+    # when a BasicVariantGenerator is passed.
+    return BasicVariantGenerator(points_to_evaluate=grid_points(tp)[len(done):] or None,
+                                 random_state=tp.seed + 7919 * round_index, max_concurrent=concurrent)
+
+
+def grid_points(tp: TuneParams) -> list[dict[str, Any]]:
+    """Every point of the `grid` dimensions (each `num_samples` times), in an order shuffled by
+    `tune.seed`: run in the grid's own order, ASHA would meet, say, every low lr first, keep them
+    (nothing better is known yet) and stop nothing. Other dimensions are drawn per trial."""
+    import itertools
+    import random
+
+    grid = {k: d.values for k, d in tp.space.items() if d.type == "grid"}
+    if not grid:
+        return []
+    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    points = points * tp.num_samples
+    random.Random(tp.seed).shuffle(points)
+    return points
+
+
+def planned(tp: TuneParams) -> int:
+    """Trials the sweep runs in all: `num_samples`, times the grid's size when it has one."""
+    return len(grid_points(tp)) or tp.num_samples
+
+
+def _trials(grid, metric: str) -> list[dict[str, Any]]:
+    """Each trial of a finished Tune run: id, config, epochs, metric, training seconds, error."""
+    out = []
+    for r in grid:
+        m = r.metrics or {}
+        out.append({"trial_id": m.get("trial_id"), "config": r.config, "epochs": m.get("epoch"),
+                    metric: m.get(metric), "train_s": m.get("train_s"), "error": str(r.error) if r.error else None})
+    return out
+
+
 @dataclass(frozen=True)
 class SweepOutcome:
     best_params: dict[str, Any]
@@ -249,16 +341,16 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
     MLflow: experiment `workload.name`, a parent run and a child run per trial, at `tracking_uri`."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     resources = init_ray()
     use_gpu = want_gpu(use_gpu_setting, resources, tp.workers_per_trial) and tp.gpus_per_worker > 0
-    plan = plan_trials(resources, tp.workers_per_trial, tp.cpus_per_worker,
-                       tp.gpus_per_worker if use_gpu else 0.0, tp.driver_memory_mb, tp.max_concurrent)
+    # reproducible: one trial at a time, so ASHA and the searcher see results in one order
+    plan = plan_trials(resources, tp.workers_per_trial, tp.cpus_per_worker, tp.gpus_per_worker if use_gpu else 0.0,
+                       tp.driver_memory_mb, 1 if tp.reproducible else tp.max_concurrent)
     per_pass = workload.steps_per_pass(data, base_train)
     budget = (f"{tp.steps_per_epoch} steps (tune.steps_per_epoch)" if tp.steps_per_epoch else
               f"{trial_steps(tp, per_pass)} steps ({tp.pass_frac:g} of a {per_pass}-step pass, at least {tp.min_steps})")
-    print(f"[tune] {tp.num_samples} trials, {plan.concurrent} at a time "
+    print(f"[tune] {planned(tp)} trials, {plan.concurrent} at a time "
           f"({tp.workers_per_trial} worker(s) x {tp.cpus_per_worker:g} CPU each, cluster {resources.get('CPU', 0):g} CPUs); "
           f"each trial up to {tp.epochs} epochs of {budget}", flush=True)
 
@@ -267,44 +359,49 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
                              use_gpu=use_gpu, loop=workload.worker_loop(), schema=workload.train_schema,
                              select=workload.select,
                              steps_per_pass=lambda cfg: workload.steps_per_pass(data, cfg)),
-        # The driver only waits on its TorchTrainer: it holds memory, not a CPU; the CPUs
-        # go to the Train workers, which Ray Train places in their own placement group.
-        {"CPU": 0, "memory": tp.driver_memory_mb * 2**20})
+        trial_resources(tp, use_gpu))
     experiment = workload.name
     parent_key = f"{experiment}/tune/{name}"
     callback = _mlflow_callback(tracking_uri, experiment, parent_key, {"trainyard.stage": "tune", "trainyard.code": code},
                                 {f"space.{k}": v.model_dump_json(exclude_none=True) for k, v in tp.space.items()}
-                                | {"num_samples": tp.num_samples, "concurrent": plan.concurrent}, tp.epochs,
+                                | {"search": tp.search, "concurrent": plan.concurrent}, tp.epochs,
                                 storage, name, workload.live_metrics)
-    path = f"{storage.rstrip('/')}/{name}"
-    if tune.Tuner.can_restore(path):
-        print(f"[tune] resuming the sweep at {path}", flush=True)
+    trials: list[dict[str, Any]] = []
+    names = rounds(storage, name)
+    for i, round_name in enumerate(names):
+        path = f"{storage.rstrip('/')}/{round_name}"
+        print(f"[tune] {'resuming' if i == len(names) - 1 else 'reading'} round {i + 1} at {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         # The restored run config comes from the pickled sweep state; attach this
         # process's MLflow writer (the old one died with the killed driver).
+        # (A new list each time: Tune appends its progress reporter to the one it is given.)
         tuner._local_tuner.get_run_config().callbacks = [callback, _reaper()]
-    else:
+        trials += _trials(tuner.fit(), tp.metric)
+    if len(trials) < planned(tp):
+        more = planned(tp) - len(trials)
+        round_name = name if not names else f"{name}-r{len(names) + 1}"
+        if trials:
+            print(f"[tune] {len(trials)} trials done before: {more} new ones (round {len(names) + 1})", flush=True)
         tuner = tune.Tuner(
             trainable,
-            param_space=search_space(tp.space),
+            **({} if tp.search == "optuna" else {"param_space": search_space(tp.space)}),
             tune_config=tune.TuneConfig(
-                metric=tp.metric, mode=tp.mode, num_samples=tp.num_samples,
+                metric=tp.metric, mode=tp.mode, num_samples=more,
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=tp.epochs,
                                         grace_period=tp.grace_period, reduction_factor=tp.reduction_factor),
-                # The concurrency limit must live in the generator: Tune ignores
-                # max_concurrent_trials when a BasicVariantGenerator is passed.
-                search_alg=BasicVariantGenerator(random_state=tp.seed, max_concurrent=plan.concurrent)),
-            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback, _reaper()], verbose=1),
+                search_alg=searcher(tp, plan.concurrent, trials, len(names)),
+                # in-process trials all ask for the same resources: one process serves them in turn
+                # (torch imported once), instead of a process started per trial
+                reuse_actors=in_process(tp)),
+            run_config=tune.RunConfig(name=round_name, storage_path=storage, callbacks=[callback, _reaper()], verbose=1,
+                                      # a trial's crash restarts it from its last checkpoint once, as
+                                      # Ray Train's worker-group restart does for a Train-run trial
+                                      failure_config=tune.FailureConfig(max_failures=1 if in_process(tp) else 0)),
         )
-    grid = tuner.fit()
-    trials = []
-    for r in grid:
-        m = r.metrics or {}
-        trials.append({"trial_id": m.get("trial_id"), "config": r.config, "epochs": m.get("epoch"),
-                       tp.metric: m.get(tp.metric), "error": str(r.error) if r.error else None})
+        trials += _trials(tuner.fit(), tp.metric)
     ok = [t for t in trials if t[tp.metric] is not None]
     if not ok:
         raise RuntimeError(f"every trial failed; first error: {trials[0]['error'] if trials else 'no trials'}")
-    best = (min if tp.mode == "min" else max)(ok, key=lambda t: t[tp.metric])
+    best = min(ok, key=lambda t: ((1 if tp.mode == "min" else -1) * t[tp.metric], t["trial_id"] or ""))
     return SweepOutcome({k: best["config"][k] for k in tp.space}, best[tp.metric], best["trial_id"],
                         trials, plan, callback.parent)

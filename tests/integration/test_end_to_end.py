@@ -130,7 +130,8 @@ def test_training_progress_reaches_the_console_once(tiny_project):
     for noise in ("PYTHON worker processes have been started", "Token authentication is enabled",
                   "serialized using CloudPickle", "owner has died", "RAW: Lock",
                   "Attempting to start training worker group", "Wrapping provided model in DistributedDataParallel",
-                  "'PreemptionWatcher'", "Cleaning up placement group", "Reporting training result"):
+                  "'PreemptionWatcher'", "Cleaning up placement group", "Reporting training result",
+                  "Checkpoint successfully created at"):
         assert noise not in log, noise
 
 

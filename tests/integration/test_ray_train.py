@@ -10,7 +10,8 @@ import time
 import pytest
 
 from components.cluster.resources import ResourceError, plan_trials
-from components.training.driver import fit, make_trainer
+from components.training.driver import fit, make_trainer, worker_config
+from components.training.session import LocalSession, running_in
 from components.workloads.char_lm.loop import train_loop_per_worker
 from tests.integration.conftest import small_train_cfg, wait_for
 
@@ -36,6 +37,28 @@ def test_two_workers_train_checkpoint_and_resume(ray_local, token_data, tmp_path
     assert [h["epoch"] for h in more.state["history"]] == [1, 2, 3]
     assert more.state["history"][:2] == hist
     assert time.perf_counter() - t0 < 300
+
+
+def _same_run(history: list[dict]) -> list[dict]:
+    """A history without its clock readings (seconds, throughput)."""
+    return [{k: v for k, v in h.items() if not k.endswith(("_s", "per_s"))} for h in history]
+
+
+def test_one_worker_gives_the_same_run_in_ray_train_and_in_a_plain_process(ray_local, token_data, tmp_path):
+    """The code path a sweep's 1-worker trials take (the loop in the trial's own process) trains
+    exactly what a 1-worker Ray Train run does: same losses every epoch, same resume point."""
+    cfg = small_train_cfg(epochs=2)
+    ray_run = fit(make_trainer(train_loop_per_worker, {"train": cfg, "data": token_data}, name="run-1w",
+                               storage_path=str(tmp_path), num_workers=1, cpus_per_worker=1, use_gpu=False,
+                               max_failures=0), 1)
+    local = LocalSession()
+    try:
+        with running_in(local):
+            train_loop_per_worker(worker_config({"train": cfg, "data": token_data}, 1, None))
+    finally:
+        local.close()
+    assert [h["epoch"] for h in local.reports] == [1, 2]
+    assert _same_run(local.reports) == _same_run(ray_run.state["history"])
 
 
 def test_impossible_requests_fail_against_the_real_cluster(ray_local):

