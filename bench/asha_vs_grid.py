@@ -30,9 +30,8 @@ sys.path.insert(0, str(REPO))
 from ray_overhead import corpus  # noqa: E402
 
 from components.config import dims  # noqa: E402
-from components.data.parquet import TOKEN_ROW_GROUP, write_table  # noqa: E402
 from components.params import load_params  # noqa: E402
-from components.workloads.char_lm.data import Vocab, split_text, tokens_table  # noqa: E402
+from components.workloads.char_lm.data import write_token_splits  # noqa: E402
 
 WITHIN = 0.02
 
@@ -83,13 +82,7 @@ def main() -> None:
     out = {}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        parts = split_text(corpus(args.chars), 0.05, 0.05)
-        vocab = Vocab.build(parts["train"])
-        data = {"vocab_size": len(vocab)}
-        for split in ("train", "val"):
-            ids = vocab.encode(parts[split])
-            write_table(work / f"{split}.parquet", tokens_table(ids), row_group_size=TOKEN_ROW_GROUP)
-            data[f"{split}_uri"], data[f"n_{split}"] = str(work / f"{split}.parquet"), len(ids)
+        data = write_token_splits(corpus(args.chars), work, 0.05, 0.05)
         init_ray()
         for label, over in (("grid", {"grace_period": args.epochs}),
                             ("asha", {"grace_period": 1, "reduction_factor": args.reduction_factor})):

@@ -29,11 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.data.parquet import TOKEN_ROW_GROUP, write_table  # noqa: E402
 from components.params import load_params  # noqa: E402
 from components.training.driver import fit, make_trainer, worker_config  # noqa: E402
 from components.training.session import LocalSession, running_in  # noqa: E402
-from components.workloads.char_lm.data import Vocab, split_text, tokens_table  # noqa: E402
+from components.workloads.char_lm.data import write_token_splits  # noqa: E402
 from components.workloads.char_lm.loop import train_loop_per_worker  # noqa: E402
 
 TINY = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -93,13 +92,7 @@ def main() -> None:
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        parts = split_text(corpus(args.chars), 0.05, 0.05)
-        vocab = Vocab.build(parts["train"])
-        data = {"vocab_size": len(vocab)}
-        for split in ("train", "val"):
-            ids = vocab.encode(parts[split])
-            write_table(work / f"{split}.parquet", tokens_table(ids), row_group_size=TOKEN_ROW_GROUP)
-            data[f"{split}_uri"], data[f"n_{split}"] = str(work / f"{split}.parquet"), len(ids)
+        data = write_token_splits(corpus(args.chars), work, 0.05, 0.05)
 
         t0 = time.time()
         local = TimedLocal()

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.data.parquet import TOKEN_ROW_GROUP, write_table
-from components.workloads.char_lm.data import Vocab, split_text, tokens_table
+from components.workloads.char_lm.data import write_token_splits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,15 +140,7 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def token_data(tmp_path_factory, corpus_text):
-    folder = tmp_path_factory.mktemp("tokens")
-    parts = split_text(corpus_text[:300_000], 0.1, 0.05)
-    vocab = Vocab.build(parts["train"])
-    out = {"vocab_size": len(vocab)}
-    for split in ("train", "val"):
-        ids = vocab.encode(parts[split])
-        write_table(folder / f"{split}.parquet", tokens_table(ids), row_group_size=TOKEN_ROW_GROUP)
-        out[f"{split}_uri"], out[f"n_{split}"] = str(folder / f"{split}.parquet"), len(ids)
-    return out
+    return write_token_splits(corpus_text[:300_000], tmp_path_factory.mktemp("tokens"), 0.1, 0.05)
 
 
 def small_train_cfg(**kw) -> dict:

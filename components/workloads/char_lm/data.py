@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from components.data.parquet import TOKENS_SCHEMA
+from components.data.parquet import TOKEN_ROW_GROUP, TOKENS_SCHEMA, write_table
 
 UNK = "<unk>"
 
@@ -72,6 +74,20 @@ def split_text(text: str, val_frac: float, test_frac: float) -> dict[str, str]:
 def tokens_table(ids: np.ndarray) -> pa.Table:
     """uint16 token ids as a one-column table, in corpus order."""
     return pa.Table.from_arrays([pa.array(ids, type=pa.uint16())], schema=TOKENS_SCHEMA)
+
+
+def write_token_splits(text: str, folder: Path, val_frac: float, test_frac: float) -> dict[str, Any]:
+    """Train and val token files of `text` in `folder`, with the vocabulary of train: what a
+    worker loop reads (`vocab_size`, `{split}_uri`, `n_{split}`). For benches and tests; the
+    pipeline's own files come from `normalize`."""
+    parts = split_text(text, val_frac, test_frac)
+    vocab = Vocab.build(parts["train"])
+    out: dict[str, Any] = {"vocab_size": len(vocab)}
+    for split in ("train", "val"):
+        ids = vocab.encode(parts[split])
+        write_table(folder / f"{split}.parquet", tokens_table(ids), row_group_size=TOKEN_ROW_GROUP)
+        out[f"{split}_uri"], out[f"n_{split}"] = str(folder / f"{split}.parquet"), len(ids)
+    return out
 
 
 def steps_per_pass(length: int, bptt: int) -> int:
