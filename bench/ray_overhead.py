@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# As Ray sets it for a worker of 1 CPU, before torch loads: the plain loop gets the same
+# thread pools as the Ray Train workers it is compared with.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 from components.params import load_params  # noqa: E402
 from components.training.driver import fit, make_trainer, worker_config  # noqa: E402
