@@ -370,7 +370,9 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
     names = rounds(storage, name)
     for i, round_name in enumerate(names):
         path = f"{storage.rstrip('/')}/{round_name}"
-        print(f"[tune] {'resuming' if i == len(names) - 1 else 'reading'} round {i + 1} at {path}", flush=True)
+        last = i == len(names) - 1
+        print(f"[tune] {'resuming the sweep' if last else f'reading its finished round {i + 1}'} at {path}",
+              flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         # The restored run config comes from the pickled sweep state; attach this
         # process's MLflow writer (the old one died with the killed driver).

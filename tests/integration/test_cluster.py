@@ -128,15 +128,16 @@ def _cluster_report(address: str, env: dict[str, str]) -> str:
 
 
 def _ray_records(address: str, env: dict[str, str]) -> dict:
-    """Nodes, and Train worker actors (node, job) from Ray's State API, in a fresh process."""
+    """Nodes, and the actors that trained (node, job, class) from Ray's State API, in a fresh
+    process: Ray Train workers, and Tune trial processes (which run 1-worker trials' loops)."""
     code = textwrap.dedent("""
         import json, sys, ray
         from ray.util.state import list_actors
         ray.init(address=sys.argv[1], log_to_driver=False)
         nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-        actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10000,
-                             raise_on_missing_output=False)
-        print(json.dumps({"nodes": nodes, "workers": [[a.node_id, a.job_id] for a in actors]}))
+        actors = list_actors(detail=True, limit=10000, raise_on_missing_output=False)
+        print(json.dumps({"nodes": nodes, "workers": [[a.node_id, a.job_id, a.class_name] for a in actors
+                                                      if a.class_name in ("RayTrainWorker", "ImplicitFunc")]}))
     """)
     p = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env,
                        timeout=120, check=True)
@@ -160,13 +161,15 @@ def test_repro_spreads_over_both_nodes_and_registers_on_the_postgres_server(clus
     project, env, out = cluster_project
     assert "Started a local Ray instance" not in out  # it used the cluster
 
-    # Ray's own records: the sweep's trials and the train stage each ran workers on both nodes
+    # Ray's own records: the sweep's trials (1-worker trials: in Tune's trial processes) and the
+    # train stage (Ray Train workers) each trained on both nodes
     rec = _ray_records(two_nodes["address"], env)
     assert len(rec["nodes"]) == 2
-    by_job: dict[str, set[str]] = {}
-    for node, job in rec["workers"]:
-        by_job.setdefault(job, set()).add(node)
-    assert len(by_job) == 2 and all(nodes == set(rec["nodes"]) for nodes in by_job.values()), by_job
+    by_job: dict[tuple[str, str], set[str]] = {}
+    for node, job, cls in rec["workers"]:
+        by_job.setdefault((job, cls), set()).add(node)
+    assert sorted(cls for _, cls in by_job) == ["ImplicitFunc", "RayTrainWorker"], by_job
+    assert all(nodes == set(rec["nodes"]) for nodes in by_job.values()), by_job
     reg = json.loads((project / "registry/char_lm/registered.json").read_text())
     assert "champion" in reg["aliases"]
 
