@@ -31,8 +31,9 @@ def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_pro
                   "data/char_lm/normalized/val.parquet", "--rev", "HEAD"], project).stdout
     assert re.search(r"^char-lm: [1-9]\d* version\(s\) built from data/char_lm/normalized/val.parquet at HEAD",
                      traced, re.M) and re.search(r"^v\d+\s", traced, re.M), traced
-    # a final-run key: train, evaluate and register rerun, the sweep does not
-    run(["dvc", "exp", "run", "--queue", "-n", "seed7", "-S", "char_lm.train.seed=7"], project)
+    # final-run keys (a shorter run): train, evaluate and register rerun, the sweep does not
+    run(["dvc", "exp", "run", "--queue", "-n", "seed7", "-S", "char_lm.train.seed=7",
+         "-S", "char_lm.train.steps_per_epoch=30"], project)
     run(["dvc", "queue", "start", "-j", "1"], project)
     deadline = time.monotonic() + 900
     while True:

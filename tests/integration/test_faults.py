@@ -212,7 +212,7 @@ def _train_args(out) -> list[str]:
 def _start_train(project, out, server, store, epochs: int, grace_s: float) -> tuple[subprocess.Popen, Path]:
     out.mkdir(parents=True)
     params = fault_params()
-    params["char_lm"]["train"].update(epochs=epochs, steps_per_epoch=120)
+    params["char_lm"]["train"].update(epochs=epochs, steps_per_epoch=40)
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = out / "train.log"
     env = {**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store),
