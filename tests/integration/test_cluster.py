@@ -98,8 +98,8 @@ def cluster_project(two_nodes, mlflow_auth, tmp_path_factory):
     env = {**project_env(), **two_nodes["env"], **mlflow_auth["env"]}
     out, workers = "", []
     # ~4 min here; the bound only keeps a hang from holding the cluster for the tests after it.
-    # The sweep first: Ray's GCS forgets a finished job's dead actors 5 min after the job ends,
-    # so where the trials ran is read now, not after the train stage.
+    # The sweep first, and where its trials ran read right after it: Ray's State API had lost
+    # the finished tune job's (dead) trial actors by the end of a slow full repro in CI.
     for target in ("tune@char_lm", "register@char_lm"):
         p = run_bounded(["dvc", "repro", target], project, env, timeout=900,
                         report=lambda: _cluster_report(two_nodes["address"], env))
