@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.integration.conftest import (
+    RAY_SCRIPT,
     REPO,
     make_project,
     project_env,
@@ -27,7 +28,6 @@ from tests.integration.conftest import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-RAY_SCRIPT = REPO / "infra/ray/local_cluster.py"
 MLFLOW_SCRIPT = REPO / "infra/mlflow/local_server.py"
 MODEL = tiny_params()["char_lm"]["register"]["model_name"]
 

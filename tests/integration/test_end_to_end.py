@@ -266,12 +266,13 @@ def test_mlflow_models_serve_answers_prompts(tiny_project):
             server.kill()
 
 
-def test_gru_trains_and_registers_under_the_same_name(tiny_project):
+def test_gru_trains_and_registers_under_the_same_name(tiny_project, shared_ray):
     # a short run: what is checked is the architecture's path through train, evaluate and register
     with edited_params(tiny_project, lambda p: p["char_lm"]["train"].update(arch="gru", steps_per_epoch=30)):
         # --single-item: rerun these stages only (the sweep of the LSTM is kept as it is)
         for stage in ("train", "evaluate", "register"):
-            run(["dvc", "repro", "--force", "--single-item", f"{stage}@char_lm"], tiny_project)
+            run(["dvc", "repro", "--force", "--single-item", f"{stage}@char_lm"], tiny_project,
+                env=project_env(shared_ray))
         reg = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())
         assert reg["name"] == "char-lm" and reg["tags"]["trainyard.arch"] == "gru"
         out = _mlflow(tiny_project, f"""

@@ -1,7 +1,7 @@
 """Faults injected for real: killed stage processes, a stopped MLflow server, concurrent
 registry writers, damaged files between stages. Each test checks that nothing is lost.
-(A SIGKILLed Train worker is in test_ray_train.py, on the session's one in-process Ray:
-a second local Ray on the same machine while stages start their own is not a setup we use.)"""
+The killed stages start their own local Ray, as `make run` does: what is checked is what
+the next run does with what they left. (A SIGKILLed Train worker is in test_ray_train.py.)"""
 
 from __future__ import annotations
 
@@ -112,10 +112,10 @@ def fault_project(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def good_train(fault_project, tmp_path_factory) -> dict:
+def good_train(fault_project, shared_ray, tmp_path_factory) -> dict:
     """One good `dvc repro train@char_lm` in the fault project: its dvc.lock, and its model and
     metrics copied aside (the killed-train test then overwrites the project's)."""
-    run(["dvc", "repro", "train@char_lm"], fault_project)
+    run(["dvc", "repro", "train@char_lm"], fault_project, env=project_env(shared_ray))
     keep = tmp_path_factory.mktemp("good-train")
     out = {"lock": (fault_project / "dvc.lock").read_text(),
            "md5": file_md5(fault_project / "models/char_lm/model.pt"),
@@ -209,13 +209,14 @@ def _train_args(out) -> list[str]:
             "--metrics", str(out / "train.json"), "--plot", str(out / "curve.csv")]
 
 
-def _start_train(project, out, server, store, epochs: int, grace_s: float) -> tuple[subprocess.Popen, Path]:
+def _start_train(project, out, server, store, epochs: int, grace_s: float,
+                 ray: dict[str, str]) -> tuple[subprocess.Popen, Path]:
     out.mkdir(parents=True)
     params = fault_params()
     params["char_lm"]["train"].update(epochs=epochs, steps_per_epoch=40)
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = out / "train.log"
-    env = {**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store),
+    env = {**project_env(ray), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store),
            "TRAINYARD_MLFLOW_GRACE_S": str(grace_s)}
     with open(log, "w") as f:
         proc = subprocess.Popen(_train_args(out), cwd=project, env=env, stdout=f, stderr=subprocess.STDOUT,
@@ -240,12 +241,13 @@ def _journal_entries(store: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in (store / "mlflow-journal").glob("*.jsonl"))
 
 
-def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_server, tmp_path):
+def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_server, shared_ray, tmp_path):
     project, server, store = fault_project, mlflow_server, tmp_path / "store"
 
     # A: the server dies after epoch 1 and comes back (while training goes on, or within the
     # stage's end-of-run grace when training is quicker than the server's restart)
-    proc, log = _start_train(project, tmp_path / "a", server, store, epochs=6, grace_s=240)
+    # on the shared Ray: what is tested is the tracking server going away, not Ray
+    proc, log = _start_train(project, tmp_path / "a", server, store, epochs=6, grace_s=240, ray=shared_ray)
     try:
         run_id = wait_for(lambda: _run_id(log), 180, "the train run's id", every_s=0.5)
         wait_for(lambda: _val_steps(server, run_id), 300, "epoch 1 logged to the server", every_s=0.5)
@@ -263,7 +265,7 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
 
     # B: the server dies after epoch 1 and stays down to the end of the stage; the stage still
     # publishes its model, and the next stage (evaluate) sends what was kept
-    proc, log = _start_train(project, tmp_path / "b", server, store, epochs=4, grace_s=1)
+    proc, log = _start_train(project, tmp_path / "b", server, store, epochs=4, grace_s=1, ray=shared_ray)
     try:
         run_id = wait_for(lambda: _run_id(log), 180, "the train run's id", every_s=0.5)
         wait_for(lambda: _val_steps(server, run_id), 300, "epoch 1 logged to the server", every_s=0.5)
@@ -296,7 +298,8 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
 
 # --- two pipelines register the same model name at the same moment ---
 
-def test_concurrent_registers_get_distinct_versions_and_the_better_champion(fault_project, good_train, tmp_path):
+def test_concurrent_registers_get_distinct_versions_and_the_better_champion(fault_project, good_train, shared_ray,
+                                                                            tmp_path):
     project = fault_project
     params = fault_params()
     params["char_lm"]["register"]["model_name"] = "char-lm-race"
@@ -319,7 +322,7 @@ def test_concurrent_registers_get_distinct_versions_and_the_better_champion(faul
                   "--model", m["model"]]
         if over is not None:
             run([sys.executable, "-m", "pipelines.train", *common, "--metrics", str(d / "train.json"),
-                 "--plot", str(d / "curve.csv")], project)
+                 "--plot", str(d / "curve.csv")], project, env=project_env(shared_ray))
         run([sys.executable, "-m", "pipelines.evaluate", *common, "--train-run", m["train"], "--metrics", m["eval"],
              "--reports", str(d / "reports")], project)
         models.append(m)
@@ -388,7 +391,8 @@ def test_damaged_parquet_between_stages_stops_train_naming_the_file(fault_projec
     ("tune", {"train": {"use_gpu": True}, "tune": {"gpus_per_worker": 1}},
      "use_gpu is true for 1 workers but the cluster has 0 GPUs"),
 ])
-def test_impossible_requests_stop_the_stage_at_once_with_the_numbers(fault_project, tmp_path, stage, over, needle):
+def test_impossible_requests_stop_the_stage_at_once_with_the_numbers(fault_project, shared_ray, tmp_path, stage, over,
+                                                                     needle):
     params = fault_params()
     for section, values in over.items():
         params["char_lm"][section].update(values)
@@ -398,7 +402,7 @@ def test_impossible_requests_stop_the_stage_at_once_with_the_numbers(fault_proje
                       "--plot", str(out / "curve.csv")],
             "tune": ["--out", str(out / "best_params.json")]}[stage]
     # Ray would retry placing them for this long; the stage must not get that far
-    env = {**project_env(), "TRAINYARD_WORKER_START_TIMEOUT_S": "3600"}
+    env = {**project_env(shared_ray), "TRAINYARD_WORKER_START_TIMEOUT_S": "3600"}
     p = run([sys.executable, "-m", f"pipelines.{stage}", "--workload", "char_lm", "--data", "data/char_lm/normalized",
              "--params", str(tmp_path / "params.yaml"), *args], fault_project, timeout=240, check=False, env=env)
     assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""Ray Train for real, on the session's one local Ray instance."""
+"""Ray Train for real, this process a driver of the session's shared Ray (`shared_ray`)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ PLUGIN = "regression=components.workloads.regression:WORKLOAD"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, shared_ray):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["regression"] = RegressionParams().model_dump(by_alias=True, mode="json")
     dest = make_project(tmp_path_factory.mktemp("plugin"), params)
@@ -34,7 +34,7 @@ def project(tmp_path_factory):
         items["regression"] = ({"inputs": "${regression.prepare.inputs}"} if "inputs" in items["char_lm"]
                                else {"meta": "stats.json"})
     (dest / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    env = project_env() | {"TRAINYARD_WORKLOADS": PLUGIN}
+    env = project_env(shared_ray) | {"TRAINYARD_WORKLOADS": PLUGIN}
     proc = run(["dvc", "repro", "register@regression"], dest, timeout=900, env=env)
     (dest / "repro.log").write_text(proc.stdout + proc.stderr)
     return dest
