@@ -138,21 +138,33 @@ def stop(state: Path, timeout_s: float = 20) -> list[int]:
     pids = sorted(set(record["pids"]) | set(cluster_pids(record["temp_dir"])))
     procs = []
     for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            procs.append(p)
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    for p in alive:
         with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=timeout_s)
+            procs.append((psutil.Process(pid), _is_gcs(pid)))
+    # The GCS last: a raylet told to stop while the GCS is going too waited ~10 s for it, and
+    # the GCS outlived a 20 s wait while raylets were still registered; in this order each
+    # takes about 2 s.
+    for last in (False, True):
+        stage = [p for p, gcs in procs if gcs == last]
+        for p in stage:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(stage, timeout=timeout_s)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=timeout_s)
     shutil.rmtree(record["temp_dir"], ignore_errors=True)
     state.with_suffix(".token").unlink(missing_ok=True)
     state.unlink()
-    return [p.pid for p in procs]
+    return [p.pid for p, _ in procs]
+
+
+def _is_gcs(pid: int) -> bool:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return Path(psutil.Process(pid).exe()).name == "gcs_server"
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:

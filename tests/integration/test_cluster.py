@@ -96,18 +96,43 @@ def cluster_project(two_nodes, mlflow_auth, tmp_path_factory):
     params["char_lm"]["train"]["placement"] = "spread"
     project = make_project(tmp_path_factory.mktemp("cluster-project"), params)
     env = {**project_env(), **two_nodes["env"], **mlflow_auth["env"]}
-    out, workers = "", []
-    # ~4 min here; the bound only keeps a hang from holding the cluster for the tests after it.
-    # The sweep first, and where its trials ran read right after it: Ray's State API had lost
-    # the finished tune job's (dead) trial actors by the end of a slow full repro in CI.
-    for target in ("tune@char_lm", "register@char_lm"):
-        p = run_bounded(["dvc", "repro", target], project, env, timeout=900,
+    # Where the trials and the Train workers ran is read while they run: Ray's State API had
+    # lost a finished tune job's (dead) trial actors by the time a read after the job came,
+    # twice in CI (once at the end of the whole repro, once seconds after `dvc repro tune`).
+    seen = project.parent / "actors.jsonl"
+    watcher = subprocess.Popen([sys.executable, "-c", WATCH, two_nodes["address"], str(seen), "900"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # ~4 min here; the bound only keeps a hang from holding the cluster for the tests after it
+        p = run_bounded(["dvc", "repro", "register@char_lm"], project, env, timeout=900,
                         report=lambda: _cluster_report(two_nodes["address"], env))
-        out += p.stdout + p.stderr
-        (project.parent / "repro.log").write_text(out)  # kept with the test's temp dir
-        assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
-        workers += _ray_records(two_nodes["address"], env)["workers"]
+    finally:
+        watcher.kill()
+        watcher.wait(30)
+    out = p.stdout + p.stderr
+    (project.parent / "repro.log").write_text(out)  # kept with the test's temp dir
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
+    workers = [json.loads(line) for line in seen.read_text().splitlines()] if seen.exists() else []
     return project, env, out, workers
+
+
+# Lists the actors that train (Ray Train workers; Tune trial processes, which run 1-worker
+# trials' loops) every second, appending each placed (node, job, class) the first time it is seen.
+WATCH = textwrap.dedent("""
+    import json, sys, time, ray
+    from ray.util.state import list_actors
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    seen, deadline = set(), time.monotonic() + float(sys.argv[3])
+    while time.monotonic() < deadline:
+        for a in list_actors(detail=True, limit=10000, raise_on_missing_output=False):
+            rec = (a.node_id, a.job_id, a.class_name)
+            # (a pending actor has no node yet)
+            if a.class_name in ("RayTrainWorker", "ImplicitFunc") and a.node_id and rec not in seen:
+                seen.add(rec)
+                with open(sys.argv[2], "a") as f:
+                    f.write(json.dumps(rec) + "\\n")
+        time.sleep(1)
+""")
 
 
 def _cluster_report(address: str, env: dict[str, str]) -> str:
@@ -133,18 +158,10 @@ def _cluster_report(address: str, env: dict[str, str]) -> str:
         return "--- the cluster did not answer within 120 s"
 
 
-def _ray_records(address: str, env: dict[str, str]) -> dict:
-    """Nodes, and the actors that trained (node, job, class) from Ray's State API, in a fresh
-    process: Ray Train workers, and Tune trial processes (which run 1-worker trials' loops)."""
-    code = textwrap.dedent("""
-        import json, sys, ray
-        from ray.util.state import list_actors
-        ray.init(address=sys.argv[1], log_to_driver=False)
-        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-        actors = list_actors(detail=True, limit=10000, raise_on_missing_output=False)
-        print(json.dumps({"nodes": nodes, "workers": [[a.node_id, a.job_id, a.class_name] for a in actors
-                                                      if a.class_name in ("RayTrainWorker", "ImplicitFunc")]}))
-    """)
+def _alive_nodes(address: str, env: dict[str, str]) -> list[str]:
+    """The cluster's live node IDs, asked from a fresh process."""
+    code = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))")
     p = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env,
                        timeout=120, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -169,13 +186,13 @@ def test_repro_spreads_over_both_nodes_and_registers_on_the_postgres_server(clus
 
     # Ray's own records: the sweep's trials (1-worker trials: in Tune's trial processes) and the
     # train stage (Ray Train workers) each trained on both nodes
-    rec = _ray_records(two_nodes["address"], env)
-    assert len(rec["nodes"]) == 2
+    nodes = _alive_nodes(two_nodes["address"], env)
+    assert len(nodes) == 2
     by_job: dict[tuple[str, str], set[str]] = {}
     for node, job, cls in workers:
         by_job.setdefault((job, cls), set()).add(node)
     assert sorted(cls for _, cls in by_job) == ["ImplicitFunc", "RayTrainWorker"], by_job
-    assert all(nodes == set(rec["nodes"]) for nodes in by_job.values()), by_job
+    assert all(where == set(nodes) for where in by_job.values()), by_job
     reg = json.loads((project / "registry/char_lm/registered.json").read_text())
     assert "champion" in reg["aliases"]
 
