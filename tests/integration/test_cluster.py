@@ -97,8 +97,8 @@ def cluster_project(two_nodes, mlflow_auth, tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("cluster-project"), params)
     env = {**project_env(), **two_nodes["env"], **mlflow_auth["env"]}
     # Where the trials and the Train workers ran is read while they run: Ray's State API had
-    # lost a finished tune job's (dead) trial actors by the time a read after the job came,
-    # twice in CI (once at the end of the whole repro, once seconds after `dvc repro tune`).
+    # lost a finished tune job's (dead) trial actors by the time a read after the job came
+    # (in CI at the end of the whole repro; in a targeted run seconds after `dvc repro tune`).
     seen = project.parent / "actors.jsonl"
     watcher = subprocess.Popen([sys.executable, "-c", WATCH, two_nodes["address"], str(seen), "900"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -124,7 +124,11 @@ WATCH = textwrap.dedent("""
     ray.init(address=sys.argv[1], log_to_driver=False)
     seen, deadline = set(), time.monotonic() + float(sys.argv[3])
     while time.monotonic() < deadline:
-        for a in list_actors(detail=True, limit=10000, raise_on_missing_output=False):
+        try:
+            actors = list_actors(detail=True, limit=10000, raise_on_missing_output=False)
+        except Exception:  # the dashboard busy or restarting: ask again next round
+            actors = []
+        for a in actors:
             rec = (a.node_id, a.job_id, a.class_name)
             # (a pending actor has no node yet)
             if a.class_name in ("RayTrainWorker", "ImplicitFunc") and a.node_id and rec not in seen:
