@@ -148,23 +148,22 @@ def tiny_project(tmp_path_factory, shared_ray) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local(shared_ray):
-    """This process as a driver of the shared Ray, for the in-process integration tests."""
+def ray_driver(shared_ray):
+    """This process as a driver of the shared Ray, for the in-process integration tests;
+    yields the cluster's resources. It connects as a stage does (`init_ray`: the Train
+    controller's poll interval and the rest of the stage's environment go to the cluster's
+    processes, Ray's noise filtered)."""
     import ray
 
-    from components.cluster.connect import forwarded_env
+    from components.cluster.connect import init_ray
 
-    # as init_ray does: the Train controller collects reports every 0.25 s, not every 2 s;
-    # the cluster's processes get it (and the rest a stage forwards) through the runtime env
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    os.environ.update({k: shared_ray[k] for k in RAY_ENV if k != "RAY_ADDRESS"})  # the token
+    os.environ.update(shared_ray)  # project_env() strips these again for the stages tests start
     # Ray read the auth mode when it was imported (at collection): have it read it again, as
     # Ray's own tests do when they switch token auth on
     from ray._private.authentication_test_utils import reset_auth_token_state
 
     reset_auth_token_state()
-    ray.init(address=shared_ray["RAY_ADDRESS"], log_to_driver=False, runtime_env={"env_vars": forwarded_env()})
-    yield {k: float(v) for k, v in ray.cluster_resources().items()}
+    yield init_ray()
     ray.shutdown()
 
 

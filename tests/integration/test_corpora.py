@@ -22,7 +22,7 @@ MARGIN = 0.2  # nats/char below the count bigram on val
 SHORT = CharLMParams.model_validate({"train": {"max_tokens": 400 * 64 * 64}})
 
 
-def test_a_small_markov_corpus_beats_the_bigram_and_nears_the_entropy_rate(ray_local, tmp_path):
+def test_a_small_markov_corpus_beats_the_bigram_and_nears_the_entropy_rate(ray_driver, tmp_path):
     src = MarkovSource.random(seed=0)
     # SHORT is two thirds of what the default run trains on here before patience ends it (2.4M)
     m = fit_and_score(src.sample(200_000, seed=1), tmp_path, SHORT, name="markov-small")
@@ -33,7 +33,7 @@ def test_a_small_markov_corpus_beats_the_bigram_and_nears_the_entropy_rate(ray_l
     assert m["val_loss"] > rate - 0.05  # nothing beats the source itself (sampling noise aside)
 
 
-def test_a_small_corpus_with_a_large_alphabet_beats_the_bigram(ray_local, tmp_path):
+def test_a_small_corpus_with_a_large_alphabet_beats_the_bigram(ray_driver, tmp_path):
     text = korean_text()
     m = fit_and_score(text, tmp_path, name="korean")
     print(f"korean: {len(text):,} chars, vocab {m['vocab_size']}: model {m['val_loss']:.4f}, "
@@ -42,7 +42,7 @@ def test_a_small_corpus_with_a_large_alphabet_beats_the_bigram(ray_local, tmp_pa
     assert m["val_loss"] < m["baseline_bigram_val_loss"] - MARGIN
 
 
-def test_an_english_corpus_of_300k_characters_beats_the_bigram(ray_local, tmp_path):
+def test_an_english_corpus_of_300k_characters_beats_the_bigram(ray_driver, tmp_path):
     p = SHORT
     m = fit_and_score(english_text(300_000), tmp_path, p, name="english")
     print(f"english-300k: model {m['val_loss']:.4f}, bigram {m['baseline_bigram_val_loss']:.4f}, {m['steps']} steps")

@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def test_char_lm_trains_on_the_gpu_and_its_checkpoint_loads_on_a_cpu_host(ray_local, token_data, tmp_path):
-    assert want_gpu("auto", ray_local, 1)  # `use_gpu: auto` picks the GPU when the cluster has one per worker
+def test_char_lm_trains_on_the_gpu_and_its_checkpoint_loads_on_a_cpu_host(ray_driver, token_data, tmp_path):
+    assert want_gpu("auto", ray_driver, 1)  # `use_gpu: auto` picks the GPU when the cluster has one per worker
     cfg = small_train_cfg(epochs=3, steps_per_epoch=40, n_hidden=256, bs=64)
     result = fit(make_trainer(train_loop_per_worker, {"train": cfg, "data": token_data}, name="cuda", storage_path=str(tmp_path),
                               num_workers=1, cpus_per_worker=1, use_gpu=True, max_failures=0), 3)

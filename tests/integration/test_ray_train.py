@@ -18,7 +18,7 @@ from tests.integration.conftest import small_train_cfg, wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_two_workers_train_checkpoint_and_resume(ray_local, token_data, tmp_path):
+def test_two_workers_train_checkpoint_and_resume(ray_driver, token_data, tmp_path):
     kw = dict(name="run-a", storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1,
               use_gpu=False, max_failures=0)
     first = fit(make_trainer(train_loop_per_worker, {"train": small_train_cfg(), "data": token_data}, **kw), 2)
@@ -44,7 +44,7 @@ def _same_run(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if not k.endswith(("_s", "per_s"))} for h in history]
 
 
-def test_one_worker_gives_the_same_run_in_ray_train_and_in_a_plain_process(ray_local, token_data, tmp_path):
+def test_one_worker_gives_the_same_run_in_ray_train_and_in_a_plain_process(ray_driver, token_data, tmp_path):
     """The code path a sweep's 1-worker trials take (the loop in the trial's own process) trains
     exactly what a 1-worker Ray Train run does: same losses every epoch, same resume point."""
     cfg = small_train_cfg(epochs=2)
@@ -61,14 +61,14 @@ def test_one_worker_gives_the_same_run_in_ray_train_and_in_a_plain_process(ray_l
     assert _same_run(local.reports) == _same_run(ray_run.state["history"])
 
 
-def test_impossible_requests_fail_against_the_real_cluster(ray_local):
+def test_impossible_requests_fail_against_the_real_cluster(ray_driver):
     with pytest.raises(ResourceError, match="the cluster has 2 CPUs, 0 GPUs"):
-        plan_trials(ray_local, workers=1, cpus_per_worker=1, gpus_per_worker=1, driver_memory_mb=256, requested=None)
-    assert plan_trials(ray_local, 1, 1, 0, 256, None).concurrent == 2
+        plan_trials(ray_driver, workers=1, cpus_per_worker=1, gpus_per_worker=1, driver_memory_mb=256, requested=None)
+    assert plan_trials(ray_driver, 1, 1, 0, 256, None).concurrent == 2
 
 
 def test_workers_that_cannot_be_placed_fail_with_the_numbers_instead_of_waiting_forever(
-        ray_local, token_data, tmp_path, monkeypatch):
+        ray_driver, token_data, tmp_path, monkeypatch):
     """Someone else holds a CPU: Ray Train would retry placing the 2 workers every minute,
     forever; the run gives up after TRAINYARD_WORKER_START_TIMEOUT_S and says why."""
     from ray.util.placement_group import placement_group, remove_placement_group
@@ -90,7 +90,7 @@ def test_workers_that_cannot_be_placed_fail_with_the_numbers_instead_of_waiting_
         remove_placement_group(other)
 
 
-def test_a_placement_group_whose_creator_died_is_removed_so_its_cpus_come_back(ray_local):
+def test_a_placement_group_whose_creator_died_is_removed_so_its_cpus_come_back(ray_driver):
     """What a Train controller killed as Tune stops its trial can leave: a group holding a CPU
     for no one, which Ray keeps while the job lives and, if the create request lost the race
     with the actor's death, after it too. The next run start (or trial) removes it."""
@@ -120,7 +120,7 @@ def test_a_placement_group_whose_creator_died_is_removed_so_its_cpus_come_back(r
     wait_for(lambda: ray.available_resources().get("CPU", 0) == 2, 30, "both CPUs")
 
 
-def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(ray_local, token_data, tmp_path):
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(ray_driver, token_data, tmp_path):
     import math
     from pathlib import Path
 
@@ -156,7 +156,7 @@ def _train_worker_pids(exclude: set[int] = frozenset()) -> list[int]:
     return sorted(out)
 
 
-def test_worker_sigkill_mid_epoch_resumes_from_the_last_checkpoint(ray_local, token_data, tmp_path):
+def test_worker_sigkill_mid_epoch_resumes_from_the_last_checkpoint(ray_driver, token_data, tmp_path):
     # dropout on, so the resumed epochs must also replay the same random masks
     cfg = small_train_cfg(epochs=4, steps_per_epoch=300, n_hidden=64, dropout=0.2)
     kw = dict(storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1, use_gpu=False)

@@ -1,4 +1,4 @@
-"""Sweeps through `run_sweep` on the session's one local Ray: in-process 1-worker trials,
+"""Sweeps through `run_sweep` on the session's shared Ray: in-process 1-worker trials,
 more trials added to a finished sweep, and a reproducible pick."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _children(uri: str, parent: str) -> dict[str, tuple[str, int]]:
             for r in c.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")}
 
 
-def test_a_finished_optuna_sweep_raised_to_more_samples_runs_only_the_new_ones(ray_local, token_data, tmp_path):
+def test_a_finished_optuna_sweep_raised_to_more_samples_runs_only_the_new_ones(ray_driver, token_data, tmp_path):
     first, uri = _sweep(tmp_path, token_data, "sw", search="optuna")
     old = {t["trial_id"] for t in first.trials}
     assert len(old) == 2 and all(t["val_loss"] is not None for t in first.trials)
@@ -51,7 +51,7 @@ def test_a_finished_optuna_sweep_raised_to_more_samples_runs_only_the_new_ones(r
     assert more.best_metric == min(t["val_loss"] for t in more.trials)
 
 
-def test_a_reproducible_sweep_picks_the_same_trial_every_time(ray_local, token_data, tmp_path):
+def test_a_reproducible_sweep_picks_the_same_trial_every_time(ray_driver, token_data, tmp_path):
     a, _ = _sweep(tmp_path, token_data, "rep-a", reproducible=True, num_samples=3)
     b, _ = _sweep(tmp_path, token_data, "rep-b", reproducible=True, num_samples=3)
     assert a.plan.concurrent == b.plan.concurrent == 1
