@@ -78,8 +78,11 @@ class OptimParams(Section):
     final_div: Annotated[float, Field(gt=1)] = knob(1e4, "onecycle: end at lr / (div_factor * final_div)")
     patience: PositiveInt | None = knob(None, "stop after this many epochs without a better val metric "
                                         "(the best epoch is published either way); null: run every epoch")
+    in_process: bool = knob(True, "a 1-worker run with no cluster (RAY_ADDRESS unset) trains in the stage's own "
+                            "process: no Ray, no worker group (~20 s less a run); false: Ray Train always")
     max_failures: Annotated[int, Field(ge=0)] = knob(2, "worker-group restarts from the last checkpoint "
-                                                     "before giving up")
+                                                     "before giving up (Ray Train runs; a run in the stage's "
+                                                     "process fails at once and the next repro resumes)")
     placement: Literal["pack", "spread"] = knob("pack", "pack | spread: workers fill one node first, "
                                                 "or go one per node")
 
@@ -179,7 +182,7 @@ class RegisterParams(Section):
 # `tune`, so these neither reach a trial nor may be searched (and `tune` does not rerun
 # when they change; see `trial_params` in dvc.yaml).
 FINAL_ONLY = ("use_tuned", "epochs", "steps_per_epoch", "max_tokens", "time_budget_s", "num_workers",
-              "cpus_per_worker", "seed", "max_failures", "placement", "patience", "bigram_mix")
+              "cpus_per_worker", "seed", "in_process", "max_failures", "placement", "patience", "bigram_mix")
 
 
 def trial_params(train: BaseModel) -> dict[str, Any]:

@@ -58,10 +58,16 @@ def local_state_dir() -> Path:
 
 
 
+def store_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of a run-store path or URI, and the path within it."""
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
+
+
+
 def write_store_json(uri: str, obj: Any) -> None:
     """Write a small JSON file in the run store (a local path or a URI), atomically where the
     filesystem allows (a local rename; object stores publish whole objects anyway)."""
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
+    fs, path = store_fs(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with fs.open_output_stream(tmp) as f:
@@ -72,7 +78,7 @@ def write_store_json(uri: str, obj: Any) -> None:
 
 def read_store_json(uri: str) -> Any | None:
     """A JSON file from the run store, or None when there is none."""
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
+    fs, path = store_fs(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
     with fs.open_input_stream(path) as f:

@@ -1,11 +1,12 @@
 r"""train: the workload's model, data parallel over Ray Train workers, with the sweep's best
-params unless `train.use_tuned: false`.
+params unless `train.use_tuned: false`. A 1-worker run with no cluster to go to (`RAY_ADDRESS`
+unset) trains in this process instead, without starting Ray (`train.in_process`).
 
     python -m pipelines.train --workload char_lm --data data/char_lm/normalized \
         --tuned tune/char_lm/best_params.json --model models/char_lm/model.pt \
         --metrics metrics/char_lm/train.json --plot plots/char_lm/train_curve.csv
 
-The run record (MLflow run id, Ray run folder, tuned values) goes to `train_run.json` beside
+The run record (MLflow run id, checkpoint folder, tuned values) goes to `train_run.json` beside
 the model (or `--run-info`); `--metrics` holds numbers only, for `dvc metrics`.
 """
 
@@ -18,14 +19,14 @@ from typing import Any
 
 from components.cli.entry import main, paths, workload
 from components.cluster.connect import init_ray
-from components.cluster.resources import check_train_fits, want_gpu
+from components.cluster.resources import check_train_fits, local_resources, want_gpu
 from components.data.parquet import atomic_path, load_manifest, read_json, write_json
 from components.fingerprint import code_fingerprint
 from components.store import params_key, stage_storage
 from components.tracking import runs
-from components.tracking.journal import Writer, live_metrics_callback
+from components.tracking.journal import LiveMetrics, Writer, live_metrics_callback
 from components.tracking.session import connect
-from components.training.driver import fit, make_trainer
+from components.training.driver import fit, fit_in_process, make_trainer, trains_in_process
 
 
 def effective_train_params(tp, tuned_file: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -81,7 +82,7 @@ def write_curve(path: str | Path, history: list[dict[str, float]], extra: tuple[
 
 
 def run_info_path(args: argparse.Namespace) -> Path:
-    """Where train records its run (MLflow run id, Ray run folder, tuned values): `--run-info`,
+    """Where train records its run (MLflow run id, checkpoint folder, tuned values): `--run-info`,
     else `train_run.json` beside the model; evaluate and register read it from there."""
     return Path(getattr(args, "run_info", None) or Path(args.model).with_name("train_run.json"))
 
@@ -94,7 +95,8 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     manifest = load_manifest(args.data)
     data = w.training_data(args.data, cfg, p)
 
-    resources = init_ray()
+    here = trains_in_process(cfg)
+    resources = local_resources() if here else init_ray()
     gpu = want_gpu(cfg["use_gpu"], resources, cfg["num_workers"])
     check_train_fits(resources, cfg["num_workers"], cfg["cpus_per_worker"], gpu)
     # Same code + params + data -> same key -> a re-run resumes this run's checkpoints;
@@ -110,20 +112,28 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     usual = [k for k in w.headline if k in cfg]
     shown = usual + sorted(set(tuned_values) - set(usual))  # a searched n_hidden shows too
     tuned = {k: cfg[k] for k in shown}
-    print(f"[train] {cfg.get('arch', args.workload)} on {cfg['num_workers']} worker(s){' (GPU)' if gpu else ''}, "
+    where = "1 worker, in this process (no cluster: RAY_ADDRESS unset)" if here else f"{cfg['num_workers']} worker(s)"
+    print(f"[train] {cfg.get('arch', args.workload)} on {where}{' (GPU)' if gpu else ''}, "
           f"{describe_values(cfg, p.train.model_dump(), tuned_values, shown)}, {describe_budget(cfg)}; "
           f"MLflow run {run_id}", flush=True)
     # From here on the run exists: writes the server cannot take wait in the journal.
     writer = Writer(t.uri)
-    live = live_metrics_callback(writer.uri, run_id, str(writer.journal.path), w.live_metrics)
-    trainer = make_trainer(w.worker_loop(), {"train": cfg, "data": data.workers}, name=f"run-{key}",
-                           storage_path=stage_storage(args.workload, "train"),
-                           num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
-                           use_gpu=gpu, max_failures=cfg["max_failures"], callbacks=[live],
-                           placement=cfg["placement"], select=w.select)
+    live = (writer.uri, run_id, str(writer.journal.path), w.live_metrics)
+    loop_config, storage = {"train": cfg, "data": data.workers}, stage_storage(args.workload, "train")
     monitor = runs.system_metrics(run_id, t.uri)
     try:
-        outcome = fit(trainer, cfg["num_workers"], w.select)
+        if here:
+            # its own folder: a Train run of the same key (with RAY_ADDRESS set) keeps another layout
+            outcome = fit_in_process(w.worker_loop(), loop_config, run_uri=f"{storage.rstrip('/')}/run-{key}-in-process",
+                                     cpus_per_worker=cfg["cpus_per_worker"], use_gpu=gpu, select=w.select,
+                                     on_report=LiveMetrics(*live).log)
+        else:
+            trainer = make_trainer(w.worker_loop(), loop_config, name=f"run-{key}", storage_path=storage,
+                                   num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
+                                   use_gpu=gpu, max_failures=cfg["max_failures"],
+                                   callbacks=[live_metrics_callback(*live)], placement=cfg["placement"],
+                                   select=w.select)
+            outcome = fit(trainer, cfg["num_workers"], w.select)
     except BaseException:
         writer.finish(run_id, "FAILED")
         raise
@@ -143,7 +153,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
                "train_loss": best["train_loss"], "val_loss": best["val_loss"], "train_s": last["train_s"],
                **{k: best[k] for k in (*w.live_metrics, "samples_padded") if k in best and k not in ("epoch", "lr")}}
     info = {"run_id": run_id, "arch": cfg.get("arch", "-"), "selected_by": f"{w.select[0]} ({w.select[1]})",
-            "params": tuned, "ray_run_path": outcome.run_path}
+            "params": tuned, "run_path": outcome.run_path}
     write_json(run_info_path(args), info)
     write_json(args.metrics, metrics)
     write_curve(args.plot, history, w.live_metrics)

@@ -112,6 +112,14 @@ def free_resources_line() -> str:
 
 
 
+def local_resources() -> dict[str, float]:
+    """This machine's CPUs and GPUs, for a run that trains in the stage's own process."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+
 def check_train_fits(resources: dict[str, float], workers: int, cpus_per_worker: float, gpu: bool) -> None:
     """Fail at once, with the numbers, when a training run can never be placed."""
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)

@@ -201,35 +201,46 @@ def _unreachable(err: BaseException) -> bool:
                                    "ConnectTimeout", "ReadTimeout", "RemoteDisconnected", "503", "502"))
 
 
-def live_metrics_callback(uri: str, run_id: str, journal_file: str | Path, keys: tuple[str, ...]):
-    """A Ray Train callback that logs each epoch's rank-0 metrics to the run as it is reported.
+class LiveMetrics:
+    """Logs each epoch's rank-0 report to the run as it comes (`log(report)`).
 
-    It runs in Ray Train's controller, the one process that sees every report; the stage's
-    driver writes nothing to this run until training returns, so there is still one writer
-    at a time. A write that cannot be sent goes to the journal; if even that fails (full),
-    training goes on: the history is in every checkpoint and is logged again at the end.
+    The stage's driver writes nothing to this run until training returns, so there is still
+    one writer at a time. A write that cannot be sent goes to the journal; if even that fails
+    (full), training goes on: the history is in every checkpoint and is logged again at the end.
     """
+
+    def __init__(self, uri: str, run_id: str, journal_file: str | Path, keys: tuple[str, ...]) -> None:
+        self.uri, self.run_id, self.journal_file, self.keys = uri, run_id, Path(journal_file), keys
+        self.writer: Writer | None = None
+        self.warned = False
+
+    def log(self, report: dict[str, Any]) -> None:
+        """Send one report's metrics (`keys` only); after a resume the report carries the
+        restored history, which fills any gap."""
+        row = {k: v for k, v in report.items() if k in self.keys}
+        if "epoch" not in row:
+            return
+        rows = [{k: v for k, v in r.items() if k in self.keys} for r in report.get("history", [])] or [row]
+        try:
+            if self.writer is None:
+                self.writer = Writer(self.uri, Journal(self.journal_file))
+            if not self.writer.log_history(self.run_id, rows) and not self.warned:
+                print(f"[mlflow] {self.uri} does not answer: keeping metrics in {self.journal_file}", flush=True)
+                self.warned = True
+        except Exception as err:  # noqa: BLE001 - tracking trouble never stops training
+            print(f"[mlflow] could not record epoch {row['epoch']}: {err}", flush=True)
+
+
+def live_metrics_callback(uri: str, run_id: str, journal_file: str | Path, keys: tuple[str, ...]):
+    """A Ray Train callback that hands each rank-0 report to `LiveMetrics`. It runs in Ray
+    Train's controller, the one process that sees every report."""
     import ray.train
 
-    class LiveMetrics(ray.train.UserCallback):
+    class LiveMetricsCallback(ray.train.UserCallback):
         def __init__(self) -> None:
-            self.writer: Writer | None = None
-            self.warned = False
+            self.live = LiveMetrics(uri, run_id, journal_file, keys)
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
-            report = metrics[0] if metrics else {}
-            row = {k: v for k, v in report.items() if k in keys}
-            if "epoch" not in row:
-                return
-            # after a resume the report carries the restored history: fill any gap
-            rows = [{k: v for k, v in r.items() if k in keys} for r in report.get("history", [])] or [row]
-            try:
-                if self.writer is None:
-                    self.writer = Writer(uri, Journal(Path(journal_file)))
-                if not self.writer.log_history(run_id, rows) and not self.warned:
-                    print(f"[mlflow] {uri} does not answer: keeping metrics in {journal_file}", flush=True)
-                    self.warned = True
-            except Exception as err:  # noqa: BLE001 - tracking trouble never stops training
-                print(f"[mlflow] could not record epoch {row['epoch']}: {err}", flush=True)
+            self.live.log(metrics[0] if metrics else {})
 
-    return LiveMetrics()
+    return LiveMetricsCallback()

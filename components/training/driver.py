@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,43 @@ class TrainOutcome:
     def published(self) -> dict[str, Any]:
         """What a workload's `publish` gets: the best epoch's weights with the whole run's history."""
         return {**self.state, "model": self.best["model"]}
+
+
+def trains_in_process(cfg: dict[str, Any]) -> bool:
+    """Whether a train run goes in the stage's own process: one worker, `in_process` on, and no
+    cluster to run on (`RAY_ADDRESS` unset). With a cluster, even one worker runs there."""
+    return cfg["num_workers"] == 1 and cfg.get("in_process", False) and not os.environ.get("RAY_ADDRESS")
+
+
+def fit_in_process(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, run_uri: str,
+                   cpus_per_worker: float, use_gpu: bool, select: tuple[str, str] | None = None,
+                   on_report: Callable[[dict[str, Any]], None] | None = None) -> TrainOutcome:
+    """Run a workload's loop as the one rank, in this process, checkpointing to `run_uri` in
+    the run store (a run started again resumes there); what `fit` returns for a Train run.
+
+    No Ray is started: for one worker, a Train controller, a worker group and a placement
+    group cost seconds and buy nothing. A failure ends the run (there is no worker group to
+    restart); the next run with the same key resumes from the last checkpoint."""
+    import torch
+
+    from components.training.checkpoints import load_state
+    from components.training.session import StageSession, running_in
+
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+    session = StageSession(run_uri, device, select, on_report)
+    with running_in(session):
+        loop(worker_config(loop_config, cpus_per_worker, select))
+    last, best = session.latest(), session.best()
+    if last is None or best is None:
+        raise RuntimeError("training finished without reporting a checkpoint")
+
+    def load(entry: dict[str, Any]) -> dict[str, Any]:
+        with session.opened(entry) as d:
+            return load_state(d)
+
+    state = load(last)
+    return TrainOutcome(state=state, best=state if best is last else load(best), run_path=session.run_uri,
+                        num_workers=1)
 
 
 def fit(trainer, num_workers: int, select: tuple[str, str] | None = None) -> TrainOutcome:

@@ -4,17 +4,20 @@
 - `TuneSession`: the Ray Tune trial's own process, one rank and no worker group. A sweep's
   1-worker trials run here: a Train controller, a worker group and their placement group
   cost seconds per trial and buy nothing for one rank.
+- `StageSession`: the train stage's own process, for a 1-worker run off a cluster: one rank,
+  no Ray at all; checkpoints go to the run store, so a re-run resumes as a Train run does.
 - `LocalSession`: a plain process (benches); reports are kept in memory.
 
-The loop code is the same in all three: only where reports and checkpoints go differs.
+The loop code is the same in all four: only where reports and checkpoints go differs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -144,6 +147,100 @@ class LocalSession:
     def close(self) -> None:
         """Remove the kept checkpoint."""
         shutil.rmtree(self._root, ignore_errors=True)
+
+
+INDEX_FILE = "checkpoints.json"
+
+
+class StageSession:
+    """The train stage's own process running a 1-worker loop: rank 0 of 1 on `device`.
+
+    Each reported checkpoint is copied to `<run_uri>/<dir_name>` in the run store (a local
+    path or a URI) and listed, with its metrics, in `<run_uri>/checkpoints.json`, written
+    after the copy: a checkpoint is either listed and whole, or not there. Kept: the latest
+    (to resume from) and the best by `select` (to publish), as the Train run keeps them. The
+    same run started again resumes from the latest. `on_report` gets every report (live metrics).
+    """
+
+    def __init__(self, run_uri: str, device: torch.device, select: tuple[str, str] | None = None,
+                 on_report: Callable[[dict[str, Any]], None] | None = None) -> None:
+        from components.store import read_store_json
+
+        self.run_uri, self._device, self.select, self.on_report = run_uri.rstrip("/"), device, select, on_report
+        self.entries: list[dict[str, Any]] = read_store_json(self._at(INDEX_FILE)) or []
+
+    def _at(self, name: str) -> str:
+        return f"{self.run_uri}/{name}"
+
+    def rank_world(self) -> tuple[int, int]:
+        return 0, 1
+
+    def device(self) -> torch.device:
+        return self._device
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        raise RuntimeError("a 1-worker run in the stage's process has nothing to wrap in DDP")
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, dir_name: str | None = None) -> None:
+        import pyarrow.fs as pafs
+
+        from components.store import store_fs, write_store_json
+
+        if checkpoint_dir:
+            name = dir_name or f"checkpoint-{len(self.entries) + 1:04d}"
+            fs, dest = store_fs(self._at(name))
+            if fs.get_file_info(dest).type != pafs.FileType.NotFound:
+                fs.delete_dir(dest)  # a copy the last attempt left unlisted
+            fs.create_dir(dest, recursive=True)
+            pafs.copy_files(checkpoint_dir, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+            row = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+            self.entries = [e for e in self.entries if e["dir"] != name] + [{"dir": name, "metrics": row}]
+            keep = [e for e in self.entries if e is self.latest() or e is self.best()]
+            write_store_json(self._at(INDEX_FILE), keep)
+            for gone in (e for e in self.entries if e not in keep):
+                fs.delete_dir(store_fs(self._at(gone["dir"]))[1])
+            self.entries = keep
+        if self.on_report is not None:
+            self.on_report(copy.deepcopy(metrics))  # a snapshot, as a Train report is: the loop's history grows
+
+    def latest(self) -> dict[str, Any] | None:
+        """The index entry of the last reported checkpoint, or None before the first."""
+        return self.entries[-1] if self.entries else None
+
+    def best(self) -> dict[str, Any] | None:
+        """The index entry of the best checkpoint by `select` (the earliest on a tie); the
+        latest when nothing selects."""
+        if not self.select:
+            return self.latest()
+        metric, sign = self.select[0], (1 if self.select[1] == "min" else -1)
+        scored = [(i, e) for i, e in enumerate(self.entries) if metric in e["metrics"]]
+        if not scored:
+            return self.latest()
+        return min(scored, key=lambda ie: (sign * ie[1]["metrics"][metric], ie[0]))[1]
+
+    @contextlib.contextmanager
+    def opened(self, entry: dict[str, Any]) -> Iterator[str]:
+        """A local folder holding `entry`'s checkpoint (the run store's own folder when local)."""
+        import pyarrow.fs as pafs
+
+        from components.store import store_fs
+
+        if "://" not in self.run_uri:
+            yield self._at(entry["dir"])
+            return
+        fs, src = store_fs(self._at(entry["dir"]))
+        with tempfile.TemporaryDirectory(prefix="trainyard-ckpt-") as tmp:
+            pafs.copy_files(src, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            yield tmp
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self) -> Iterator[str | None]:
+        last = self.latest()
+        if last is None:
+            yield None
+            return
+        with self.opened(last) as d:
+            yield d
 
 
 _current: Session | None = None

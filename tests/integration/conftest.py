@@ -22,7 +22,8 @@ RAY_SCRIPT = REPO / "infra/ray/local_cluster.py"
 RAY_ENV = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
 
 # Small enough for CI on 2 cores, large enough that every mechanism runs: 6 trials two at a
-# time with ASHA, 2 DDP workers, checkpoints every epoch.
+# time with ASHA, checkpoints every epoch; the char-LM's final run on 1 worker in the stage's
+# own process (`train.in_process`), the image classifier's on 2 DDP workers through Ray Train.
 TINY = {
     "char_lm": {
         # every point of this space trains to well below the bigram baseline (~2.52 nats/char on
@@ -32,7 +33,7 @@ TINY = {
                  "space": {"bptt": {"type": "choice", "values": [16, 32]},
                            "lr": {"type": "loguniform", "low": 0.005, "high": 0.02},
                            "dropout": {"type": "uniform", "low": 0.0, "high": 0.1}}},
-        "train": {"epochs": 2, "steps_per_epoch": 100, "bs": 32, "n_hidden": 128, "val_bptt": 64},
+        "train": {"epochs": 2, "steps_per_epoch": 100, "bs": 32, "n_hidden": 128, "val_bptt": 64, "num_workers": 1},
         "evaluate": {"n_chars": 60},
     },
     "image_classifier": {
@@ -138,11 +139,12 @@ def shared_ray(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_project(tmp_path_factory, shared_ray) -> Path:
-    """A repository copy with tiny params, after one full `dvc repro` on the shared Ray
-    (shared by the e2e tests)."""
+def tiny_project(tmp_path_factory) -> Path:
+    """A repository copy with tiny params, after one full `dvc repro` as `make run` does it,
+    each Ray stage with a Ray of its own (shared by the e2e tests). No cluster: the char-LM's
+    1-worker train runs in its stage's process, as it does in the tests that train it again."""
     dest = make_project(tmp_path_factory.mktemp("project"), tiny_params())
-    proc = run(["dvc", "repro"], dest, timeout=1200, env=project_env(shared_ray))
+    proc = run(["dvc", "repro"], dest, timeout=1200)
     (dest / "repro.log").write_text(proc.stdout + proc.stderr)
     return dest
 

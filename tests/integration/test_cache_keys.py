@@ -13,7 +13,7 @@ import yaml
 
 from components.data.parquet import file_md5
 from components.fingerprint import code_fingerprint
-from tests.integration.conftest import project_env, run
+from tests.integration.conftest import run
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def _changed_deps(entries: list) -> set[str]:
     return {path for e in entries if isinstance(e, dict) for path in e.get("changed deps", {})}
 
 
-def test_a_model_code_change_retrains_from_scratch_under_a_new_mlflow_run(project, shared_ray):
+def test_a_model_code_change_retrains_from_scratch_under_a_new_mlflow_run(project):
     model_py = project / "components/workloads/char_lm/model.py"
     before_fp = code_fingerprint("pipelines.train", "char_lm", project)
     old = json.loads((project / "metrics/char_lm/train.json").read_text())
@@ -48,7 +48,7 @@ def test_a_model_code_change_retrains_from_scratch_under_a_new_mlflow_run(projec
     assert not any(stage.endswith("@image_classifier") for stage in st), st  # another workload's code
 
     # the sweep's picks as they were
-    p = run(["dvc", "repro", "-s", "train@char_lm"], project, env=project_env(shared_ray))
+    p = run(["dvc", "repro", "-s", "train@char_lm"], project)
     log = p.stdout + p.stderr
     assert "resumed from epoch" not in log and "[train] epoch 1/" in log, log[-3000:]
     new = json.loads((project / "metrics/char_lm/train.json").read_text())

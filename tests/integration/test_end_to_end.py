@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -31,6 +32,21 @@ def edited_params(project, edit):
         (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
 
 
+@contextlib.contextmanager
+def restored_outputs(project, workload: str):
+    """After the block, dvc.lock and `workload`'s metrics (git's, not in DVC's cache) as they
+    were before it, and the cached outputs dvc.lock names checked out: the tests after it (in
+    this module or another) find the project as `dvc repro` left it."""
+    kept = {f: (project / f).read_bytes()
+            for f in ("dvc.lock", f"metrics/{workload}/train.json", f"metrics/{workload}/eval.json")}
+    try:
+        yield
+    finally:
+        for f, data in kept.items():
+            (project / f).write_bytes(data)
+        run(["dvc", "checkout", "--force"], project)
+
+
 def _mlflow(project, code: str) -> str:
     """Run MLflow client code in the project (its SQLite store), return stdout."""
     prelude = ("import json, mlflow\nfrom mlflow import MlflowClient\n"
@@ -46,12 +62,15 @@ def test_metrics_and_outputs(tiny_project):
     assert ev["val_bits_per_char"] == pytest.approx(ev["val_loss"] / math.log(2))
     assert ev["val_loss"] < ev["baseline_bigram_val_loss"] < ev["baseline_unigram_val_loss"]
     tr = json.loads((tiny_project / "metrics/char_lm/train.json").read_text())
-    assert tr["num_workers"] == 2 and tr["epochs"] == 2
+    assert tr["num_workers"] == 1 and tr["epochs"] == 2
     assert tr["published_epoch"] in (1, 2)
     # `dvc metrics` reads numbers only; the run record is beside the model
     assert all(isinstance(v, int | float) for v in tr.values()), tr
     info = json.loads((tiny_project / "models/char_lm/train_run.json").read_text())
     assert info["selected_by"] == "val_loss (min)" and len(info["run_id"]) == 32
+    # one worker and no cluster: trained in the stage's own process, checkpoints in the run store
+    assert info["run_path"].endswith("-in-process") and (Path(info["run_path"]) / "checkpoints.json").exists()
+    assert "[train] lstm on 1 worker, in this process" in (tiny_project / "repro.log").read_text()
     curve = (tiny_project / "plots/char_lm/train_curve.csv").read_text().splitlines()
     assert curve[0] == "epoch,train_loss,val_loss,tokens_per_s" and len(curve) == 3
     sample = (tiny_project / "reports/char_lm/samples.txt").read_text()
@@ -266,13 +285,13 @@ def test_mlflow_models_serve_answers_prompts(tiny_project):
             server.kill()
 
 
-def test_gru_trains_and_registers_under_the_same_name(tiny_project, shared_ray):
+def test_gru_trains_and_registers_under_the_same_name(tiny_project):
     # a short run: what is checked is the architecture's path through train, evaluate and register
-    with edited_params(tiny_project, lambda p: p["char_lm"]["train"].update(arch="gru", steps_per_epoch=30)):
+    with edited_params(tiny_project, lambda p: p["char_lm"]["train"].update(arch="gru", steps_per_epoch=30)), \
+            restored_outputs(tiny_project, "char_lm"):
         # --single-item: rerun these stages only (the sweep of the LSTM is kept as it is)
         for stage in ("train", "evaluate", "register"):
-            run(["dvc", "repro", "--force", "--single-item", f"{stage}@char_lm"], tiny_project,
-                env=project_env(shared_ray))
+            run(["dvc", "repro", "--force", "--single-item", f"{stage}@char_lm"], tiny_project)
         reg = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())
         assert reg["name"] == "char-lm" and reg["tags"]["trainyard.arch"] == "gru"
         out = _mlflow(tiny_project, f"""
@@ -283,6 +302,8 @@ def test_gru_trains_and_registers_under_the_same_name(tiny_project, shared_ray):
         info = json.loads(out.strip().splitlines()[-1])
         assert info == {"arch_tag": "gru", "arch_param": "gru", "versions": 2}
         assert math.isfinite(json.loads((tiny_project / "metrics/char_lm/eval.json").read_text())["val_loss"])
+    # the tests after this one find the project as `dvc repro` left it
+    assert run(["dvc", "status"], tiny_project).stdout.strip().endswith("up to date."), "project left stale"
 
 
 def test_mlflow_runs_carry_source_tags_datasets_system_metrics_and_model_metrics(tiny_project):

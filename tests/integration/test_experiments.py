@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from tests.integration.conftest import project_env, run
+from tests.integration.conftest import run
 
 pytestmark = pytest.mark.slow
 GIT = ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci"]
 
 
-def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_project, shared_ray, tmp_path):
+def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_project, tmp_path):
     # a copy of the shared project with its results committed, the way a user starts experiments
     project = tmp_path / "exp"
     shutil.copytree(tiny_project, project, symlinks=True, ignore=shutil.ignore_patterns(".trainyard", ".venv"))
@@ -34,8 +34,8 @@ def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_pro
     # final-run keys (a shorter run): train, evaluate and register rerun, the sweep does not
     run(["dvc", "exp", "run", "--queue", "-n", "seed7", "-S", "char_lm.train.seed=7",
          "-S", "char_lm.train.steps_per_epoch=30"], project)
-    # the queue's worker starts the stages with its own environment: the shared Ray's
-    run(["dvc", "queue", "start", "-j", "1"], project, env=project_env(shared_ray))
+    # (the char-LM's 1-worker train runs in the stage's process: no Ray)
+    run(["dvc", "queue", "start", "-j", "1"], project)
     deadline = time.monotonic() + 900
     while True:
         status = run(["dvc", "queue", "status"], project).stdout

@@ -112,10 +112,11 @@ def fault_project(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def good_train(fault_project, shared_ray, tmp_path_factory) -> dict:
-    """One good `dvc repro train@char_lm` in the fault project: its dvc.lock, and its model and
-    metrics copied aside (the killed-train test then overwrites the project's)."""
-    run(["dvc", "repro", "train@char_lm"], fault_project, env=project_env(shared_ray))
+def good_train(fault_project, tmp_path_factory) -> dict:
+    """One good `dvc repro train@char_lm` in the fault project (1 worker, in the stage's process):
+    its dvc.lock, and its model and metrics copied aside (the killed-train test then overwrites
+    the project's)."""
+    run(["dvc", "repro", "train@char_lm"], fault_project)
     keep = tmp_path_factory.mktemp("good-train")
     out = {"lock": (fault_project / "dvc.lock").read_text(),
            "md5": file_md5(fault_project / "models/char_lm/model.pt"),
@@ -172,7 +173,9 @@ def test_killed_train_stage_leaves_last_good_outputs_and_resumes(fault_project, 
     assert (project / "dvc.lock").read_text() == lock  # the last good run's
 
     params = fault_params()
-    params["char_lm"]["train"]["epochs"] = 3
+    # 2 workers through Ray Train, on a Ray of the stage's own: what the killed stage leaves
+    # behind is Ray's processes, which the next run must stop
+    params["char_lm"]["train"].update(epochs=3, num_workers=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     store = project / ".trainyard/char_lm/train"
     old_runs = set(store.glob("run-*"))
@@ -210,10 +213,12 @@ def _train_args(out) -> list[str]:
 
 
 def _start_train(project, out, server, store, epochs: int, grace_s: float,
-                 ray: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+                 ray: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+    """The train stage on its own, against `server`: 1 worker in its own process, or with `ray`
+    (the shared Ray's environment) 2 Ray Train workers, whose metrics the Train controller sends."""
     out.mkdir(parents=True)
     params = fault_params()
-    params["char_lm"]["train"].update(epochs=epochs, steps_per_epoch=40)
+    params["char_lm"]["train"].update(epochs=epochs, steps_per_epoch=40, num_workers=2 if ray else 1)
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = out / "train.log"
     env = {**project_env(ray), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store),
@@ -245,9 +250,9 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
     project, server, store = fault_project, mlflow_server, tmp_path / "store"
 
     # A: the server dies after epoch 1 and comes back (while training goes on, or within the
-    # stage's end-of-run grace when training is quicker than the server's restart)
-    # on the shared Ray: what is tested is the tracking server going away, not Ray
-    proc, log = _start_train(project, tmp_path / "a", server, store, epochs=6, grace_s=240, ray=shared_ray)
+    # stage's end-of-run grace when training is quicker than the server's restart); the stage's
+    # own process sends each epoch's metrics
+    proc, log = _start_train(project, tmp_path / "a", server, store, epochs=6, grace_s=240)
     try:
         run_id = wait_for(lambda: _run_id(log), 180, "the train run's id", every_s=0.5)
         wait_for(lambda: _val_steps(server, run_id), 300, "epoch 1 logged to the server", every_s=0.5)
@@ -264,7 +269,8 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
     assert _journal_entries(store) == 0
 
     # B: the server dies after epoch 1 and stays down to the end of the stage; the stage still
-    # publishes its model, and the next stage (evaluate) sends what was kept
+    # publishes its model, and the next stage (evaluate) sends what was kept. Ray Train on the
+    # shared Ray: the Train controller's process sends the epochs and journals what fails
     proc, log = _start_train(project, tmp_path / "b", server, store, epochs=4, grace_s=1, ray=shared_ray)
     try:
         run_id = wait_for(lambda: _run_id(log), 180, "the train run's id", every_s=0.5)
@@ -298,8 +304,7 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
 
 # --- two pipelines register the same model name at the same moment ---
 
-def test_concurrent_registers_get_distinct_versions_and_the_better_champion(fault_project, good_train, shared_ray,
-                                                                            tmp_path):
+def test_concurrent_registers_get_distinct_versions_and_the_better_champion(fault_project, good_train, tmp_path):
     project = fault_project
     params = fault_params()
     params["char_lm"]["register"]["model_name"] = "char-lm-race"
@@ -322,7 +327,7 @@ def test_concurrent_registers_get_distinct_versions_and_the_better_champion(faul
                   "--model", m["model"]]
         if over is not None:
             run([sys.executable, "-m", "pipelines.train", *common, "--metrics", str(d / "train.json"),
-                 "--plot", str(d / "curve.csv")], project, env=project_env(shared_ray))
+                 "--plot", str(d / "curve.csv")], project)
         run([sys.executable, "-m", "pipelines.evaluate", *common, "--train-run", m["train"], "--metrics", m["eval"],
              "--reports", str(d / "reports")], project)
         models.append(m)

@@ -1,4 +1,5 @@
-"""The worker loop's runner: a plain process (LocalSession) runs, checkpoints and resumes it."""
+"""The worker loop's runner: a plain process (LocalSession) and the train stage's own process
+(StageSession, `fit_in_process`) run, checkpoint and resume it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,17 @@ import numpy as np
 import pytest
 
 from components.data.parquet import TOKEN_ROW_GROUP, write_table
-from components.training.driver import worker_config
-from components.training.session import LocalSession, TrainSession, TuneSession, current, running_in
+from components.store import read_store_json
+from components.training.driver import fit_in_process, trains_in_process, worker_config
+from components.training.session import (
+    INDEX_FILE,
+    LocalSession,
+    StageSession,
+    TrainSession,
+    TuneSession,
+    current,
+    running_in,
+)
 from components.workloads.char_lm.data import tokens_table
 from components.workloads.char_lm.loop import train_loop_per_worker
 from components.workloads.char_lm.params import TrainParams
@@ -43,7 +53,54 @@ def test_a_plain_process_trains_checkpoints_and_resumes_the_loop(tiny_tokens):
     assert isinstance(current(), TrainSession)  # the block's session is gone after it
 
 
-def test_one_rank_runners_refuse_to_wrap_ddp():
-    for s in (LocalSession(), TuneSession()):
-        with pytest.raises(RuntimeError, match="one rank"):
+def test_one_rank_runners_refuse_to_wrap_ddp(tmp_path):
+    import torch
+
+    for s in (LocalSession(), TuneSession(), StageSession(str(tmp_path), torch.device("cpu"))):
+        with pytest.raises(RuntimeError, match="one rank|1-worker"):
             s.prepare_model(None)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _crash_after(epoch: int, seen: list):
+    def on_report(metrics: dict) -> None:
+        seen.append(metrics)
+        if metrics["epoch"] == epoch:
+            raise Crash(f"killed after epoch {epoch}")
+    return on_report
+
+
+@pytest.mark.parametrize("as_uri", [False, True], ids=["path", "file-uri"])
+def test_a_run_in_the_stage_process_keeps_latest_and_best_and_resumes_after_a_crash(tiny_tokens, tmp_path, as_uri):
+    run = tmp_path / "store" / "run-k-in-process"
+    uri = f"file://{run}" if as_uri else str(run)
+    config, select = {"train": _cfg(4), "data": tiny_tokens}, ("val_loss", "min")
+    seen: list = []
+    with pytest.raises(Crash):
+        fit_in_process(train_loop_per_worker, config, run_uri=uri, cpus_per_worker=1, use_gpu=False, select=select,
+                       on_report=_crash_after(2, seen))
+    # the crash came after epoch 2's checkpoint was listed: started again, the run goes on from it
+    assert [e["dir"] for e in read_store_json(f"{uri}/{INDEX_FILE}")][-1] == "epoch-0002"
+    out = fit_in_process(train_loop_per_worker, config, run_uri=uri, cpus_per_worker=1, use_gpu=False, select=select,
+                         on_report=seen.append)
+    assert [m["epoch"] for m in seen] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in seen[2]["history"]] == [1, 2, 3]  # the first report after the resume replays
+    assert out.state["epoch"] == 4 and out.state["resumes"] == [{"epoch": 2, "step": 8}]
+    history = out.state["history"]
+    best = min(range(4), key=lambda i: (history[i]["val_loss"], i)) + 1
+    assert out.best["epoch"] == best and out.run_path == uri
+    # on disk: the latest and the best, nothing else
+    kept = sorted(p.name for p in run.iterdir() if p.is_dir())
+    assert kept == sorted({"epoch-0004", f"epoch-{best:04d}"}), kept
+
+
+def test_a_stage_trains_in_its_own_process_only_with_one_worker_and_no_cluster(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert trains_in_process({"num_workers": 1, "in_process": True})
+    assert not trains_in_process({"num_workers": 2, "in_process": True})
+    assert not trains_in_process({"num_workers": 1, "in_process": False})
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a cluster: even one worker runs there
+    assert not trains_in_process({"num_workers": 1, "in_process": True})
