@@ -93,7 +93,8 @@ def reviewer(mlflow_auth) -> tuple[str, str]:
 def cluster_project(two_nodes, mlflow_auth, tmp_path_factory):
     """One `dvc repro` to the registry against both services; (project, env, output)."""
     params = cluster_params()
-    params["char_lm"]["train"]["placement"] = "spread"
+    # 2 Ray Train workers, one per node (the tiny params train the char-LM on 1)
+    params["char_lm"]["train"].update(num_workers=2, placement="spread")
     project = make_project(tmp_path_factory.mktemp("cluster-project"), params)
     env = {**project_env(), **two_nodes["env"], **mlflow_auth["env"]}
     # Where the trials and the Train workers ran is read while they run: Ray's State API had
