@@ -195,7 +195,8 @@ class StageSession:
             pafs.copy_files(checkpoint_dir, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
             row = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
             self.entries = [e for e in self.entries if e["dir"] != name] + [{"dir": name, "metrics": row}]
-            keep = [e for e in self.entries if e is self.latest() or e is self.best()]
+            latest, best = self.latest(), self.best()
+            keep = [e for e in self.entries if e is latest or e is best]
             write_store_json(self._at(INDEX_FILE), keep)
             for gone in (e for e in self.entries if e not in keep):
                 fs.delete_dir(store_fs(self._at(gone["dir"]))[1])
