@@ -1,0 +1,96 @@
+"""The lesson-10 classifier: the char-LM's embedding and recurrent layers as its encoder, a
+concat-pooling head on top, and ULMFiT's fine-tuning schedule (Howard & Ruder 2018):
+discriminative learning rates, a slanted triangular schedule and gradual unfreezing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from components.workloads.char_lm.model import CharLM
+
+
+class PoolingClassifier(nn.Module):
+    """Embedding -> RNN/GRU/LSTM over a passage (seq_len, bs), then [last hidden state, max
+    pool, mean pool] over time (3 x n_hidden) -> batch norm -> dropout -> linear -> ReLU ->
+    batch norm -> dropout -> linear to the classes: ULMFiT's concat pooling head."""
+
+    def __init__(self, vocab_size: int, n_classes: int, arch: Literal["lstm", "gru", "rnn"] = "lstm",
+                 n_fac: int = 42, n_hidden: int = 256, n_layers: int = 1, nonlinearity: str = "tanh",
+                 dropout: float = 0.3, head_hidden: int = 50) -> None:
+        super().__init__()
+        # the same encoder modules (and parameter names) as CharLM, so its weights load as they are
+        lm = CharLM(vocab_size, arch=arch, n_fac=n_fac, n_hidden=n_hidden, n_layers=n_layers,
+                    nonlinearity=nonlinearity)  # type: ignore[arg-type]
+        self.emb, self.rnn, self.n_layers = lm.emb, lm.rnn, n_layers
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(3 * n_hidden), nn.Dropout(dropout), nn.Linear(3 * n_hidden, head_hidden), nn.ReLU(),
+            nn.BatchNorm1d(head_hidden), nn.Dropout(dropout), nn.Linear(head_hidden, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.emb(x))  # (seq_len, bs, n_hidden)
+        pooled = torch.cat([out[-1], out.max(dim=0).values, out.mean(dim=0)], dim=1)
+        return self.head(pooled)  # (bs, n_classes)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters from the input up: the embedding, each recurrent layer, the head. What
+        discriminative rates and gradual unfreezing count in."""
+        layers: list[list[nn.Parameter]] = [[] for _ in range(self.n_layers)]
+        for name, p in self.rnn.named_parameters():
+            layers[int(name.rsplit("_l", 1)[1].split("_")[0])].append(p)
+        return [list(self.emb.parameters()), *layers, list(self.head.parameters())]
+
+
+def load_encoder(model: PoolingClassifier, lm_state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy the char-LM's embedding and recurrent weights into `model`; the names copied. A
+    char-LM of another shape fails here, naming the first mismatch."""
+    own = model.state_dict()
+    copied = []
+    for name, t in lm_state.items():
+        if not name.startswith(("emb.", "rnn.")):
+            continue  # the LM's output layer (and projection) has no counterpart
+        if name not in own or own[name].shape != t.shape:
+            raise ValueError(f"the char-LM's {name} {tuple(t.shape)} does not fit the classifier's encoder "
+                             f"{tuple(own[name].shape) if name in own else '(absent)'}: arch, n_fac, n_hidden and "
+                             "n_layers must be the char-LM's")
+        own[name] = t
+        copied.append(name)
+    model.load_state_dict(own)
+    return copied
+
+
+def discriminative_groups(model: PoolingClassifier, lr: float, factor: float = 2.6) -> list[dict[str, Any]]:
+    """Optimizer param groups, one per layer group: the head at `lr`, each group below it at the
+    rate of the one above / `factor` (ULMFiT's 2.6). Each group records its own `base_lr`."""
+    groups = model.layer_groups()
+    depth = len(groups) - 1
+    return [{"params": ps, "lr": lr / factor ** (depth - i), "base_lr": lr / factor ** (depth - i)}
+            for i, ps in enumerate(groups)]
+
+
+def slanted_triangular(step: int, total: int, cut_frac: float = 0.1, ratio: float = 32.0) -> float:
+    """ULMFiT's STLR multiplier at `step` of `total`: a linear rise over the first `cut_frac` of
+    the steps from 1/`ratio` to 1, then a linear decay back to 1/`ratio`."""
+    cut = max(1, math.floor(total * cut_frac))
+    p = step / cut if step < cut else 1 - (step - cut) / max(1, cut * (1 / cut_frac - 1))
+    return (1 + max(0.0, p) * (ratio - 1)) / ratio
+
+
+def unfrozen_from(epoch: int, n_groups: int, every: int = 1) -> int:
+    """Gradual unfreezing: the index of the lowest layer group that trains in `epoch` (0-based).
+    The head alone first, one more group from the top every `every` epochs, all at the end."""
+    return max(0, n_groups - 1 - epoch // max(1, every))
+
+
+def apply_schedule(opt: torch.optim.Optimizer, step: int, total: int, epoch: int, every: int,
+                   cut_frac: float = 0.1, ratio: float = 32.0) -> None:
+    """Set each group's rate for this step: its base rate x STLR, or 0 while it is frozen. A
+    frozen group keeps requires_grad (DDP's reducer is built once); a zero rate (and no weight
+    decay at lr 0 in AdamW) leaves it where it is."""
+    low = unfrozen_from(epoch, len(opt.param_groups), every)
+    mult = slanted_triangular(step, total, cut_frac, ratio)
+    for i, g in enumerate(opt.param_groups):
+        g["lr"] = g["base_lr"] * mult if i >= low else 0.0

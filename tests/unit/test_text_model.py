@@ -1,0 +1,55 @@
+"""The lesson-10 classifier: encoder from the char-LM, concat pooling, ULMFiT's schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.workloads.char_lm.model import CharLM
+from components.workloads.text_classifier.model import (
+    PoolingClassifier,
+    apply_schedule,
+    discriminative_groups,
+    load_encoder,
+    slanted_triangular,
+    unfrozen_from,
+)
+
+
+def test_the_encoder_loads_from_a_char_lm_and_the_head_pools_three_ways():
+    lm = CharLM(30, arch="lstm", n_fac=8, n_hidden=16, n_layers=2)
+    clf = PoolingClassifier(30, 6, arch="lstm", n_fac=8, n_hidden=16, n_layers=2)
+    copied = load_encoder(clf, lm.state_dict())
+    assert "emb.weight" in copied and "rnn.weight_hh_l1" in copied and not any(c.startswith("out.") for c in copied)
+    assert torch.equal(clf.rnn.weight_ih_l0, lm.rnn.weight_ih_l0)
+    clf.eval()
+    assert clf(torch.randint(0, 30, (50, 4))).shape == (4, 6)
+    assert [len(g) for g in clf.layer_groups()][:3] == [1, 4, 4]  # embedding, LSTM layer 0, layer 1
+
+
+def test_a_char_lm_of_another_shape_is_refused_by_name():
+    with pytest.raises(ValueError, match="emb.weight .* n_hidden"):
+        load_encoder(PoolingClassifier(30, 6, n_fac=8, n_hidden=16), CharLM(30, n_fac=12, n_hidden=16).state_dict())
+
+
+def test_stlr_rises_to_one_and_decays_to_one_over_ratio():
+    total = 200
+    m = [slanted_triangular(s, total) for s in range(total)]
+    assert m[0] == pytest.approx(1 / 32) and max(m) == pytest.approx(1.0) and m.index(max(m)) == 20
+    assert m[-1] < 0.05 and all(a <= b for a, b in zip(m[:20], m[1:21], strict=True))
+
+
+def test_discriminative_rates_and_gradual_unfreezing():
+    clf = PoolingClassifier(30, 6, n_fac=8, n_hidden=16, n_layers=2)
+    groups = discriminative_groups(clf, 0.01)
+    assert [g["lr"] for g in groups] == pytest.approx([0.01 / 2.6**3, 0.01 / 2.6**2, 0.01 / 2.6, 0.01])
+    assert [unfrozen_from(e, 4) for e in range(5)] == [3, 2, 1, 0, 0]
+    opt = torch.optim.AdamW(groups, lr=0.01)
+    apply_schedule(opt, step=20, total=200, epoch=0, every=1)
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0, 0.0, pytest.approx(0.01)]
+    # a frozen group does not move, even with weight decay
+    before = clf.emb.weight.detach().clone()
+    clf.train()
+    torch.nn.functional.cross_entropy(clf(torch.randint(0, 30, (20, 8))), torch.randint(0, 6, (8,))).backward()
+    opt.step()
+    assert torch.equal(clf.emb.weight, before)
