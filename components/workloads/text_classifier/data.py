@@ -84,19 +84,18 @@ def split_by_document(labels: list[str], val_frac: float, test_frac: float, seed
 
 
 def passages(text: str, chars: int) -> list[str]:
-    """`text` cut into consecutive passages of `chars` characters, each starting at a line
-    start where one falls in its first quarter (so passages rarely begin mid-word); the tail
-    shorter than half a passage is dropped."""
+    """`text` cut into consecutive passages of exactly `chars` characters (dense batches, no
+    padding), each starting at a line start where one falls in its first quarter, so passages
+    rarely begin mid-word; a tail too short for a whole passage is dropped."""
     out, pos = [], 0
-    while len(text) - pos >= chars // 2:
+    while True:
         nl = text.find("\n", pos, pos + chars // 4)
         start = nl + 1 if pos and nl >= 0 else pos
         piece = text[start:start + chars]
-        if len(piece) < chars // 2:
-            break
+        if len(piece) < chars:
+            return out
         out.append(piece)
         pos = start + chars
-    return out
 
 
 def passages_table(docs: list[LabelledDoc], split: list[str], classes: list[str], chars: int) -> pa.Table:
