@@ -53,3 +53,42 @@ def test_discriminative_rates_and_gradual_unfreezing():
     torch.nn.functional.cross_entropy(clf(torch.randint(0, 30, (20, 8))), torch.randint(0, 6, (8,))).backward()
     opt.step()
     assert torch.equal(clf.emb.weight, before)
+
+
+def test_the_loop_fine_tunes_from_the_char_lm_and_unfreezes_a_group_an_epoch(tmp_path):
+    import pyarrow as pa
+
+    from components.data.parquet import write_table
+    from components.training.driver import worker_config
+    from components.training.session import LocalSession, running_in
+    from components.workloads.text_classifier.loop import train_loop_per_worker
+
+    itos = ["<unk>", *"abcdefgh \n"]
+    lm = CharLM(len(itos), n_fac=8, n_hidden=16)
+    torch.save({"model": lm.state_dict(), "vocab": itos}, tmp_path / "lm.pt")
+    rng = torch.Generator().manual_seed(0)
+    for split, n in (("train", 64), ("val", 16)):
+        labels = torch.randint(0, 2, (n,), generator=rng).tolist()
+        # class 0 writes a-d, class 1 e-h: easy enough to learn in a few steps
+        texts = ["".join(itos[1 + 4 * lab + int(i)] for i in torch.randint(0, 4, (40,), generator=rng)) for lab in labels]
+        write_table(tmp_path / f"{split}.parquet", pa.table({"text": texts, "label": pa.array(labels, pa.int16())}))
+    data = {"train_uri": str(tmp_path / "train.parquet"), "val_uri": str(tmp_path / "val.parquet"), "n_train": 64,
+            "n_val": 16, "n_classes": 2, "encoder_uri": str(tmp_path / "lm.pt"),
+            "encoder": {"vocab": itos, "vocab_size": len(itos), "arch": "lstm", "n_fac": 8, "n_hidden": 16,
+                        "n_layers": 1}}
+    tp = {"encoder": "char_lm", "epochs": 3, "steps_per_epoch": 8, "bs": 16, "seed": 0, "lr": 0.01, "lr_factor": 2.6,
+          "weight_decay": 0.01, "beta2": 0.99, "clip": 1.0, "dropout": 0.1, "head_hidden": 8, "unfreeze_every": 1,
+          "cut_frac": 0.1, "stlr_ratio": 32.0, "patience": None}
+    local = LocalSession()
+    try:
+        with running_in(local):
+            train_loop_per_worker(worker_config({"train": tp, "data": data}, 1, ("val_loss", "min")))
+        reports = local.reports
+        assert [r["groups_trained"] for r in reports] == [1, 2, 3]  # head, then the LSTM, then the embedding
+        assert reports[-1]["val_accuracy"] > 0.8
+        with local.checkpoint_dir() as d:
+            state = torch.load(f"{d}/state.pt", weights_only=False)
+        # the embedding moved only in the last epoch; the LSTM started from the char-LM's
+        assert not torch.equal(state["model"]["emb.weight"], lm.state_dict()["emb.weight"])
+    finally:
+        local.close()

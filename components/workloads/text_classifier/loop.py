@@ -1,0 +1,157 @@
+"""The per-worker training function for the text classifier (a Ray Train worker, a Tune trial
+or the stage's own process).
+
+Read top to bottom, `train_loop_per_worker` is:
+  1. read only this worker's row shard of train and val passages, as the char-LM's ids
+  2. build the classifier, same seed on every rank; its encoder from the char-LM's weights
+     (`encoder: char_lm`) or random (`encoder: scratch`, the comparison); DDP
+  3. one optimizer param group per layer group at discriminative rates
+  4. resume from the last reported checkpoint
+  5. one epoch: STLR over the whole run, the groups below the unfrozen ones at rate 0
+  6. validation summed across ranks; rank 0 checkpoints, every rank reports
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+
+from components.data.shards import read_rows, row_shard
+from components.training.checkpoints import seed_epoch
+from components.training.steps import DivergedError, all_reduce_sum, optimizer_step
+from components.training.worker import (
+    EpochMeter,
+    checkpoint_and_report,
+    finished_already,
+    plan_steps,
+    resume,
+    start_worker,
+    stop_early,
+    wrap_ddp,
+)
+from components.workloads.text_classifier.model import (
+    PoolingClassifier,
+    apply_schedule,
+    discriminative_groups,
+    load_encoder,
+)
+
+
+def encode_passages(texts: list[str], itos: list[str]) -> torch.Tensor:
+    """Passages of equal length -> (chars, n) int64 ids in the char-LM's vocabulary (0: unknown)."""
+    stoi = {c: i for i, c in enumerate(itos)}
+    ids = np.array([[stoi.get(c, 0) for c in t] for t in texts], dtype=np.int64)
+    return torch.from_numpy(ids.T.copy())
+
+
+def load_shard(uri: str, n_rows: int, rank: int, world: int, itos: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's passages (chars, n) and labels (n,)."""
+    start, stop = row_shard(n_rows, rank, world)
+    t = read_rows(uri, start, stop, columns=["text", "label"])
+    if t.num_rows == 0:
+        raise ValueError(f"{uri}: worker {rank} of {world} has no rows ({n_rows} in all)")
+    return (encode_passages(t.column("text").to_pylist(), itos),
+            torch.from_numpy(t.column("label").to_numpy().astype(np.int64)))
+
+
+def build(data: dict[str, Any], tp: dict[str, Any]) -> PoolingClassifier:
+    """The classifier on the char-LM's encoder shape; its weights from the char-LM unless
+    `encoder: scratch`."""
+    enc = data["encoder"]
+    model = PoolingClassifier(enc["vocab_size"], data["n_classes"], arch=enc["arch"], n_fac=enc["n_fac"],
+                              n_hidden=enc["n_hidden"], n_layers=enc["n_layers"],
+                              nonlinearity=enc.get("nonlinearity", "tanh"), dropout=tp["dropout"],
+                              head_hidden=tp["head_hidden"])
+    if tp["encoder"] == "char_lm":
+        blob = torch.load(data["encoder_uri"], map_location="cpu", weights_only=False)
+        load_encoder(model, blob["model"])
+    return model
+
+
+@torch.no_grad()
+def evaluate_batches(model: PoolingClassifier, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                     bs: int = 256) -> tuple[float, int, int]:
+    """(summed loss, correct, count) over passages x (chars, n)."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, x.size(1), bs):
+        logits = model(x[:, i:i + bs].to(device))
+        yy = y[i:i + bs].to(device)
+        loss += F.cross_entropy(logits, yy, reduction="sum").item()
+        correct += int((logits.argmax(1) == yy).sum())
+    return loss, correct, x.size(1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Fine-tune (or train from scratch) the classifier on this worker's shard; report per
+    epoch metrics and checkpoints."""
+    rank, world, device = start_worker(config)
+    tp, data = config["train"], config["data"]
+
+    # 1. this worker's rows only
+    itos = data["encoder"]["vocab"]
+    x_train, y_train = load_shard(data["train_uri"], data["n_train"], rank, world, itos)
+    x_val, y_val = load_shard(data["val_uri"], data["n_val"], rank, world, itos)
+    bs_local = tp["bs"] // world
+    plan = plan_steps(tp, math.ceil(math.ceil(data["n_train"] / world) / bs_local))
+
+    # 2-3. same seed everywhere, encoder weights, DDP; a param group per layer group
+    torch.manual_seed(tp["seed"])
+    model = build(data, tp).to(device)
+    ddp_model = wrap_ddp(model, world)
+    opt = torch.optim.AdamW(discriminative_groups(model, tp["lr"], tp["lr_factor"]), lr=tp["lr"],
+                            weight_decay=tp["weight_decay"], betas=(0.9, tp["beta2"]))
+
+    # 4. resume
+    progress = resume(model, opt, rank)
+    if finished_already(progress, config, rank, plan):
+        return
+
+    for epoch in range(progress.start_epoch, plan.epochs):
+        # 5. one epoch: a seeded shuffle of the shard, wrapped to the same steps on every rank
+        g = torch.Generator().manual_seed(tp["seed"] * 100_003 + epoch * 1009 + rank)
+        seed_epoch(tp["seed"], epoch, rank)
+        steps = plan.steps_in(epoch)
+        need = steps * bs_local
+        order = torch.randperm(x_train.size(1), generator=g).repeat(math.ceil(need / x_train.size(1)))[:need]
+        ddp_model.train()
+        loss_sum, t0 = 0.0, time.perf_counter()
+        meter = EpochMeter(rank, epoch, plan.epochs, steps, "steps")
+        for s in range(steps):
+            idx = order[s * bs_local:(s + 1) * bs_local]
+            apply_schedule(opt, progress.step, plan.total, epoch, tp["unfreeze_every"], tp["cut_frac"],
+                           tp["stlr_ratio"])
+            loss = F.cross_entropy(ddp_model(x_train[:, idx].to(device)), y_train[idx].to(device))
+            if not torch.isfinite(loss):
+                raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}: training "
+                                    f"diverged; try a lower learning rate (lr={tp['lr']})")
+            optimizer_step(model, opt, loss, tp["clip"])
+            loss_sum += loss.item()
+            progress.step += 1
+            meter.update(s + 1, loss_sum / (s + 1))
+        elapsed = time.perf_counter() - t0
+        progress.train_s += elapsed
+
+        # 6. validation summed across ranks; checkpoint and report
+        v_loss, v_correct, v_n = evaluate_batches(model, x_val, y_val, device)
+        tot, n_steps, v_loss, v_correct, v_n = all_reduce_sum([loss_sum, steps, v_loss, v_correct, v_n], device)
+        trained = sum(1 for grp in opt.param_groups if grp["lr"] > 0)
+        metrics = {"epoch": epoch + 1, "train_loss": tot / max(n_steps, 1), "val_loss": v_loss / v_n,
+                   "val_accuracy": v_correct / v_n, "lr": opt.param_groups[-1]["lr"],
+                   "groups_trained": trained, "epoch_s": elapsed, "train_s": progress.train_s, "step": progress.step}
+        checkpoint_and_report(
+            progress, rank, epoch, metrics,
+            lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "train": tp},
+            f"[train] epoch {epoch + 1}/{plan.epochs} train_loss {metrics['train_loss']:.4f} "
+            f"val_loss {metrics['val_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f} "
+            f"({trained} of {len(opt.param_groups)} layer groups training, {elapsed:.1f}s)")
+        if stop_early(progress, config, rank):
+            break
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
