@@ -1,0 +1,131 @@
+"""The text-classifier workload (fast.ai lesson 10): the char-LM fine-tuned into a classifier
+of a passage's genre, ULMFiT-style, against the same classifier trained from scratch.
+
+    params.py   its params.yaml section           staging.py  prepare / normalize / what workers read
+    data.py     documents, the split by document  model.py    the classifier, ULMFiT's schedule, its model file
+    loop.py     the worker loop                   evaluate.py accuracy, confusion, baselines, scratch twin
+    pyfunc.py   the registered MLflow model
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from components.workloads.base import Registration, TrainingData, Workload
+from components.workloads.text_classifier.params import TextClassifierParams
+
+
+class TextClassifier(Workload):
+    name = "text_classifier"
+    params = TextClassifierParams
+    data_meta = "classes.json"
+    live_metrics = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "groups_trained")
+    headline = ("lr", "dropout", "unfreeze_every", "encoder")
+    select = ("val_loss", "min")
+    baseline_metric = "val_accuracy"
+
+    def prepare(self, p: TextClassifierParams, out: str) -> str:
+        from components.workloads.text_classifier.staging import prepare_texts
+
+        m = prepare_texts(p.prepare, out)
+        held = ", ".join(f"{s} {len(v)}" for s, v in m["held_out"].items())
+        extra = f"; classes too small to hold a document out: {m['train_only_classes']}" if m["train_only_classes"] else ""
+        return (f"{m['documents']} documents -> {m['rows']} passages of {p.prepare.passage_chars} characters, "
+                f"splits {m['splits']} (documents held out: {held}){extra} -> {out}")
+
+    def normalize(self, p: TextClassifierParams, src: str, out: str) -> str:
+        from components.workloads.text_classifier.staging import normalize_texts
+
+        m = normalize_texts(src, out, p.normalize, p.prepare.seed)
+        rows = {k.split(".")[0]: v["rows"] for k, v in m["files"].items()}
+        return f"{rows}, classes {m['classes']} -> {out}"
+
+    def training_data(self, folder: str, train: dict[str, Any], p: TextClassifierParams) -> TrainingData:
+        from components.workloads.text_classifier.staging import training_data
+
+        data = training_data(folder, train["encoder_model"])
+        enc = data["encoder"]
+        return TrainingData(data, {"n_classes": data["n_classes"], "n_train": data["n_train"],
+                                   "encoder_arch": enc["arch"], "encoder_n_hidden": enc["n_hidden"],
+                                   "encoder_n_layers": enc["n_layers"]})
+
+    def worker_loop(self) -> Callable[[dict[str, Any]], None]:
+        from components.workloads.text_classifier.loop import train_loop_per_worker
+
+        return train_loop_per_worker
+
+    def publish(self, path: str | Path, state: dict[str, Any], folder: str, data: dict[str, Any],
+                train: dict[str, Any]) -> None:
+        from components.workloads.text_classifier.model import publish_model
+
+        publish_model(path, state, data, train)
+
+    def evaluate(self, p: TextClassifierParams, data: str, model: str,
+                 reports: Path) -> tuple[dict[str, Any], list[str]]:
+        from components.data.parquet import file_sha256, load_manifest
+        from components.store import local_state_dir, params_key
+        from components.workloads.image_classifier.evaluate import (
+            classification_metrics,
+            plot_confusion,
+        )
+        from components.workloads.text_classifier.evaluate import (
+            majority_baseline,
+            read_split,
+            train_scratch,
+        )
+        from components.workloads.text_classifier.model import load_model, predict_texts
+
+        net, blob = load_model(model)
+        manifest, classes = load_manifest(data), blob["classes"]
+        splits = {s: read_split(data, s, manifest) for s in ("train", "val", "test")}
+
+        def score(net, blob, prefix: str) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for split in ("val", "test"):
+                texts, y = splits[split]
+                m, conf = classification_metrics(split, predict_texts(net, blob, texts), y, classes)
+                out |= {f"{prefix}{k}": v for k, v in m.items()}
+                if not prefix:
+                    acc = m["accuracy" if split == "val" else "test_accuracy"]
+                    plot_confusion(reports / f"confusion_{split}.png", conf, classes, f"{split} (unseen documents): "
+                                   f"accuracy {acc:.4f}")
+            return out
+
+        metrics = score(net, blob, "")
+        metrics |= majority_baseline(splits["train"][1], {s: splits[s][1] for s in ("val", "test")})
+        lines = [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test, unseen documents)",
+                 f"majority baseline: {metrics['baseline_majority_val_accuracy']:.4f} (val), "
+                 f"{metrics['baseline_majority_test_accuracy']:.4f} (test)"]
+        if p.evaluate.scratch and blob["train"].get("encoder") == "char_lm":
+            key = params_key(blob["train"], file_sha256(model), manifest["files"])
+            run = str(local_state_dir() / "text_classifier" / "evaluate" / f"scratch-{key}")
+            print("[evaluate] training the same classifier from scratch with the same budget", flush=True)
+            s_net, s_blob = load_model(train_scratch(data, manifest, blob, run))
+            scratch = score(s_net, s_blob, "scratch_")
+            metrics |= {"scratch_accuracy": scratch["scratch_accuracy"],
+                        "scratch_test_accuracy": scratch["scratch_test_accuracy"],
+                        "finetune_gain_test_accuracy": metrics["test_accuracy"] - scratch["scratch_test_accuracy"]}
+            lines.append(f"from scratch, same budget: {scratch['scratch_accuracy']:.4f} (val), "
+                         f"{scratch['scratch_test_accuracy']:.4f} (test): fine-tuning "
+                         f"{metrics['finetune_gain_test_accuracy']:+.4f} on test")
+        return metrics, lines
+
+    def registration(self, data: str, model: str) -> Registration:
+        from components.data.parquet import load_manifest
+        from components.workloads.text_classifier.evaluate import read_split
+        from components.workloads.text_classifier.model import load_model, predict_texts
+        from components.workloads.text_classifier.pyfunc import log_model
+
+        _, blob = load_model(model)
+        texts, y = read_split(data, "val", load_manifest(data))
+
+        def rescore(model_file: str) -> float:
+            net, own = load_model(model_file)
+            return float((predict_texts(net, own, texts).argmax(1) == y).float().mean())
+
+        return Registration(blob, rescore, lambda: log_model(model, texts[0]).model_uri)
+
+
+WORKLOAD = TextClassifier()

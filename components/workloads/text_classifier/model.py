@@ -94,3 +94,54 @@ def apply_schedule(opt: torch.optim.Optimizer, step: int, total: int, epoch: int
     mult = slanted_triangular(step, total, cut_frac, ratio)
     for i, g in enumerate(opt.param_groups):
         g["lr"] = g["base_lr"] * mult if i >= low else 0.0
+
+
+def publish_model(path, state: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> None:
+    """Write the self-contained model file: weights, the encoder's shape and vocabulary, the
+    classes, the run's params and history, and which char-LM file the encoder came from."""
+    from components.data.parquet import atomic_path, file_sha256
+
+    blob = {"model": state["model"], "encoder": data["encoder"], "classes": data["classes"],
+            "head": {"dropout": train["dropout"], "head_hidden": train["head_hidden"]},
+            "train": state.get("train", train), "history": state.get("history", []),
+            "fine_tuned_from": ({"file": train["encoder_model"], "sha256": file_sha256(train["encoder_model"])}
+                                if train["encoder"] == "char_lm" else None)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(blob, f)
+
+
+def build_from(blob: dict[str, Any]) -> PoolingClassifier:
+    """An untrained classifier of the shape a model file (or a data dict) describes."""
+    enc = blob["encoder"]
+    return PoolingClassifier(enc["vocab_size"], len(blob["classes"]), arch=enc["arch"], n_fac=enc["n_fac"],
+                             n_hidden=enc["n_hidden"], n_layers=enc["n_layers"],
+                             nonlinearity=enc.get("nonlinearity", "tanh"), dropout=blob["head"]["dropout"],
+                             head_hidden=blob["head"]["head_hidden"])
+
+
+def load_model(path) -> tuple[PoolingClassifier, dict[str, Any]]:
+    """A model file written by `publish_model`, on the CPU in eval mode, and its blob."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_from(blob)
+    model.load_state_dict(blob["model"])
+    model.eval()
+    return model, blob
+
+
+@torch.no_grad()
+def predict_texts(model: PoolingClassifier, blob: dict[str, Any], texts: list[str], bs: int = 256) -> torch.Tensor:
+    """Class probabilities (N, n_classes) for passages of any length (equal lengths batched)."""
+    stoi = {c: i for i, c in enumerate(blob["encoder"]["vocab"])}
+    model.eval()
+    out = torch.empty(len(texts), len(blob["classes"]))
+    by_len: dict[int, list[int]] = {}
+    for i, t in enumerate(texts):
+        if not t:
+            raise ValueError(f"passage {i} is empty")
+        by_len.setdefault(len(t), []).append(i)
+    for _, idx in sorted(by_len.items()):
+        for k in range(0, len(idx), bs):
+            chunk = idx[k:k + bs]
+            x = torch.tensor([[stoi.get(c, 0) for c in texts[i]] for i in chunk], dtype=torch.long).T
+            out[chunk] = torch.softmax(model(x), dim=1)
+    return out
