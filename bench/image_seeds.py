@@ -34,13 +34,10 @@ def main() -> None:
 
     from components.cluster.connect import init_ray
     from components.data.parquet import load_manifest
+    from components.evaluation import classification_metrics
     from components.training.driver import fit, make_trainer
     from components.workloads import get
-    from components.workloads.image_classifier.evaluate import (
-        classification_metrics,
-        predict,
-        read_images,
-    )
+    from components.workloads.image_classifier.evaluate import predict, read_images
     from components.workloads.image_classifier.model import load_model
 
     w = get("image_classifier")

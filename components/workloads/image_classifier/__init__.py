@@ -61,14 +61,9 @@ class ImageClassifier(Workload):
     def evaluate(self, p: ImageClassifierParams, data: str, model: str,
                  reports: Path) -> tuple[dict[str, Any], list[str]]:
         from components.data.parquet import load_manifest
+        from components.evaluation import classification_metrics, plot_confusion
         from components.workloads.image_classifier.baselines import baselines
-        from components.workloads.image_classifier.evaluate import (
-            classification_metrics,
-            plot_cams,
-            plot_confusion,
-            predict,
-            read_images,
-        )
+        from components.workloads.image_classifier.evaluate import plot_cams, predict, read_images
         from components.workloads.image_classifier.model import load_model
 
         net, blob = load_model(model)

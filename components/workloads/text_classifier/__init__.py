@@ -65,11 +65,8 @@ class TextClassifier(Workload):
     def evaluate(self, p: TextClassifierParams, data: str, model: str,
                  reports: Path) -> tuple[dict[str, Any], list[str]]:
         from components.data.parquet import file_sha256, load_manifest
+        from components.evaluation import classification_metrics, plot_confusion
         from components.store import local_state_dir, params_key
-        from components.workloads.image_classifier.evaluate import (
-            classification_metrics,
-            plot_confusion,
-        )
         from components.workloads.text_classifier.evaluate import (
             majority_baseline,
             read_split,

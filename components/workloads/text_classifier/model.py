@@ -10,8 +10,6 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from components.workloads.char_lm.model import CharLM
-
 
 class PoolingClassifier(nn.Module):
     """Embedding -> RNN/GRU/LSTM over a passage (seq_len, bs), then [last hidden state, max
@@ -22,10 +20,12 @@ class PoolingClassifier(nn.Module):
                  n_fac: int = 42, n_hidden: int = 256, n_layers: int = 1, nonlinearity: str = "tanh",
                  dropout: float = 0.3, head_hidden: int = 50) -> None:
         super().__init__()
-        # the same encoder modules (and parameter names) as CharLM, so its weights load as they are
-        lm = CharLM(vocab_size, arch=arch, n_fac=n_fac, n_hidden=n_hidden, n_layers=n_layers,
-                    nonlinearity=nonlinearity)  # type: ignore[arg-type]
-        self.emb, self.rnn, self.n_layers = lm.emb, lm.rnn, n_layers
+        # the char-LM's encoder modules under its parameter names (`emb.*`, `rnn.*`): the model
+        # file's state dict is the interface, so its weights load as they are (no import of the
+        # char-LM's code: its edits do not rerun this workload's stages unless they change that)
+        self.emb, self.n_layers = nn.Embedding(vocab_size, n_fac), n_layers
+        self.rnn = (nn.RNN(n_fac, n_hidden, n_layers, nonlinearity=nonlinearity) if arch == "rnn"
+                    else {"lstm": nn.LSTM, "gru": nn.GRU}[arch](n_fac, n_hidden, n_layers))
         self.head = nn.Sequential(
             nn.BatchNorm1d(3 * n_hidden), nn.Dropout(dropout), nn.Linear(3 * n_hidden, head_hidden), nn.ReLU(),
             nn.BatchNorm1d(head_hidden), nn.Dropout(dropout), nn.Linear(head_hidden, n_classes))
