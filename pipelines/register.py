@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> None:
         raise KeyError(f"{args.eval} has no metric '{reg.metric}' ({args.workload}.register.metric); "
                        f"it has {sorted(eval_metrics)}")
     parts = w.registration(args.data, args.model)
+    tags = lineage(w, data_dir, model_file, parts.blob, train_run) | parts.lineage
+    if (base_md5 := tags.get(registry.BASE_MD5_TAG)) and (base_name := getattr(reg, "base_model_name", None)):
+        # the base model's version, found by its file's md5; a file never registered says so
+        found = registry.base_version(t.client, base_name, base_md5)
+        tags["trainyard.base.version"] = f"{base_name} v{found}" if found else f"{base_name}: not registered"
 
     def log_model() -> str:
         import mlflow
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
         t.client, name=reg.model_name, model_sha256=file_sha256(model_file), log_model=log_model,
         run_id=train_run, metric=reg.metric, value=float(eval_metrics[reg.metric]), mode=reg.mode,
         val_data_md5=file_md5(data_dir / "val.parquet"),
-        lineage=lineage(w, data_dir, model_file, parts.blob, train_run),
+        lineage=tags,
         rescore=_rescore(parts.rescore), floor=w.floor(eval_metrics), min_delta=reg.min_delta)
     write_json(args.out, out)
     print(f"[register] {reg.model_name} v{out['version']}: {out['decision']}; aliases {out['aliases']} -> {args.out}")

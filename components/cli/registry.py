@@ -69,6 +69,18 @@ def _trace(c, name: str, args: argparse.Namespace) -> None:
             print(f"  data {path}  md5 {md5}")
         if exp := t.get("trainyard.dvc_exp_name"):
             print(f"  dvc experiment {exp} (baseline {t.get('trainyard.dvc_exp_baseline', '-')[:12]})")
+        if base := t.get(registry.BASE_MD5_TAG):
+            print(f"  fine-tuned from {t.get('trainyard.base.file', '-')} (md5 {base}), "
+                  f"registered as {t.get('trainyard.base.version', 'no version')}")
+        return
+    if args.built_on:
+        base, _, version = args.built_on.rpartition(":")
+        if not base or not version.isdigit():
+            raise ValueError(f"--built-on {args.built_on!r}: expected MODEL:VERSION, e.g. char-lm:3")
+        versions = registry.built_on(c, name, base, version)
+        print(f"{name}: {len(versions)} version(s) fine-tuned from {base} v{version}")
+        for v in versions:
+            print(_row(v))
         return
     if args.data:
         digests = lock_digests(args.data, args.rev)
@@ -129,6 +141,8 @@ def _args(a: argparse.ArgumentParser) -> None:
     how.add_argument("--data", help="a data path as dvc.lock names it (a file, or a folder: every file under it)")
     how.add_argument("--commit", help="a git commit (6+ characters)")
     how.add_argument("--version", help="a version: its commit, data files and md5s, training run")
+    how.add_argument("--built-on", metavar="MODEL:VERSION",
+                     help="the versions fine-tuned from that version of another model (e.g. char-lm:3)")
     tr.add_argument("--rev", help="with --data: read dvc.lock at this git revision (default: the workspace's)")
 
 

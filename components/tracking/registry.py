@@ -286,6 +286,28 @@ def data_digests(tags: dict[str, str]) -> dict[str, str]:
     return {k.removeprefix(DATA_TAG): v for k, v in tags.items() if k.startswith(DATA_TAG)}
 
 
+BASE_MD5_TAG = "trainyard.base.model_md5"  # a fine-tuned model's base model file (its registry tag too)
+
+
+def base_version(c, base_name: str, model_md5: str) -> str | None:
+    """The version of `base_name` whose model file has this md5 (newest first), or None when
+    that file was never registered."""
+    for v in list_versions(c, base_name):
+        if v["tags"].get("trainyard.model_md5") == model_md5:
+            return v["version"]
+    return None
+
+
+def built_on(c, name: str, base_name: str, base_version_: str) -> list[dict[str, Any]]:
+    """The versions of `name` fine-tuned from version `base_version_` of `base_name` (from its
+    model file, matched by md5: a base file registered twice is one file), newest first."""
+    base = c.get_model_version(base_name, base_version_)  # fails clearly if it does not exist
+    md5 = base.tags.get("trainyard.model_md5")
+    if not md5:
+        raise ValueError(f"{base_name} v{base_version_} has no trainyard.model_md5 tag: not registered by this pipeline")
+    return [v for v in list_versions(c, name) if v["tags"].get(BASE_MD5_TAG) == md5]
+
+
 def trace(c, name: str, *, md5: str | None = None, commit: str | None = None) -> list[dict[str, Any]]:
     """The versions built from data with this md5 (any of its data files; a prefix of at least
     6 characters will do) or from this git commit (a prefix too), newest first."""

@@ -43,6 +43,7 @@ class Registration:
     blob: dict[str, Any]
     rescore: Callable[[str], float]  # a version's local model file -> REGISTER_METRIC on our val data
     log_model: Callable[[], str]
+    lineage: dict[str, str] = field(default_factory=dict)  # the workload's own version tags (a base model)
 
 
 class Workload(ABC):

@@ -122,7 +122,16 @@ class TextClassifier(Workload):
             net, own = load_model(model_file)
             return float((predict_texts(net, own, texts).argmax(1) == y).float().mean())
 
-        return Registration(blob, rescore, lambda: log_model(model, texts[0]).model_uri)
+        return Registration(blob, rescore, lambda: log_model(model, texts[0]).model_uri, base_lineage(blob))
+
+
+def base_lineage(blob: dict[str, Any]) -> dict[str, str]:
+    """Tags naming the char-LM model file the encoder was fine-tuned from (none from scratch);
+    register adds the char-LM's registered version."""
+    from components.tracking.registry import BASE_MD5_TAG
+
+    base = blob.get("fine_tuned_from")
+    return {BASE_MD5_TAG: base["md5"], "trainyard.base.file": base["file"]} if base else {}
 
 
 WORKLOAD = TextClassifier()

@@ -99,12 +99,13 @@ def apply_schedule(opt: torch.optim.Optimizer, step: int, total: int, epoch: int
 def publish_model(path, state: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> None:
     """Write the self-contained model file: weights, the encoder's shape and vocabulary, the
     classes, the run's params and history, and which char-LM file the encoder came from."""
-    from components.data.parquet import atomic_path, file_sha256
+    from components.data.parquet import atomic_path, file_md5
 
     blob = {"model": state["model"], "encoder": data["encoder"], "classes": data["classes"],
+            "config": {"arch": f"{data['encoder']['arch']}-classifier"},
             "head": {"dropout": train["dropout"], "head_hidden": train["head_hidden"]},
             "train": state.get("train", train), "history": state.get("history", []),
-            "fine_tuned_from": ({"file": train["encoder_model"], "sha256": file_sha256(train["encoder_model"])}
+            "fine_tuned_from": ({"file": train["encoder_model"], "md5": file_md5(train["encoder_model"])}
                                 if train["encoder"] == "char_lm" else None)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(blob, f)

@@ -100,6 +100,8 @@ class TextRegisterParams(RegisterParams):
     """The MLflow registry: a version per trained model, `champion` only if it beats the current one."""
 
     model_name: ModelName = knob("text-classifier", "the registered model's name")
+    base_model_name: ModelName = knob("char-lm", "the registered char-LM: each version is tagged with the "
+                                      "char-LM version its encoder came from")
     metric: str = knob("accuracy", "val accuracy from metrics/text_classifier/eval.json; the champion is "
                        "re-scored with it, so accuracy / max is the only pair accepted")
     mode: Literal["min", "max"] = knob("max", "min | max")
