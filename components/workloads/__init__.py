@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 BUILTIN = {
     "char_lm": "components.workloads.char_lm:WORKLOAD",
     "image_classifier": "components.workloads.image_classifier:WORKLOAD",
+    "text_classifier": "components.workloads.text_classifier:WORKLOAD",
 }
 PLUGINS_ENV = "TRAINYARD_WORKLOADS"
 
