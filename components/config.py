@@ -54,8 +54,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True, populate_by_name=True)
 
 
-class OptimParams(Section):
-    """Optimiser, schedule and run knobs every workload's `train` section has."""
+class RunParams(Section):
+    """Optimiser and run knobs every workload's `train` section has (its schedule is its own:
+    `OptimParams` adds the shared ones)."""
 
     use_tuned: bool = knob(True, "take the tune space's values from tune's best_params.json")
     num_workers: PositiveInt = knob(2, "Ray Train data-parallel (DDP) workers; bs must divide by it")
@@ -68,14 +69,6 @@ class OptimParams(Section):
     beta2: Annotated[float, Field(gt=0, lt=1)] = knob(0.999, "Adam's second-moment decay (0.99 adapts faster)")
     weight_decay: Annotated[float, Field(ge=0)] = knob(0.01, "weight decay")
     clip: PositiveFloat | None = knob(1.0, "gradient-norm clip; null to turn off")
-    schedule: Literal["cosine", "constant", "sgdr", "onecycle"] = knob(
-        "cosine", "cosine | constant | sgdr (warm restarts) | onecycle")
-    min_lr_frac: Annotated[float, Field(ge=0, le=1)] = knob(0.1, "cosine / sgdr: the floor, as a fraction of lr")
-    cycle_len: PositiveFloat = knob(1.0, "sgdr: epochs in the first cycle")
-    cycle_mult: Annotated[float, Field(ge=1)] = knob(2.0, "sgdr: each cycle this many times as long as the last")
-    pct_start: Fraction = knob(0.25, "onecycle: share of the run warming up from lr / div_factor")
-    div_factor: Annotated[float, Field(gt=1)] = knob(25.0, "onecycle: start at lr / div_factor")
-    final_div: Annotated[float, Field(gt=1)] = knob(1e4, "onecycle: end at lr / (div_factor * final_div)")
     patience: PositiveInt | None = knob(None, "stop after this many epochs without a better val metric "
                                         "(the best epoch is published either way); null: run every epoch")
     in_process: bool = knob(True, "a 1-worker run with no cluster (RAY_ADDRESS unset) trains in the stage's own "
@@ -87,11 +80,24 @@ class OptimParams(Section):
                                                 "or go one per node")
 
     @model_validator(mode="after")
-    def _workers_divide(self) -> OptimParams:
+    def _workers_divide(self) -> RunParams:
         bs = getattr(self, "bs", None)
         if bs is not None and bs % self.num_workers:
             raise ValueError(f"bs ({bs}) must be a multiple of num_workers ({self.num_workers})")
         return self
+
+
+class OptimParams(RunParams):
+    """RunParams and the learning-rate schedules in components/training/schedules.py."""
+
+    schedule: Literal["cosine", "constant", "sgdr", "onecycle"] = knob(
+        "cosine", "cosine | constant | sgdr (warm restarts) | onecycle")
+    min_lr_frac: Annotated[float, Field(ge=0, le=1)] = knob(0.1, "cosine / sgdr: the floor, as a fraction of lr")
+    cycle_len: PositiveFloat = knob(1.0, "sgdr: epochs in the first cycle")
+    cycle_mult: Annotated[float, Field(ge=1)] = knob(2.0, "sgdr: each cycle this many times as long as the last")
+    pct_start: Fraction = knob(0.25, "onecycle: share of the run warming up from lr / div_factor")
+    div_factor: Annotated[float, Field(gt=1)] = knob(25.0, "onecycle: start at lr / div_factor")
+    final_div: Annotated[float, Field(gt=1)] = knob(1e4, "onecycle: end at lr / (div_factor * final_div)")
 
 
 class SearchDim(Section):

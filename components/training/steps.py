@@ -14,10 +14,12 @@ class DivergedError(FloatingPointError):
     """The loss became NaN or infinite."""
 
 
-def make_optimizer(model: nn.Module, tp: dict[str, Any]) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay) or Adam (weight decay as an L2 term in the gradient)."""
+def make_optimizer(model: nn.Module, tp: dict[str, Any], groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam (weight decay as an L2 term in the gradient), over
+    the model's parameters or over param `groups` (each with its own rate)."""
     cls = torch.optim.AdamW if tp["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=tp["lr"], weight_decay=tp["weight_decay"], betas=(0.9, tp.get("beta2", 0.999)))
+    return cls(groups if groups is not None else model.parameters(), lr=tp["lr"], weight_decay=tp["weight_decay"],
+               betas=(0.9, tp.get("beta2", 0.999)))
 
 
 def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None) -> None:

@@ -169,6 +169,15 @@ def test_register_is_idempotent(tiny_project):
     after = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())
     assert after["version"] == json.loads(before)["version"]
     assert after["decision"] == "already champion"
+    # the text classifier registers after the char-LM (its version tag names the char-LM's), so
+    # its register stage is stale now; rerun, it makes no second version of the same file
+    tc_before = json.loads((tiny_project / "registry/text_classifier/registered.json").read_text())
+    st = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
+    assert set(st) == {"register@text_classifier"}
+    run(["dvc", "repro", "register@text_classifier"], tiny_project)
+    tc_after = json.loads((tiny_project / "registry/text_classifier/registered.json").read_text())
+    assert tc_after["version"] == tc_before["version"]
+    assert "up to date" in run(["dvc", "status"], tiny_project).stdout
 
 
 def test_image_classifier_registered_beside_the_char_lm(tiny_project):
@@ -383,3 +392,66 @@ def test_registry_cli_archives_and_traces_versions_to_data_and_commits(tiny_proj
     assert re.search(r"^v2\s+archived", run([*review, "list"], tiny_project).stdout, re.M)
     p = run([*review, "promote", "2", "--why", "x"], tiny_project, check=False)
     assert p.returncode == 1 and "archived" in p.stderr
+
+
+def test_text_classifier_fine_tuned_from_the_registered_char_lm(tiny_project):
+    """Lesson 10 end to end: the classifier's encoder came from this project's char-LM model
+    file; evaluate compares it with its scratch twin and the majority class; its registered
+    version names the char-LM version (and `trace --built-on` finds it); its pyfunc answers
+    passages with a genre and a probability; a new char-LM reruns its train stage."""
+    ev = json.loads((tiny_project / "metrics/text_classifier/eval.json").read_text())
+    for k in ("accuracy", "test_accuracy", "scratch_accuracy", "scratch_test_accuracy",
+              "baseline_majority_val_accuracy", "baseline_majority_test_accuracy"):
+        assert 0.0 <= ev[k] <= 1.0, k
+    assert ev["finetune_gain_test_accuracy"] == pytest.approx(ev["test_accuracy"] - ev["scratch_test_accuracy"])
+    classes = json.loads((tiny_project / "data/text_classifier/normalized/classes.json").read_text())["classes"]
+    assert classes == ["comedies", "histories", "problems", "roman", "romances", "tragedies"]
+    assert set(ev["val_per_class_accuracy"]) <= set(classes)
+    assert {"confusion_val.png", "confusion_test.png"} <= {p.name for p in (tiny_project / "reports/text_classifier").iterdir()}
+    # whole plays held out: no document in two splits
+    docs = run([sys.executable, "-c", textwrap.dedent("""
+        import json, pyarrow.parquet as pq
+        print(json.dumps({s: sorted(set(pq.read_table(f'data/text_classifier/normalized/{s}.parquet',
+              columns=['document']).column('document').to_pylist())) for s in ('train', 'val', 'test')}))
+    """)], tiny_project).stdout.strip().splitlines()[-1]
+    docs = {k: set(v) for k, v in json.loads(docs).items()}
+    assert docs["val"] and docs["test"] and not (docs["train"] & docs["val"] or docs["train"] & docs["test"]
+                                                 or docs["val"] & docs["test"])
+    import hashlib
+    lm_md5 = hashlib.md5((tiny_project / "models/char_lm/model.pt").read_bytes()).hexdigest()
+    lm_version = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())["version"]
+    out = _mlflow(tiny_project, """
+        v = max(c.search_model_versions("name='text-classifier'"), key=lambda v: int(v.version))
+        print(json.dumps({'version': v.version, 'tags': v.tags}))
+    """)
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["tags"]["trainyard.base.model_md5"] == lm_md5
+    assert info["tags"]["trainyard.base.version"] == f"char-lm v{lm_version}"
+    cli = [sys.executable, "-m", "components.cli.registry", "--name", "text-classifier", "trace"]
+    built = run([*cli, "--built-on", f"char-lm:{lm_version}"], tiny_project).stdout
+    assert f"1 version(s) fine-tuned from char-lm v{lm_version}" in built and f"v{info['version']} " in built
+    assert "fine-tuned from models/char_lm/model.pt" in run([*cli, "--version", str(info["version"])], tiny_project).stdout
+    code = textwrap.dedent(f"""
+        import mlflow, pandas as pd
+        mlflow.set_tracking_uri('sqlite:///mlflow.db')
+        m = mlflow.pyfunc.load_model('models:/text-classifier/{info['version']}')
+        out = m.predict(pd.DataFrame({{'text': ['Now is the winter of our discontent', 'Friends, Romans, countrymen']}}))
+        print(out.to_json(orient='records'))
+    """)
+    rows = json.loads(run([sys.executable, "-c", code], tiny_project).stdout.strip().splitlines()[-1])
+    assert len(rows) == 2 and all(r["genre"] in classes and 0 < r["probability"] <= 1 for r in rows)
+    # a new char-LM model file sweeps and trains the classifier again (and it registers after the
+    # char-LM): another valid model file in its place, then the original back
+    lm = tiny_project / "models/char_lm/model.pt"
+    original = lm.read_bytes()
+    run([sys.executable, "-c", "import torch; p = 'models/char_lm/model.pt'; b = torch.load(p, weights_only=False); "
+         "b['retrained'] = True; torch.save(b, p)"], tiny_project)
+    try:
+        st = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
+    finally:
+        lm.write_bytes(original)
+    assert {"tune@text_classifier", "train@text_classifier", "register@char_lm"} <= set(st)
+    assert not {"prepare@text_classifier", "normalize@text_classifier", "trial_params@text_classifier"} & set(st)
+    dag = run(["dvc", "dag", "--dot", "register@text_classifier"], tiny_project).stdout
+    assert '"register@char_lm" -> "register@text_classifier"' in dag
+    assert "up to date" in run(["dvc", "status"], tiny_project).stdout

@@ -62,6 +62,7 @@ def test_the_loop_fine_tunes_from_the_char_lm_and_unfreezes_a_group_an_epoch(tmp
     from components.training.driver import worker_config
     from components.training.session import LocalSession, running_in
     from components.workloads.text_classifier.loop import train_loop_per_worker
+    from components.workloads.text_classifier.params import TextTrainParams
 
     itos = ["<unk>", *"abcdefgh \n"]
     lm = CharLM(len(itos), n_fac=8, n_hidden=16)
@@ -76,9 +77,9 @@ def test_the_loop_fine_tunes_from_the_char_lm_and_unfreezes_a_group_an_epoch(tmp
             "n_val": 16, "n_classes": 2, "encoder_uri": str(tmp_path / "lm.pt"),
             "encoder": {"vocab": itos, "vocab_size": len(itos), "arch": "lstm", "n_fac": 8, "n_hidden": 16,
                         "n_layers": 1}}
-    tp = {"encoder": "char_lm", "epochs": 3, "steps_per_epoch": 8, "bs": 16, "seed": 0, "lr": 0.01, "lr_factor": 2.6,
-          "weight_decay": 0.01, "beta2": 0.99, "clip": 1.0, "dropout": 0.1, "head_hidden": 8, "unfreeze_every": 1,
-          "cut_frac": 0.1, "stlr_ratio": 32.0, "patience": None}
+    # the params.yaml defaults, shrunk: the loop reads every key a real run has
+    tp = TextTrainParams().model_dump() | {"epochs": 3, "steps_per_epoch": 8, "bs": 16, "lr": 0.01, "dropout": 0.1,
+                                           "head_hidden": 8, "unfreeze_every": 1, "num_workers": 1}
     local = LocalSession()
     try:
         with running_in(local):

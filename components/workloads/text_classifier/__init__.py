@@ -23,7 +23,7 @@ class TextClassifier(Workload):
     data_meta = "classes.json"
     live_metrics = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "groups_trained")
     headline = ("lr", "dropout", "unfreeze_every", "encoder")
-    select = ("val_loss", "min")
+    select = ("val_accuracy", "max")  # the epoch published: see TextTuneParams.metric
     baseline_metric = "val_accuracy"
 
     def prepare(self, p: TextClassifierParams, out: str) -> str:
@@ -99,7 +99,7 @@ class TextClassifier(Workload):
             key = params_key(blob["train"], file_sha256(model), manifest["files"])
             run = str(local_state_dir() / "text_classifier" / "evaluate" / f"scratch-{key}")
             print("[evaluate] training the same classifier from scratch with the same budget", flush=True)
-            s_net, s_blob = load_model(train_scratch(data, manifest, blob, run))
+            s_net, s_blob = load_model(train_scratch(data, manifest, blob, run, self.select))
             scratch = score(s_net, s_blob, "scratch_")
             metrics |= {"scratch_accuracy": scratch["scratch_accuracy"],
                         "scratch_test_accuracy": scratch["scratch_test_accuracy"],

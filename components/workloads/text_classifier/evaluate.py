@@ -25,10 +25,11 @@ def majority_baseline(y_train: torch.Tensor, splits: dict[str, torch.Tensor]) ->
     return {f"baseline_majority_{s}_accuracy": float((y == majority).float().mean()) for s, y in splits.items()}
 
 
-def train_scratch(folder: str | Path, manifest: dict[str, Any], blob: dict[str, Any], run_uri: str) -> str:
+def train_scratch(folder: str | Path, manifest: dict[str, Any], blob: dict[str, Any], run_uri: str,
+                  select: tuple[str, str]) -> str:
     """Train the published classifier's twin from random weights with the same params and
-    budget, in this process (checkpoints under `run_uri`: a rerun resumes or reuses it); the
-    model file it publishes, beside the run."""
+    budget, in this process (checkpoints under `run_uri`: a rerun resumes or reuses it), its
+    epoch picked by `select` as the fine-tuned one's was; the model file it publishes, beside the run."""
     from components.training.driver import fit_in_process
     from components.workloads.text_classifier.loop import train_loop_per_worker
     from components.workloads.text_classifier.model import publish_model
@@ -41,7 +42,7 @@ def train_scratch(folder: str | Path, manifest: dict[str, Any], blob: dict[str, 
             "encoder_uri": None}
     out = fit_in_process(train_loop_per_worker, {"train": cfg, "data": data}, run_uri=run_uri,
                          cpus_per_worker=max(1.0, float(cfg["cpus_per_worker"] * cfg["num_workers"])), use_gpu=False,
-                         select=("val_loss", "min"))
+                         select=select)
     path = f"{run_uri}/scratch-model.pt"
     publish_model(path, out.published, data, cfg)
     return path

