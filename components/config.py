@@ -54,6 +54,19 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True, populate_by_name=True)
 
 
+class HeldOut(Section):
+    """A section with `val_frac` and `test_frac` (its own fields, with its own wording): they
+    must leave `min_train` of the data for train."""
+
+    min_train: ClassVar[float] = 0.1
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> HeldOut:
+        if self.val_frac + self.test_frac >= 1 - self.min_train:  # type: ignore[attr-defined]
+            raise ValueError(f"val_frac + test_frac must leave at least {self.min_train:.0%} for train")
+        return self
+
+
 class RunParams(Section):
     """Optimiser and run knobs every workload's `train` section has (its schedule is its own:
     `OptimParams` adds the shared ones)."""

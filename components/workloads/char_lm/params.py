@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
 from components.config import (
     Fraction,
+    HeldOut,
     ModelName,
     OptimParams,
     PositiveFloat,
@@ -42,18 +43,14 @@ class PrepareParams(Section):
         return self
 
 
-class NormalizeParams(Section):
+class NormalizeParams(HeldOut):
     """Contiguous splits (the last fractions of the text, never shuffled) and a train-only vocabulary."""
+
+    min_train: ClassVar[float] = 0.5
 
     val_frac: Fraction = knob(0.05, "the share of the text before test that is val")
     test_frac: Fraction = knob(0.05, "the last share of the text")
     min_count: PositiveInt = knob(1, "characters seen fewer times in train map to <unk> (id 0)")
-
-    @model_validator(mode="after")
-    def _room_for_train(self) -> NormalizeParams:
-        if self.val_frac + self.test_frac >= 0.5:
-            raise ValueError("val_frac + test_frac must leave at least half the text for train")
-        return self
 
 
 class TrainParams(OptimParams):

