@@ -257,7 +257,9 @@ def test_registry_cli_lists_promotes_and_rolls_back(tiny_project):
     assert p.returncode == 1 and "no earlier champion" in p.stderr
 
 
-def test_mlflow_models_serve_answers_prompts(tiny_project):
+def _serve_and_ask(project, model_uri: str, body: dict) -> dict:
+    """Start `mlflow models serve` on a free loopback port, post `body` to /invocations once it
+    answers (bounded), stop the server; the reply."""
     import socket
     import time
     import urllib.request
@@ -267,16 +269,14 @@ def test_mlflow_models_serve_answers_prompts(tiny_project):
         port = s.getsockname()[1]
     env = project_env() | {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
     server = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", "models:/char-lm@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=tiny_project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        body = json.dumps({"dataframe_split": {"columns": ["prompt", "n_chars"], "data": [["ROMEO:", 25]]}}).encode()
-        reply = None
+        data, reply = json.dumps(body).encode(), None
         while time.monotonic() < deadline and server.poll() is None:
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=data,
                                              headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(req, timeout=10) as r:
                     reply = json.loads(r.read())
@@ -284,14 +284,28 @@ def test_mlflow_models_serve_answers_prompts(tiny_project):
             except OSError:
                 time.sleep(1)
         assert reply is not None, f"server did not answer: {server.stderr.read() if server.poll() is not None else ''}"
-        text = reply["predictions"][0]
-        assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 25
+        return reply
     finally:
         server.terminate()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_mlflow_models_serve_answers_prompts(tiny_project):
+    reply = _serve_and_ask(tiny_project, "models:/char-lm@champion",
+                           {"dataframe_split": {"columns": ["prompt", "n_chars"], "data": [["ROMEO:", 25]]}})
+    text = reply["predictions"][0]
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 25
+
+
+def test_mlflow_models_serve_answers_passages_with_a_genre(tiny_project):
+    reply = _serve_and_ask(tiny_project, "models:/text-classifier/1",
+                           {"dataframe_records": [{"text": "Friends, Romans, countrymen, lend me your ears"}]})
+    classes = json.loads((tiny_project / "data/text_classifier/normalized/classes.json").read_text())["classes"]
+    [row] = reply["predictions"]
+    assert row["genre"] in classes and 0 < row["probability"] <= 1
 
 
 def test_gru_trains_and_registers_under_the_same_name(tiny_project):
