@@ -31,8 +31,10 @@ def project(tmp_path_factory, shared_ray):
     dvc = yaml.safe_load((dest / "dvc.yaml").read_text())
     for stage in dvc["stages"].values():
         items = stage["foreach"]
+        # the char-LM's entry with its own paths (base, after: its own manifest), its meta file
         items["regression"] = ({"inputs": "${regression.prepare.inputs}"} if "inputs" in items["char_lm"]
-                               else {"meta": "stats.json"})
+                               else {**{k: v.replace("char_lm", "regression") for k, v in items["char_lm"].items()},
+                                     "meta": "stats.json"})
     (dest / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     env = project_env(shared_ray) | {"TRAINYARD_WORKLOADS": PLUGIN}
     proc = run(["dvc", "repro", "register@regression"], dest, timeout=900, env=env)
