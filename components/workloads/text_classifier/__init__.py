@@ -95,7 +95,7 @@ class TextClassifier(Workload):
         lines = [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test, unseen documents)",
                  f"majority baseline: {metrics['baseline_majority_val_accuracy']:.4f} (val), "
                  f"{metrics['baseline_majority_test_accuracy']:.4f} (test)"]
-        if p.evaluate.scratch and blob["train"].get("encoder") == "char_lm":
+        if p.evaluate.scratch and blob["train"].get("encoder", "scratch") != "scratch":
             key = params_key(blob["train"], file_sha256(model), manifest["files"])
             run = str(local_state_dir() / "text_classifier" / "evaluate" / f"scratch-{key}")
             print("[evaluate] training the same classifier from scratch with the same budget", flush=True)

@@ -68,7 +68,7 @@ def build(data: dict[str, Any], tp: dict[str, Any]) -> PoolingClassifier:
                               n_hidden=enc["n_hidden"], n_layers=enc["n_layers"],
                               nonlinearity=enc.get("nonlinearity", "tanh"), dropout=tp["dropout"],
                               head_hidden=tp["head_hidden"])
-    if tp["encoder"] == "char_lm":
+    if tp["encoder"] != "scratch":  # the encoder knob: char_lm (a model file) or scratch
         blob = torch.load(data["encoder_uri"], map_location="cpu", weights_only=False)
         load_encoder(model, blob["model"])
     return model

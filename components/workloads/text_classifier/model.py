@@ -106,7 +106,7 @@ def publish_model(path, state: dict[str, Any], data: dict[str, Any], train: dict
             "head": {"dropout": train["dropout"], "head_hidden": train["head_hidden"]},
             "train": state.get("train", train), "history": state.get("history", []),
             "fine_tuned_from": ({"file": train["encoder_model"], "md5": file_md5(train["encoder_model"])}
-                                if train["encoder"] == "char_lm" else None)}
+                                if train["encoder"] != "scratch" else None)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(blob, f)
 
