@@ -15,6 +15,8 @@ from mlflow.entities import Metric
 
 from components.cli.entry import main, paths, workload
 from components.data.parquet import staging_dir, write_json
+from components.run_keys import run_key
+from components.store import local_state_dir
 from components.tracking import runs
 from components.tracking.session import connect
 
@@ -23,8 +25,13 @@ def run(args: argparse.Namespace) -> None:
     w, p = workload(args)
     t = connect(args.tracking_uri)
     run_id = runs.train_run_id(args.model, args.train_run)
+    # what evaluate keeps to resume (a comparison model's training) is keyed like a train run:
+    # the code, the params, and every model and data file it declares (a new model: anew)
+    key = run_key("evaluate", args.workload, p.evaluate.model_dump(), inputs=(args.data, args.model, args.train_run),
+                  params_file=args.params)
+    state = local_state_dir() / args.workload / "evaluate" / f"run-{key.key}"
     with staging_dir(args.reports) as tmp:
-        metrics, lines = w.evaluate(p, args.data, args.model, tmp)
+        metrics, lines = w.evaluate(p, args.data, args.model, tmp, state)
     write_json(args.metrics, metrics)
     now = int(time.time() * 1000)
     flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}

@@ -20,9 +20,9 @@ from typing import Any
 from components.cli.entry import main, paths, workload
 from components.cluster.connect import init_ray
 from components.cluster.resources import check_train_fits, local_resources, want_gpu
-from components.data.parquet import atomic_path, load_manifest, read_json, write_json
-from components.fingerprint import code_fingerprint
-from components.store import params_key, stage_storage
+from components.data.parquet import atomic_path, read_json, write_json
+from components.run_keys import run_key
+from components.store import stage_storage
 from components.tracking import runs
 from components.tracking.journal import LiveMetrics, Writer, live_metrics_callback
 from components.tracking.session import connect
@@ -92,17 +92,17 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     w, p = workload(args)
     cfg, tuned_values = effective_train_params(p.train, args.tuned)
     t = connect(args.tracking_uri)  # fails here, before any compute, if MLflow does not answer
-    manifest = load_manifest(args.data)
     data = w.training_data(args.data, cfg, p)
 
     here = trains_in_process(cfg)
     resources = local_resources() if here else init_ray()
     gpu = want_gpu(cfg["use_gpu"], resources, cfg["num_workers"])
     check_train_fits(resources, cfg["num_workers"], cfg["cpus_per_worker"], gpu)
-    # Same code + params + data -> same key -> a re-run resumes this run's checkpoints;
-    # a change to any of them is a new run (new Ray run name, new MLflow run), from scratch.
-    code = code_fingerprint("pipelines.train", args.workload)
-    key = params_key(cfg, manifest["files"], code)
+    # Same code + params + data + base model -> same key -> a re-run resumes this run's
+    # checkpoints; a change to any of them is a new run (new Ray run name, new MLflow run).
+    # The tuned values are in cfg (when they are used): best_params.json is keyed through it.
+    rk = run_key("train", args.workload, cfg, inputs=(args.data,), params_file=args.params)
+    key, code = rk.key, rk.code
     run_id = runs.start_run(t.client, t.experiment_id(args.workload), f"{args.workload}/train/{key}", f"train-{key}",
                             {"trainyard.stage": "train", "trainyard.arch": str(cfg.get("arch", "-")),
                              "trainyard.code": code})

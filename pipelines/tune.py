@@ -15,9 +15,9 @@ import argparse
 
 from components.cli.entry import main, paths, workload
 from components.config import trial_params
-from components.data.parquet import load_manifest, read_json, write_json
-from components.fingerprint import code_fingerprint
-from components.store import params_key, stage_storage
+from components.data.parquet import read_json, write_json
+from components.run_keys import run_key
+from components.store import stage_storage
 from components.tracking.session import connect
 from components.tuning.sweep import run_sweep
 
@@ -37,12 +37,12 @@ def run(args: argparse.Namespace) -> None:
     # dvc.yaml passes the trial_params stage's file (what tune depends on); by hand, params.yaml's
     base = sweep_base(w.train_schema, args.trial_params) if args.trial_params else trial_params(p.train)
     data = w.training_data(args.data, base, p).workers
-    # Same code + data + params -> same sweep name -> a killed sweep resumes; any change -> a new
-    # sweep. Except num_samples: raised, it adds trials to the same sweep (run_sweep's rounds).
-    code = code_fingerprint("pipelines.tune", args.workload)
-    key = params_key(p.tune.model_dump(exclude={"num_samples"}), base, load_manifest(args.data)["files"], code)
-    outcome = run_sweep(p.tune, base, data, workload=w, tracking_uri=args.tracking_uri, code=code,
-                        storage=stage_storage(args.workload, "tune"), name=f"sweep-{key}",
+    # Same code + data + base model + params -> same sweep name -> a killed sweep resumes; any
+    # change -> a new sweep. Except num_samples: raised, it adds trials to the same sweep (rounds).
+    key = run_key("tune", args.workload, p.tune.model_dump(exclude={"num_samples"}), base,
+                  inputs=(args.data, args.trial_params), params_file=args.params)
+    outcome = run_sweep(p.tune, base, data, workload=w, tracking_uri=args.tracking_uri, code=key.code,
+                        storage=stage_storage(args.workload, "tune"), name=f"sweep-{key.key}",
                         use_gpu_setting=base["use_gpu"])
     stopped = sum(1 for t in outcome.trials if (t["epochs"] or 0) < p.tune.epochs)
     write_json(args.out, {

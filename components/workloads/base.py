@@ -109,8 +109,10 @@ class Workload(ABC):
         (`folder`: the normalized data; `data`: what the workers got; `train`: the run's params)."""
 
     @abstractmethod
-    def evaluate(self, p: Any, data: str, model: str, reports: Path) -> tuple[dict[str, Any], list[str]]:
-        """Score the model on val and test, write reports into `reports`; (metrics, summary lines)."""
+    def evaluate(self, p: Any, data: str, model: str, reports: Path, state: Path) -> tuple[dict[str, Any], list[str]]:
+        """Score the model on val and test, write reports into `reports`; (metrics, summary lines).
+        `state`: a folder for work worth resuming (a comparison model's training), keyed by the
+        stage's run key (code, params, the model and data it reads): a rerun of the same resumes it."""
 
     @abstractmethod
     def registration(self, data: str, model: str) -> Registration:

@@ -469,3 +469,56 @@ def test_text_classifier_fine_tuned_from_the_registered_char_lm(tiny_project):
     dag = run(["dvc", "dag", "--dot", "register@text_classifier"], tiny_project).stdout
     assert '"register@char_lm" -> "register@text_classifier"' in dag
     assert "up to date" in run(["dvc", "status"], tiny_project).stdout
+
+
+def _stage_logs(out: str) -> dict[str, str]:
+    """`dvc repro`'s output cut per stage: name -> what that stage printed."""
+    parts = re.split(r"^Running stage '([^']+)':$", out, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_a_new_char_lm_trains_the_text_classifier_anew_and_the_old_one_resumes(tiny_project):
+    """The base model is in every run key of the stages that read it: another char-LM (here
+    from another seed) is a new text-classifier sweep, run and version naming the new base;
+    the old char-LM back, nothing trains again and no version is added."""
+    tc_model, lm = tiny_project / "models/text_classifier/model.pt", tiny_project / "models/char_lm/model.pt"
+    tc_run = lambda: json.loads((tiny_project / "models/text_classifier/train_run.json").read_text())["run_id"]  # noqa: E731
+    versions = lambda name: int(_mlflow(tiny_project, f"print(len(c.search_model_versions(\"name='{name}'\")))")  # noqa: E731
+                                .strip().splitlines()[-1])
+    before = {"lm": _md5(lm), "tc": _md5(tc_model), "run": tc_run(), "versions": versions("text-classifier")}
+    with restored_outputs(tiny_project, "char_lm"), restored_outputs(tiny_project, "text_classifier"):
+        with edited_params(tiny_project, lambda p: p["char_lm"]["train"].update(seed=1)):
+            p = run(["dvc", "repro"], tiny_project, timeout=1200)
+        logs = _stage_logs(p.stdout + p.stderr)
+        assert _md5(lm) != before["lm"]
+        assert {"train@char_lm", "tune@text_classifier", "train@text_classifier"} <= set(logs)
+        assert "resuming the sweep" not in logs["tune@text_classifier"], logs["tune@text_classifier"][-2000:]
+        assert "resumed from epoch" not in logs["train@text_classifier"], logs["train@text_classifier"][-2000:]
+        assert tc_run() != before["run"] and _md5(tc_model) != before["tc"]
+        assert versions("text-classifier") == before["versions"] + 1
+        lm_version = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())["version"]
+        tags = json.loads(_mlflow(tiny_project, """
+            v = max(c.search_model_versions("name='text-classifier'"), key=lambda v: int(v.version))
+            print(json.dumps(v.tags))
+        """).strip().splitlines()[-1])
+        assert tags["trainyard.base.model_md5"] == _md5(lm)
+        assert tags["trainyard.base.version"] == f"char-lm v{lm_version}"
+        # the old params back: the char-LM's finished run is read again, so is the old base
+        # model, and the classifier's sweep and run resume as they were (or DVC's run cache
+        # restores their outputs): the same model, the same MLflow run, no new version
+        p = run(["dvc", "repro"], tiny_project, timeout=1200)
+        logs = _stage_logs(p.stdout + p.stderr)
+        assert _md5(lm) == before["lm"]
+        for stage in ("tune@text_classifier", "train@text_classifier"):
+            if stage in logs:  # it ran: it resumed, and trained no epoch
+                assert re.search(r"resuming the sweep|resumed from epoch", logs[stage]), logs[stage][-2000:]
+        assert "epoch 1/" not in logs.get("train@text_classifier", "")
+        assert _md5(tc_model) == before["tc"] and tc_run() == before["run"]
+        assert versions("text-classifier") == before["versions"] + 1
+        assert "up to date" in run(["dvc", "status"], tiny_project).stdout

@@ -73,7 +73,8 @@ class CharLM(Workload):
                   f"val), val_loss {mix['lm_val_loss']:.4f} -> {mix['val_loss']:.4f}", flush=True)
         publish_model(path, state, vocab, kwargs, mix)
 
-    def evaluate(self, p: CharLMParams, data: str, model: str, reports: Path) -> tuple[dict[str, Any], list[str]]:
+    def evaluate(self, p: CharLMParams, data: str, model: str, reports: Path,
+                 state: Path) -> tuple[dict[str, Any], list[str]]:
         from components.data.parquet import load_manifest
         from components.workloads.char_lm.baselines import baselines
         from components.workloads.char_lm.evaluate import (

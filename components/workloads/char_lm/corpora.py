@@ -154,7 +154,8 @@ def fit_and_score(text: str, work: str | Path, p: Any = None, name: str = "corpu
                            max_failures=0, select=w.select), cfg["num_workers"], w.select)
     w.publish(work / "model.pt", out.published, str(work / "normalized"), data, cfg)
     (work / "reports").mkdir(exist_ok=True)
-    metrics, _ = w.evaluate(p, str(work / "normalized"), str(work / "model.pt"), work / "reports")
+    metrics, _ = w.evaluate(p, str(work / "normalized"), str(work / "model.pt"), work / "reports",
+                             work / "evaluate")
     hist = out.state["history"]
     return metrics | {"epochs": len(hist), "published_epoch": out.best["epoch"], "train_s": hist[-1]["train_s"],
                       "steps": hist[-1]["step"], "vocab_size": data["vocab_size"], "n_train": data["n_train"]}

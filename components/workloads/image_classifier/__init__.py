@@ -59,7 +59,7 @@ class ImageClassifier(Workload):
         publish_model(path, state, data, train["arch"], train["dropout"], train["tta"])
 
     def evaluate(self, p: ImageClassifierParams, data: str, model: str,
-                 reports: Path) -> tuple[dict[str, Any], list[str]]:
+                 reports: Path, state: Path) -> tuple[dict[str, Any], list[str]]:
         from components.data.parquet import load_manifest
         from components.evaluation import classification_metrics, plot_confusion
         from components.workloads.image_classifier.baselines import baselines

@@ -63,10 +63,9 @@ class TextClassifier(Workload):
         publish_model(path, state, data, train)
 
     def evaluate(self, p: TextClassifierParams, data: str, model: str,
-                 reports: Path) -> tuple[dict[str, Any], list[str]]:
-        from components.data.parquet import file_sha256, load_manifest
+                 reports: Path, state: Path) -> tuple[dict[str, Any], list[str]]:
+        from components.data.parquet import load_manifest
         from components.evaluation import classification_metrics, plot_confusion
-        from components.store import local_state_dir, params_key
         from components.workloads.text_classifier.evaluate import (
             majority_baseline,
             read_split,
@@ -96,8 +95,7 @@ class TextClassifier(Workload):
                  f"majority baseline: {metrics['baseline_majority_val_accuracy']:.4f} (val), "
                  f"{metrics['baseline_majority_test_accuracy']:.4f} (test)"]
         if p.evaluate.scratch and blob["train"].get("encoder", "scratch") != "scratch":
-            key = params_key(blob["train"], file_sha256(model), manifest["files"])
-            run = str(local_state_dir() / "text_classifier" / "evaluate" / f"scratch-{key}")
+            run = str(state / "scratch")
             print("[evaluate] training the same classifier from scratch with the same budget", flush=True)
             s_net, s_blob = load_model(train_scratch(data, manifest, blob, run, self.select))
             scratch = score(s_net, s_blob, "scratch_")

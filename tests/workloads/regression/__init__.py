@@ -110,7 +110,8 @@ class Regression(Workload):
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(blob, f)
 
-    def evaluate(self, p: RegressionParams, data: str, model: str, reports: Path) -> tuple[dict[str, Any], list[str]]:
+    def evaluate(self, p: RegressionParams, data: str, model: str, reports: Path,
+                 state: Path) -> tuple[dict[str, Any], list[str]]:
         net, _ = load_model(model)
         m = load_manifest(data)
         metrics = {f"{s}_loss": mse(net, *read_xy(data, m, f"{s}.parquet")) for s in ("val", "test")}
