@@ -7,7 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast lint ray-up ray-down mlflow-up mlflow-down clean
+# The default test tier leaves out the tiers named here (markers in pyproject.toml); test-all runs them.
+EXTENDED := cluster or corpora or faults or serve or plugin or container or gpu
+
+.PHONY: run test test-all test-fast lint ray-up ray-down mlflow-up mlflow-down clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +22,12 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	dvc repro
 
-## test: the whole suite (unit, integration with real Ray / MLflow / DVC)
+## test: the default tier: the unit suite and the pipeline end to end through real DVC, Ray and MLflow
 test: $(STAMP)
+	python -m pytest -m "not ($(EXTENDED))"
+
+## test-all: every tier (adds the cluster, corpora, fault matrix, serve, plug-in, container and GPU tests); CI runs it
+test-all: $(STAMP)
 	python -m pytest
 
 ## test-fast: unit tests only

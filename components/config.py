@@ -10,6 +10,7 @@ and a test fails when they disagree.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -204,9 +205,12 @@ FINAL_ONLY = ("use_tuned", "epochs", "steps_per_epoch", "max_tokens", "time_budg
               "cpus_per_worker", "seed", "in_process", "max_failures", "placement", "patience", "bigram_mix")
 
 
-def trial_params(train: BaseModel) -> dict[str, Any]:
-    """The train params a sweep trial uses: all but the keys only the final run reads."""
-    return {k: v for k, v in train.model_dump().items() if k not in FINAL_ONLY}
+def trial_params(train: BaseModel, searched: Iterable[str] = ()) -> dict[str, Any]:
+    """The train params a sweep trial uses: all but the keys only the final run reads and the
+    `searched` ones (`tune.space`'s keys: every trial sets them to its own sample, so their
+    value in `train` changes no trial and must not rerun the sweep)."""
+    skip = set(FINAL_ONLY) | set(searched)
+    return {k: v for k, v in train.model_dump().items() if k not in skip}
 
 
 def _check_sweep(tune: TuneParams, train: BaseModel, reported: tuple[str, ...]) -> None:

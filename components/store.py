@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow.fs as pafs
+if TYPE_CHECKING:  # pyarrow costs a stage ~0.25 s to import: only where a store path is read
+    import pyarrow.fs as pafs
+
 
 
 def project_root() -> Path:
@@ -60,6 +62,8 @@ def local_state_dir() -> Path:
 
 def store_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem of a run-store path or URI, and the path within it."""
+    import pyarrow.fs as pafs
+
     return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
 
 
@@ -78,6 +82,8 @@ def write_store_json(uri: str, obj: Any) -> None:
 
 def read_store_json(uri: str) -> Any | None:
     """A JSON file from the run store, or None when there is none."""
+    import pyarrow.fs as pafs
+
     fs, path = store_fs(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
@@ -101,6 +107,8 @@ def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
     root = store_root()
     if "://" not in root:
         return {k: str(Path(v).resolve()) for k, v in files.items()}
+    import pyarrow.fs as pafs
+
     from components.data.parquet import file_sha256
 
     fs, base = pafs.FileSystem.from_uri(root)

@@ -13,6 +13,7 @@ import time
 
 from mlflow.entities import Metric
 
+from components import timings
 from components.cli.entry import main, paths, workload
 from components.data.parquet import staging_dir, write_json
 from components.run_keys import run_key
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> None:
     key = run_key("evaluate", args.workload, p.evaluate.model_dump(), inputs=(args.data, args.model, args.train_run),
                   params_file=args.params)
     state = local_state_dir() / args.workload / "evaluate" / f"run-{key.key}"
-    with staging_dir(args.reports) as tmp:
+    with staging_dir(args.reports) as tmp, timings.work():
         metrics, lines = w.evaluate(p, args.data, args.model, tmp, state)
     write_json(args.metrics, metrics)
     now = int(time.time() * 1000)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 
+from components import timings
 from components.cli.entry import main, paths, workload
 
 
 def run(args: argparse.Namespace) -> None:
     w, p = workload(args)
-    print(f"[normalize] {w.normalize(p, args.src, args.out)}")
+    with timings.work():
+        summary = w.normalize(p, args.src, args.out)
+    print(f"[normalize] {summary}")
 
 
 if __name__ == "__main__":

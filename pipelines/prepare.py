@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 
+from components import timings
 from components.cli.entry import main, paths, workload
 
 
 def run(args: argparse.Namespace) -> None:
     w, p = workload(args)
-    print(f"[prepare] {w.prepare(p, args.out)}")
+    with timings.work():
+        summary = w.prepare(p, args.out)
+    print(f"[prepare] {summary}")
 
 
 if __name__ == "__main__":

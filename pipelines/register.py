@@ -12,6 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from components import timings
 from components.cli.entry import main, paths, workload
 from components.data.parquet import file_md5, file_sha256, read_json, write_json
 from components.tracking import registry, runs
@@ -57,7 +58,8 @@ def _rescore(rescore_file):
     def rescore(version) -> float:
         with tempfile.TemporaryDirectory() as d:
             local = Path(mlflow.artifacts.download_artifacts(version.source, dst_path=d))
-            return rescore_file(str(next(local.rglob("*.pt"))))
+            with timings.work():
+                return rescore_file(str(next(local.rglob("*.pt"))))
     return rescore
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import time
 from pathlib import Path
 from typing import Any
 
+from components import timings
 from components.cli.entry import main, paths, workload
 from components.cluster.connect import init_ray
 from components.cluster.resources import check_train_fits, local_resources, want_gpu
@@ -121,6 +123,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     live = (writer.uri, run_id, str(writer.journal.path), w.live_metrics)
     loop_config, storage = {"train": cfg, "data": data.workers}, stage_storage(args.workload, "train")
     monitor = runs.system_metrics(run_id, t.uri)
+    fit_t0 = time.perf_counter()
     try:
         if here:
             # its own folder: a Train run of the same key (with RAY_ADDRESS set) keeps another layout
@@ -141,6 +144,8 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
         if monitor is not None:
             monitor.finish()
     history = outcome.state["history"]
+    timings.add_work(sum(h.get("epoch_s", 0.0) for h in history))  # the loop's own clock: steps and val
+    timings.note("fit_s", time.perf_counter() - fit_t0)
     writer.log_history(run_id, history)  # whatever the live writes missed (the checkpoint has it all)
     # the best epoch's weights (by the workload's `select` metric), with the whole run's history
     published = outcome.best["epoch"]

@@ -1,5 +1,6 @@
 """trial_params: the train params a sweep trial uses (all but the keys only the final run
-reads: epochs, steps_per_epoch, num_workers, seed, ...), as JSON.
+reads: epochs, steps_per_epoch, num_workers, seed, ...; and but the keys in `tune.space`,
+which every trial samples), as JSON.
 
     python -m pipelines.trial_params --workload char_lm --out tune/char_lm/trial_params.json
 
@@ -18,7 +19,7 @@ from components.data.parquet import write_json
 
 def run(args: argparse.Namespace) -> None:
     _, p = workload(args)
-    base = trial_params(p.train)
+    base = trial_params(p.train, p.tune.space)
     write_json(args.out, {"train": base})
     print(f"[trial_params] {len(base)} train keys reach a trial -> {args.out}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from components import timings
 from components.cli.entry import main, paths, workload
 from components.config import trial_params
 from components.data.parquet import read_json, write_json
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> None:
     w, p = workload(args)
     connect(args.tracking_uri)  # fails here, before any compute, if MLflow does not answer
     # dvc.yaml passes the trial_params stage's file (what tune depends on); by hand, params.yaml's
-    base = sweep_base(w.train_schema, args.trial_params) if args.trial_params else trial_params(p.train)
+    base = sweep_base(w.train_schema, args.trial_params) if args.trial_params else trial_params(p.train, p.tune.space)
     data = w.training_data(args.data, base, p).workers
     # Same code + data + base model + params -> same sweep name -> a killed sweep resumes; any
     # change -> a new sweep. Except num_samples: raised, it adds trials to the same sweep (rounds).
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> None:
     outcome = run_sweep(p.tune, base, data, workload=w, tracking_uri=args.tracking_uri, code=key.code,
                         storage=stage_storage(args.workload, "tune"), name=f"sweep-{key.key}",
                         use_gpu_setting=base["use_gpu"])
+    # the trials' own training clocks, run `concurrent` at a time: the sweep's work in wall seconds
+    timings.add_work(sum(t.get("train_s") or 0.0 for t in outcome.trials) / max(1, outcome.plan.concurrent))
     stopped = sum(1 for t in outcome.trials if (t["epochs"] or 0) < p.tune.epochs)
     write_json(args.out, {
         "params": outcome.best_params, p.tune.metric: outcome.best_metric, "trial_id": outcome.best_trial,

@@ -7,9 +7,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from components import workloads
+from components import timings, workloads
 from components.cluster.connect import quiet_loggers
 from components.params import load_params
 from components.tracking.server import tracking_uri
@@ -73,12 +74,16 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
     args = p.parse_args()
     args.tracking_uri = tracking_uri()
     quiet_loggers()
+    stage = f"{Path(sys.argv[0]).stem}@{args.workload}"
     try:
         fn(args)
+        timings.flush(stage, ok=True)
     except KeyboardInterrupt:
+        timings.flush(stage, ok=False)
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:  # every failure ends as one clear line and a non-zero exit
+        timings.flush(stage, ok=False)
         _quiet_ray()
         if os.environ.get("TRAINYARD_TRACEBACK"):  # for bug reports: the whole story
             import traceback

@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 
+from components import timings
 from components.cluster.processes import (
     reap_leaked_placement_groups,
     reap_stale_ray,
@@ -80,12 +81,12 @@ class _NoiseFilter(logging.Filter):
 
 
 def quiet_loggers() -> None:
-    """Ray's and MLflow's own loggers without the noise (before `ray.init`, which logs some)."""
+    """Ray's and MLflow's own loggers without the noise (before `ray.init`, which logs some):
+    those already imported; called again once a stage imports one (`tracking.session.connect`),
+    so that a stage that needs neither never pays for importing them (MLflow: ~1.4 s)."""
     if ray_verbose():
         return
     import warnings
-
-    import mlflow  # noqa: F401 - its handlers exist once it is imported; every stage imports it anyway
 
     warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
     for name in ("ray", "mlflow"):
@@ -161,6 +162,7 @@ def init_ray() -> dict[str, float]:
                 ray.init(address="local", include_dashboard=dashboard, log_to_driver=True,
                          _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
                 record_ray_processes()
+                timings.note("ray_started", True)
         except ConnectionError as err:
             raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({err})") from None
         reap_leaked_placement_groups()

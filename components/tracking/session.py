@@ -30,6 +30,9 @@ def connect(uri: str) -> Tracking:
     import mlflow
     from mlflow import MlflowClient
 
+    from components.cluster.connect import quiet_loggers
+
+    quiet_loggers()  # its loggers exist now: filter them as the stage's start did Ray's
     check_tracking(uri)
     check_login(uri)
     mlflow.set_tracking_uri(uri)

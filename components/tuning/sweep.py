@@ -347,7 +347,10 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
     # reproducible: one trial at a time, so ASHA and the searcher see results in one order
     plan = plan_trials(resources, tp.workers_per_trial, tp.cpus_per_worker, tp.gpus_per_worker if use_gpu else 0.0,
                        tp.driver_memory_mb, 1 if tp.reproducible else tp.max_concurrent)
-    per_pass = workload.steps_per_pass(data, base_train)
+    # A pass's steps for the budget line: the searched keys (left out of `base_train`) at their
+    # defaults; each trial's own budget uses its sampled values (`trial_train_config`).
+    filled = workload.train_schema.model_validate({**base_train, "num_workers": 1}).model_dump()
+    per_pass = workload.steps_per_pass(data, filled)
     budget = (f"{tp.steps_per_epoch} steps (tune.steps_per_epoch)" if tp.steps_per_epoch else
               f"{trial_steps(tp, per_pass)} steps ({tp.pass_frac:g} of a {per_pass}-step pass, at least {tp.min_steps})")
     print(f"[tune] {planned(tp)} trials, {plan.concurrent} at a time "

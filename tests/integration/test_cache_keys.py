@@ -79,6 +79,22 @@ def test_changing_train_epochs_reruns_train_not_the_sweep(project):
     assert {"tune@char_lm", "train@char_lm"} <= set(_status(project))
 
 
+def test_a_searched_train_key_reruns_train_not_the_sweep(project):
+    """`lr` is in the tiny `tune.space`: every trial sets its own, so its value in `train`
+    changes no trial; only the final run reads it (when `use_tuned` is false)."""
+    trial_file = project / "tune/char_lm/trial_params.json"
+    assert "lr" not in json.loads(trial_file.read_text())["train"]
+    before = trial_file.read_bytes()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert "lr" in params["char_lm"]["tune"]["space"]
+    params["char_lm"]["train"]["lr"] *= 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(_status(project)) == {"trial_params@char_lm", "train@char_lm"}
+    run(["dvc", "repro", "trial_params@char_lm"], project)
+    assert trial_file.read_bytes() == before
+    assert set(_status(project)) == {"train@char_lm"}
+
+
 def test_editing_a_local_corpus_in_place_reruns_prepare_and_all_after(project):
     corpus = project / "inputs/char_lm/corpus.txt"
     corpus.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(3000)))

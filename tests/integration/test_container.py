@@ -10,7 +10,7 @@ import yaml
 from tests.docker_context import build_context
 from tests.integration.conftest import project_env, run, tiny_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.container]
 STAGES = ["normalize@image_classifier"]  # prepare + normalize: the data path, seconds, no Ray
 
 

@@ -15,7 +15,7 @@ from components.workloads.char_lm.corpora import (
 )
 from components.workloads.char_lm.params import CharLMParams
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.corpora]
 
 MARGIN = 0.2  # nats/char below the count bigram on val
 # a quarter of the default max_tokens (6.5M) keeps the suite fast; bench/corpora.py runs the default

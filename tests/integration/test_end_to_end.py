@@ -293,6 +293,7 @@ def _serve_and_ask(project, model_uri: str, body: dict) -> dict:
             server.kill()
 
 
+@pytest.mark.serve
 def test_mlflow_models_serve_answers_prompts(tiny_project):
     reply = _serve_and_ask(tiny_project, "models:/char-lm@champion",
                            {"dataframe_split": {"columns": ["prompt", "n_chars"], "data": [["ROMEO:", 25]]}})
@@ -300,6 +301,7 @@ def test_mlflow_models_serve_answers_prompts(tiny_project):
     assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 25
 
 
+@pytest.mark.serve
 def test_mlflow_models_serve_answers_passages_with_a_genre(tiny_project):
     reply = _serve_and_ask(tiny_project, "models:/text-classifier/1",
                            {"dataframe_records": [{"text": "Friends, Romans, countrymen, lend me your ears"}]})

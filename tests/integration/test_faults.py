@@ -21,7 +21,7 @@ import yaml
 from components.data.parquet import file_md5
 from tests.integration.conftest import make_project, project_env, run, tiny_params, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
 # --- killed stage processes, in a project of their own (the e2e project stays untouched) ---

@@ -14,7 +14,7 @@ import yaml
 from tests.integration.conftest import REPO, make_project, project_env, run
 from tests.workloads.regression.params import RegressionParams
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.plugin]
 PLUGIN = "regression=components.workloads.regression:WORKLOAD"
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from components.config import FINAL_ONLY, trial_params
 from components.fingerprint import code_fingerprint, import_closure, stage_code_files
+from components.params import load_params
 from components.workloads import get, names
 
 WORKLOADS = names()
@@ -99,10 +100,12 @@ def test_tune_depends_on_the_train_keys_a_trial_uses_not_on_final_run_keys(stage
     assert f"{workload}.train" not in tune_params["params.yaml"]
     assert f"tune/{workload}/trial_params.json" in tune_files
     _, _, tp_params = stages[f"trial_params@{workload}"]
-    assert tp_params["params.yaml"] == [f"{workload}.train"]
-    # the file holds every train key except the final-run ones, so a new key reaches tune
+    assert tp_params["params.yaml"] == [f"{workload}.train", f"{workload}.tune.space"]
+    # the file holds every train key except the final-run and searched ones, so a new key reaches tune
     schema = get(workload).train_schema
     assert set(trial_params(schema())) == set(schema.model_fields) - set(FINAL_ONLY)
+    space = set(getattr(load_params(), workload).tune.space)
+    assert space and set(trial_params(schema(), space)) == set(schema.model_fields) - set(FINAL_ONLY) - space
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)

@@ -1,0 +1,65 @@
+"""A stage's own account of where its time went, for `bench/stage_overhead.py`.
+
+With `TRAINYARD_TIMINGS=<file>` set, each stage appends one JSON line to that file when it
+ends: its DVC name, when its process started and ended (wall clock), the seconds it spent on
+its work (training, scoring, reading and writing data: what `work` blocks measured), whether it
+started a local Ray, and any figures it noted. Unset, nothing is measured or written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+ENV = "TRAINYARD_TIMINGS"
+_state: dict[str, Any] = {"work_s": 0.0, "ray_started": False, "notes": {}}
+
+
+def enabled() -> bool:
+    """Whether the bench asked for timings."""
+    return bool(os.environ.get(ENV))
+
+
+@contextlib.contextmanager
+def work() -> Iterator[None]:
+    """Count the block's wall time as the stage's work."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _state["work_s"] += time.perf_counter() - t0
+
+
+def add_work(seconds: float) -> None:
+    """Count `seconds` measured elsewhere (a training loop's own clock) as work."""
+    _state["work_s"] += float(seconds)
+
+
+def note(key: str, value: Any) -> None:
+    """Record a figure (`fit_s`, ...) for the bench; `ray_started` when a stage starts a local Ray."""
+    if key == "ray_started":
+        _state["ray_started"] = bool(value)
+    else:
+        _state["notes"][key] = value
+
+
+def _process_start() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def flush(stage: str, ok: bool) -> None:
+    """Append this stage's line to `TRAINYARD_TIMINGS` (if set)."""
+    path = os.environ.get(ENV)
+    if not path:
+        return
+    line = {"stage": os.environ.get("DVC_STAGE") or stage, "start": _process_start(), "end": time.time(),
+            "ok": ok, "argv": sys.argv[1:3], **_state}
+    with open(path, "a") as f:  # one short line per stage: appends do not interleave
+        f.write(json.dumps(line) + "\n")
