@@ -129,8 +129,10 @@ def quiet_ray_logs() -> None:
         pass
 
 
-def init_ray() -> dict[str, float]:
-    """Connect to `RAY_ADDRESS` if set, else start a local Ray; return the cluster's resources."""
+def init_ray(dashboard: bool = True) -> dict[str, float]:
+    """Connect to `RAY_ADDRESS` if set, else start a local Ray; return the cluster's resources.
+    `dashboard`: whether a local Ray starts its dashboard (see below); the train stage and
+    sweeps of in-process trials start none (2 s of each Ray start here)."""
     import ray
 
     # Ray Train's controller collects workers' reports when it polls them (every 2 s by
@@ -144,8 +146,10 @@ def init_ray() -> dict[str, float]:
         quiet_loggers()
         address = os.environ.get("RAY_ADDRESS")
         # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner
-        # needs to free a dead run's resources; TRAINYARD_RAY_DASHBOARD=0 turns it off.
-        dashboard = os.environ.get("TRAINYARD_RAY_DASHBOARD", "1") == "1"
+        # needs to free the resources of a Train run whose controller died: a Tune trial that
+        # ASHA stops mid-run. A train stage's controller dies only with the stage (and its Ray),
+        # so there it costs 2 s for nothing. TRAINYARD_RAY_DASHBOARD=0 / 1 overrides.
+        dashboard = os.environ.get("TRAINYARD_RAY_DASHBOARD", "1" if dashboard else "0") == "1"
         try:
             if address:
                 probe_ray_address(address)

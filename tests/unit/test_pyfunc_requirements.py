@@ -35,3 +35,14 @@ def test_every_import_of_the_model_code_is_a_pinned_requirement(entry):
 def test_the_image_model_lists_ray_and_torchvision():
     listed = {r.split("==")[0] for r in pip_requirements("components.workloads.image_classifier.pyfunc")}
     assert {"ray", "torchvision", "torch", "mlflow"} <= listed
+
+
+def test_the_quick_lookup_names_the_distributions_the_full_map_does():
+    """`distribution_of` reads one distribution's file list; it must agree with the map of all."""
+    from importlib import metadata
+
+    from components.tracking.pyfunc import distribution_of, imported_packages
+
+    full = metadata.packages_distributions()
+    for top in sorted(imported_packages("components.workloads.image_classifier.pyfunc")):
+        assert distribution_of(top).lower() in {d.lower() for d in full[top]}, top
