@@ -48,10 +48,10 @@ def _get(params: dict, dotted: str):
     return params
 
 
-def repro(project: Path, timings: Path) -> tuple[float, list[dict]]:
+def repro(project: Path, timings: Path, ray_idle_s: float) -> tuple[float, list[dict]]:
     """`dvc repro` in `project`; its wall seconds and the stages' timing lines."""
     timings.unlink(missing_ok=True)
-    env = project_env() | {"TRAINYARD_TIMINGS": str(timings)}
+    env = project_env() | {"TRAINYARD_TIMINGS": str(timings), "TRAINYARD_RAY_IDLE_S": f"{ray_idle_s:g}"}
     t0 = time.perf_counter()
     run(["dvc", "repro"], project, timeout=3600, env=env)
     wall = time.perf_counter() - t0
@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--change", default="image_classifier.train.epochs",
                     help="the params key changed for the second repro (an int: one lower)")
     ap.add_argument("--keep", type=Path, help="build the project here and leave it")
+    ap.add_argument("--ray-idle", type=float, default=60.0,
+                    help="TRAINYARD_RAY_IDLE_S for both repros (60: the default; 0: a Ray per stage, as before)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         project = args.keep or Path(tmp) / "project"
@@ -88,11 +90,11 @@ def main() -> None:
         timings = project / ".trainyard-timings.jsonl"
         runs = {}
         print("[bench] dvc repro from clean ...", flush=True)
-        runs["clean"] = summary(*repro(project, timings))
+        runs["clean"] = summary(*repro(project, timings, args.ray_idle))
         old = _get(params, args.change)
         (project / "params.yaml").write_text(yaml.safe_dump(_set(params, args.change, old - 1), sort_keys=False))
         print(f"[bench] dvc repro after {args.change}: {old} -> {old - 1} ...", flush=True)
-        runs["changed"] = summary(*repro(project, timings))
+        runs["changed"] = summary(*repro(project, timings, args.ray_idle))
     for name, r in runs.items():
         print(f"[bench] {name}: {r['repro_s']:.0f} s for {r['stages']} stages, work {r['work_s']:.0f} s, "
               f"fixed {r['fixed_s']:.0f} s (stages' own walls {r['stage_wall_s']:.0f} s), Ray started {r['ray_starts']}x")
@@ -104,7 +106,7 @@ def main() -> None:
            "per_stage": {f"{name}:{k}": v for name, r in runs.items() for k, v in r["per_stage"].items()},
            "ray_starts": sum(r["ray_starts"] for r in both),
            "train_2w_fixed_s": next((r["train_2w_fixed_s"] for r in both if r["train_2w_fixed_s"] is not None), None),
-           "register_s": runs["clean"]["register_s"],
+           "register_s": runs["clean"]["register_s"], "ray_idle_s": args.ray_idle,
            "runs": {k: {kk: vv for kk, vv in r.items() if kk != "per_stage"} for k, r in runs.items()}}
     print(json.dumps(out))
 

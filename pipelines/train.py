@@ -97,7 +97,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     data = w.training_data(args.data, cfg, p)
 
     here = trains_in_process(cfg)
-    resources = local_resources() if here else init_ray(dashboard=False)
+    resources = local_resources() if here else init_ray(dashboard=False, shared=True)
     gpu = want_gpu(cfg["use_gpu"], resources, cfg["num_workers"])
     check_train_fits(resources, cfg["num_workers"], cfg["cpus_per_worker"], gpu)
     # Same code + params + data + base model -> same key -> a re-run resumes this run's

@@ -32,7 +32,7 @@ def corpus_text() -> str:
 # test: Ray's daemons and `postgres` detach from their parent, so a leak outlives pytest. They
 # are told apart from anyone else's by a variable this session sets, which they inherit.
 SERVICE_MARKS = ("raylet", "gcs_server", "ray::", "ray/dashboard", "ray/_private/log_monitor",
-                 "ray/autoscaler", "ray_client_server", "default_worker.py", "mlflow server", "mlflow.server",
+                 "ray/autoscaler", "ray_client_server", "ray.util.client.server", "default_worker.py", "mlflow server", "mlflow.server",
                  "mlflow models serve", "postgres", "uvicorn", "gunicorn", "chromium")
 SESSION_ENV = "TRAINYARD_TEST_SESSION"
 

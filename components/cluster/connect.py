@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -10,6 +11,7 @@ import socket
 import sys
 
 from components import timings
+from components.cluster import local_ray
 from components.cluster.processes import (
     reap_leaked_placement_groups,
     reap_stale_ray,
@@ -36,8 +38,17 @@ FORWARDED_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PRINT_PA
 
 
 
-def forwarded_env() -> dict[str, str]:
-    """The environment variables a cluster's workers need from the stage's process."""
+# The project's own Ray was started by an earlier stage, with that stage's environment: each
+# stage hands its workers what may differ from one stage or run to the next.
+LOCAL_PREFIXES = ("TRAINYARD_", "DVC_", "MLFLOW_", "RAY_TRAIN_")
+LOCAL_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
+
+
+def forwarded_env(local: bool = False) -> dict[str, str]:
+    """The environment variables a cluster's workers need from the stage's process; `local`:
+    those of the project's own Ray on this machine (paths there mean the same)."""
+    if local:
+        return {k: v for k, v in os.environ.items() if k.startswith(LOCAL_PREFIXES) or k in LOCAL_ENV}
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
@@ -129,10 +140,30 @@ def quiet_ray_logs() -> None:
         pass
 
 
-def init_ray(dashboard: bool = True) -> dict[str, float]:
+def _connect_project_ray(ray, env: dict[str, str]) -> None:
+    """`ray.init` to the project's own Ray (token auth, as a `ray start` cluster)."""
+    os.environ.update({k: v for k, v in env.items() if k != "RAY_ADDRESS"})  # not RAY_ADDRESS: no cluster
+    # The project's Ray is one node on loopback (`local_ray._start`): without this Ray turns the
+    # address 127.0.0.1 into this host's outward one, where that GCS does not listen.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    with contextlib.suppress(ImportError):  # Ray read the auth mode at import: have it read it again
+        from ray._private.authentication_test_utils import reset_auth_token_state
+
+        reset_auth_token_state()
+    # on loopback, as the Ray was started: else the driver names this host's outward address
+    ray.init(address=env["RAY_ADDRESS"], log_to_driver=True, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": forwarded_env(local=True)})
+
+
+def init_ray(dashboard: bool = True, shared: bool = False) -> dict[str, float]:
     """Connect to `RAY_ADDRESS` if set, else start a local Ray; return the cluster's resources.
     `dashboard`: whether a local Ray starts its dashboard (see below); the train stage and
-    sweeps of in-process trials start none (2 s of each Ray start here)."""
+    sweeps of in-process trials start none (2 s of each Ray start here). `shared` (the stages):
+    use the project's own Ray, started by the first stage that needs it and kept for
+    `TRAINYARD_RAY_IDLE_S` after the last (`components/cluster/local_ray.py`)."""
     import ray
 
     # Ray Train's controller collects workers' reports when it polls them (every 2 s by
@@ -160,13 +191,22 @@ def init_ray(dashboard: bool = True) -> dict[str, float]:
                 ray.init(address=address, log_to_driver=True,
                          runtime_env=None if in_job else {"env_vars": forwarded_env()})
             else:
-                # A killed stage leaves its Ray behind (holding CPUs and memory): stop it first.
+                # A killed stage leaves its private Ray behind (holding CPUs and memory): stop it first.
                 reap_stale_ray()
-                # A one-machine Ray listens on loopback only.
-                ray.init(address="local", include_dashboard=dashboard, log_to_driver=True,
-                         _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
-                record_ray_processes()
-                timings.note("ray_started", True)
+                project = local_ray.acquire(ray.__version__) if shared else None
+                if project is not None:
+                    env, started = project
+                    _connect_project_ray(ray, env)
+                    timings.note("ray_started", started)
+                    print(f"[ray] {'started' if started else 'using'} this project's Ray at {env['RAY_ADDRESS']} "
+                          f"(it stops {local_ray.idle_s():g} s after its last stage: {local_ray.IDLE_ENV})",
+                          flush=True)
+                else:
+                    # A one-machine Ray listens on loopback only.
+                    ray.init(address="local", include_dashboard=dashboard, log_to_driver=True,
+                             _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
+                    record_ray_processes()
+                    timings.note("ray_started", True)
         except ConnectionError as err:
             raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({err})") from None
         reap_leaked_placement_groups()

@@ -342,7 +342,7 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    resources = init_ray(dashboard=not in_process(tp))  # a stopped trial's Train run: see init_ray
+    resources = init_ray(dashboard=not in_process(tp), shared=True)  # a stopped trial's Train run: see init_ray
     use_gpu = want_gpu(use_gpu_setting, resources, tp.workers_per_trial) and tp.gpus_per_worker > 0
     # reproducible: one trial at a time, so ASHA and the searcher see results in one order
     plan = plan_trials(resources, tp.workers_per_trial, tp.cpus_per_worker, tp.gpus_per_worker if use_gpu else 0.0,

@@ -16,64 +16,36 @@ find it through RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH, which `start` prints as exp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+
+from components.cluster.local_ray import (  # noqa: E402
+    NODE_PORT_FLAGS,
+    TEMP_DIR_ENV,
+    cluster_pids,
+    free_ports,
+    node_port_args,
+    ray_executable,
+    stop_pids,
+)
+
 DEFAULT_STATE = Path(".trainyard/ray-cluster.json")
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct TCP ports on 127.0.0.1 that nothing listens on now.
-
-    All are bound at once: a port closed and asked for again may come back (the kernel
-    offered the same one for the dashboard and the agent's gRPC port once, and `ray start`
-    failed), so asking one at a time does not make them distinct."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
 def _ray() -> str:
-    exe = shutil.which("ray", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if not exe:
-        raise SystemExit("error: the `ray` command is not installed in this environment")
-    return exe
-
-
-NODE_PORT_FLAGS = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
-                   "--metrics-export-port"]
-
-
-def _node_ports(ports: list[int]) -> list[str]:
-    # Two nodes on one host must not share an agent, metrics or client port.
-    return [arg for flag, port in zip(NODE_PORT_FLAGS, ports, strict=True) for arg in (flag, str(port))]
-
-
-def cluster_pids(temp_dir: str) -> list[int]:
-    """The cluster's processes: those naming its temp dir, and all their descendants."""
-    import psutil
-
-    roots = []
-    for p in psutil.process_iter(["cmdline"]):
-        if p.pid != os.getpid() and any(temp_dir in a for a in (p.info["cmdline"] or [])):
-            roots.append(p)
-    pids = set()
-    for p in roots:
-        pids.add(p.pid)
-        with contextlib.suppress(psutil.Error):
-            pids.update(c.pid for c in p.children(recursive=True))
-    return sorted(pids)
+    try:
+        return ray_executable()
+    except RuntimeError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def start(nodes: int, cpus: float, state: Path, timeout_s: float = 120) -> dict:
@@ -90,7 +62,7 @@ def start(nodes: int, cpus: float, state: Path, timeout_s: float = 120) -> dict:
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
-    ray_env = {**os.environ, **env}
+    ray_env = {**os.environ, **env, TEMP_DIR_ENV: temp_dir}  # its processes found by it at stop
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", f"{cpus:g}", "--disable-usage-stats"]
 
     def node_dir(i: int) -> list[str]:
@@ -102,10 +74,10 @@ def start(nodes: int, cpus: float, state: Path, timeout_s: float = 120) -> dict:
     address = f"127.0.0.1:{port}"
     subprocess.run([_ray(), "start", "--head", "--port", str(port), "--ray-client-server-port", str(client),
                     "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                    *common, *node_dir(0), *_node_ports(per_node[0])], check=True, stdout=subprocess.DEVNULL,
+                    *common, *node_dir(0), *node_port_args(per_node[0])], check=True, stdout=subprocess.DEVNULL,
                    env=ray_env)
     for i in range(1, nodes):
-        subprocess.run([_ray(), "start", "--address", address, *common, *node_dir(i), *_node_ports(per_node[i])],
+        subprocess.run([_ray(), "start", "--address", address, *common, *node_dir(i), *node_port_args(per_node[i])],
                        check=True, stdout=subprocess.DEVNULL, env=ray_env)
     record = {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": temp_dir,
               "nodes": nodes, "cpus_per_node": cpus, "pids": cluster_pids(temp_dir),
@@ -130,41 +102,14 @@ def _wait_nodes(address: str, nodes: int, timeout_s: float, env: dict[str, str])
 def stop(state: Path, timeout_s: float = 20) -> list[int]:
     """Stop every process of the recorded cluster (by PID: recorded ones and any it started
     since), then remove its temp dir and the state file. Returns the PIDs stopped."""
-    import psutil
-
     if not state.exists():
         return []
     record = json.loads(state.read_text())
-    pids = sorted(set(record["pids"]) | set(cluster_pids(record["temp_dir"])))
-    procs = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            procs.append((psutil.Process(pid), _is_gcs(pid)))
-    # The GCS last: a raylet told to stop while the GCS is going too waited ~10 s for it, and
-    # the GCS outlived a 20 s wait while raylets were still registered; in this order each
-    # takes about 2 s.
-    for last in (False, True):
-        stage = [p for p, gcs in procs if gcs == last]
-        for p in stage:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(stage, timeout=timeout_s)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(alive, timeout=timeout_s)
+    stopped = stop_pids(sorted(set(record["pids"]) | set(cluster_pids(record["temp_dir"]))), timeout_s)
     shutil.rmtree(record["temp_dir"], ignore_errors=True)
     state.with_suffix(".token").unlink(missing_ok=True)
     state.unlink()
-    return [p.pid for p, _ in procs]
-
-
-def _is_gcs(pid: int) -> bool:
-    import psutil
-
-    with contextlib.suppress(psutil.Error):
-        return Path(psutil.Process(pid).exe()).name == "gcs_server"
-    return False
+    return stopped
 
 
 def main(argv: list[str] | None = None) -> None:

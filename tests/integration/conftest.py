@@ -98,6 +98,9 @@ def project_env(ray: dict[str, str] | None = None) -> dict[str, str]:
            if k not in (*RAY_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "TRAINYARD_STORE")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
+    # a project's own Ray outlives its last stage by this (not the default minute): well inside
+    # the session-end leftover check's grace, and no two projects' Rays overlap for long
+    env.setdefault("TRAINYARD_RAY_IDLE_S", "10")
     return env | (ray or {})
 
 

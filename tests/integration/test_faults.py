@@ -64,7 +64,10 @@ def _kill_stage_when(project, target: list[str], module: str, ready, what: str, 
     """Start `dvc repro <target...>`, SIGKILL the stage's process once `ready()` holds; return the
     Ray processes the killed stage had recorded (PID, start time)."""
 
-    dvc = subprocess.Popen(["dvc", "repro", *target], cwd=project, env=project_env(), start_new_session=True,
+    # a private Ray for the killed stage (TRAINYARD_RAY_IDLE_S=0): its leftovers are what the next
+    # stage must stop (the project's shared Ray, reused instead, is the last test's subject)
+    dvc = subprocess.Popen(["dvc", "repro", *target], cwd=project, env=project_env() | {"TRAINYARD_RAY_IDLE_S": "0"},
+                           start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: dvc.poll() is None and ready(), timeout_s, what, every_s=0.5)
@@ -414,3 +417,74 @@ def test_impossible_requests_stop_the_stage_at_once_with_the_numbers(fault_proje
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and needle in last, p.stderr[-2000:]
     assert not out.exists()  # nothing published
+
+
+# --- the project's own Ray (TRAINYARD_RAY_IDLE_S > 0): shared by stages, gone when idle -------
+
+_STAGE = """
+import sys, time
+from components.cluster.connect import init_ray
+from components import timings
+init_ray(shared=True)
+print("started" if timings._state["ray_started"] else "reused", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def _project_ray_pids(project: Path) -> list[int]:
+    from components.cluster.local_ray import cluster_pids, state_dir
+
+    record = state_dir(project) / "state.json"
+    return cluster_pids(json.loads(record.read_text())["temp_dir"]) if record.exists() else []
+
+
+def test_the_project_ray_is_reused_by_the_next_stage_and_stops_when_idle_also_after_a_kill(tmp_path):
+    """Two "stages" (processes calling `init_ray(shared=True)` as tune and train do): the
+    second connects to the Ray the first started; once the last has exited, or been SIGKILLed,
+    no process of that Ray outlives the idle time by more than 10 s."""
+    from components.cluster.local_ray import cluster_pids, state_dir
+
+    idle = 4.0
+    env = project_env() | {"TRAINYARD_RAY_IDLE_S": f"{idle:g}"}
+    stage = [sys.executable, "-c", _STAGE]
+    first = run([*stage, "0"], tmp_path, env=env | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                timeout=300)
+    assert first.stdout.strip().splitlines()[-1] == "started", first.stdout
+    temp_dir = json.loads((state_dir(tmp_path) / "state.json").read_text())["temp_dir"]
+    second = run([*stage, "0"], tmp_path, env=env | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                 timeout=300)
+    assert second.stdout.strip().splitlines()[-1] == "reused", second.stdout
+    ended = time.monotonic()
+    wait_for(lambda: not cluster_pids(temp_dir), idle + 10, "the idle project Ray to stop", every_s=0.5)
+    assert time.monotonic() - ended <= idle + 10
+    assert not (state_dir(tmp_path) / "state.json").exists()
+
+    # a stage SIGKILLed while it holds its lease: nothing of its Ray outlives idle + 10 s
+    proc = subprocess.Popen([*stage, "600"], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                            env=env | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        lines = []
+        while "started" not in lines and len(lines) < 5:  # init_ray's own line, then ours
+            lines.append(proc.stdout.readline().strip())
+        assert "started" in lines, lines
+        pids = _project_ray_pids(tmp_path)
+        assert pids
+        proc.kill()
+        proc.wait(timeout=30)
+        killed = time.monotonic()
+        wait_for(lambda: not _alive([(p, _started(p)) for p in pids if _started(p)]), idle + 10,
+                 "the killed stage's project Ray to stop", every_s=0.5)
+        assert time.monotonic() - killed <= idle + 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None

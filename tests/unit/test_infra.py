@@ -264,8 +264,10 @@ class _LowestFreePortSocket:
 def test_local_cluster_gives_every_ray_port_of_every_node_its_own_number(monkeypatch, tmp_path):
     """`ray start` fails when two of its ports are equal (CI once got the dashboard port as the
     agent's gRPC port): each port of the head and of every node must be distinct."""
+    from components.cluster import local_ray
+
     cluster = _script("ray/local_cluster.py")
-    monkeypatch.setattr(cluster.socket, "socket", _LowestFreePortSocket)
+    monkeypatch.setattr(local_ray.socket, "socket", _LowestFreePortSocket)
     monkeypatch.setattr(_LowestFreePortSocket, "bound", set())
     calls = []
     monkeypatch.setattr(cluster.subprocess, "run", lambda cmd, **kw: calls.append(cmd))

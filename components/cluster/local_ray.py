@@ -1,0 +1,358 @@
+"""Ray on this machine: the project's own Ray, shared by the stages of one `dvc repro`, and the
+helpers `infra/ray/local_cluster.py` builds its multi-node clusters with.
+
+A stage that needs Ray and has no `RAY_ADDRESS` used to start a Ray of its own and stop it on
+exit: ~6 s a stage. Now the first such stage starts one with `ray start` (token auth, its own
+temp dir, loopback only), records it in `.trainyard/ray/` of the working tree, and leaves a
+watchdog process beside it; each stage holds a lease (a file named by its PID) while it runs.
+Later stages of the same repro (or the next `dvc exp run`) connect to it. The watchdog stops
+it, by process id, once no live stage has held a lease for `TRAINYARD_RAY_IDLE_S` seconds,
+also when the stage was killed: a dead PID holds no lease. The default is 60 s; 0 keeps the
+old way (each stage starts a private Ray and stops it on exit). Only a Ray recorded here, of the same Ray version, whose processes and
+watchdog still run, is reused; anything else recorded is stopped first.
+
+Only the standard library and psutil at import: the watchdog runs this module on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+IDLE_ENV = "TRAINYARD_RAY_IDLE_S"
+DEFAULT_IDLE_S = 60.0  # longer than the non-Ray stages between two Ray stages of one repro
+POLL_S = 0.5
+MAX_LIFE_S = 7 * 24 * 3600.0  # a bound on the watchdog's loop, whatever holds a lease
+LOCK_WAIT_S = 300.0
+STOP_WAIT_S = 5.0  # SIGTERM, then SIGKILL: the idle Ray must be gone within seconds of its time
+NODE_PORT_FLAGS = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+                   "--metrics-export-port"]
+
+
+# --- helpers shared with infra/ray/local_cluster.py ------------------------------------------
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports on 127.0.0.1 that nothing listens on now.
+
+    All are bound at once: a port closed and asked for again may come back (the kernel
+    offered the same one for the dashboard and the agent's gRPC port once, and `ray start`
+    failed), so asking one at a time does not make them distinct."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def node_port_args(ports: list[int]) -> list[str]:
+    """`ray start` flags giving a node its own agent, metrics and runtime-env ports (two nodes
+    on one host must not share one)."""
+    return [arg for flag, port in zip(NODE_PORT_FLAGS, ports, strict=True) for arg in (flag, str(port))]
+
+
+def ray_executable() -> str:
+    """The `ray` command of this environment."""
+    exe = shutil.which("ray", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if not exe:
+        raise RuntimeError("the `ray` command is not installed in this environment")
+    return exe
+
+
+# Set in the environment of `ray start`, so every process of that Ray inherits it: Ray's client
+# server names neither the temp dir nor a parent that is still there (it outlived `stop` once).
+TEMP_DIR_ENV = "TRAINYARD_RAY_TEMP_DIR"
+
+
+def cluster_pids(temp_dir: str) -> list[int]:
+    """The processes of a Ray started with `temp_dir`: those naming it on their command line or
+    carrying it in `TRAINYARD_RAY_TEMP_DIR`, and all their descendants."""
+    import psutil
+
+    roots = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            if p.pid != os.getpid() and (any(temp_dir in a for a in (p.info["cmdline"] or []))
+                                         or p.environ().get(TEMP_DIR_ENV) == temp_dir):
+                roots.append(p)
+    pids = set()
+    for p in roots:
+        pids.add(p.pid)
+        with contextlib.suppress(psutil.Error):
+            pids.update(c.pid for c in p.children(recursive=True))
+    return sorted(pids)
+
+
+def _is_gcs(p) -> bool:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return Path(p.exe()).name == "gcs_server"
+    return False
+
+
+def stop_pids(pids: list[int], timeout_s: float = 20.0) -> list[int]:
+    """Terminate (then kill) the Ray processes `pids`, the GCS last: a raylet told to stop while
+    the GCS went too waited ~10 s for it; in this order each takes about 2 s."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            procs.append((p, _is_gcs(p)))
+    for last in (False, True):
+        stage = [p for p, gcs in procs if gcs == last]
+        for p in stage:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(stage, timeout=timeout_s)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=timeout_s)
+    return [p.pid for p, _ in procs]
+
+
+# --- the project's own Ray --------------------------------------------------------------------
+
+def idle_s() -> float:
+    """`TRAINYARD_RAY_IDLE_S`: how long the project's Ray outlives its last stage (0: not at all)."""
+    raw = os.environ.get(IDLE_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_IDLE_S
+    except ValueError:
+        raise ValueError(f"{IDLE_ENV}={raw!r}: not a number of seconds") from None
+    return max(value, 0.0)
+
+
+def state_dir(root: Path | None = None) -> Path:
+    """Where the project's Ray is recorded: `.trainyard/ray` of the working tree the stage runs
+    in (its Ray's workers start there, so an experiment's temporary copy gets a Ray of its own)."""
+    return (root or Path.cwd()) / ".trainyard" / "ray"
+
+
+def _started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        return None if p.status() == psutil.STATUS_ZOMBIE else p.create_time()
+    except psutil.Error:
+        return None
+
+
+def _alive(proc: dict | None) -> bool:
+    return bool(proc) and proc["started"] is not None and _started(proc["pid"]) == proc["started"]
+
+
+def _me() -> dict:
+    return {"pid": os.getpid(), "started": _started(os.getpid())}
+
+
+@contextlib.contextmanager
+def _locked(folder: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """The folder's lock (between stages, and between a stage and the watchdog)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "a") as fh:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{folder / 'lock'}: still held after {wait_s:.0f} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _usable(record: dict | None, version: str) -> bool:
+    return (record is not None and record.get("version") == version and _alive(record.get("gcs"))
+            and _alive(record.get("watchdog")))
+
+
+def _stop_recorded(folder: Path) -> None:
+    """Stop whatever Ray the folder records (its watchdog gone, another Ray version) and forget it."""
+    record = _read(folder / "state.json")
+    if record:
+        if _alive(record.get("watchdog")):
+            with contextlib.suppress(OSError):
+                os.kill(record["watchdog"]["pid"], 15)
+        stop_pids(cluster_pids(record["temp_dir"]))
+        shutil.rmtree(record["temp_dir"], ignore_errors=True)
+    for name in ("state.json", "token"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def _start(folder: Path, idle: float, version: str) -> dict:
+    """`ray start --head` for this project, and its watchdog; the record written."""
+    port, dash, client, *node = free_ports(3 + len(NODE_PORT_FLAGS))
+    temp_dir = tempfile.mkdtemp(prefix="ty-ray-")  # short: Ray's socket paths live under it
+    token = folder / "token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
+    log = folder / "ray-start.log"
+    cmd = [ray_executable(), "start", "--head", "--port", str(port), "--ray-client-server-port", str(client),
+           "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir, "--include-dashboard", "true",
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats",
+           *node_port_args(node)]
+    # Ray's daemons keep the files they are given: a log file, never the stage's pipes (whoever
+    # reads the stage's output would wait for them to close).
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray turns `--node-ip-address 127.0.0.1` into this
+    # host's outward address (`resolve_ip_for_localhost`) unless it believes no other node may
+    # join; a one-node Ray of one project has none, so it stays on loopback.
+    env = {**os.environ, **auth, TEMP_DIR_ENV: temp_dir, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    with open(log, "w") as out:
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                           env=env, timeout=180, check=False)
+    if p.returncode != 0:
+        stop_pids(cluster_pids(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"`ray start` exited {p.returncode} (log: {log}):\n{tail}")
+    import psutil
+
+    gcs = next((pid for pid in cluster_pids(temp_dir) if _is_gcs(psutil.Process(pid))), None)
+    record = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": temp_dir,
+              "version": version, "idle_s": idle, "gcs": {"pid": gcs, "started": _started(gcs) if gcs else None},
+              "env": {"RAY_ADDRESS": f"127.0.0.1:{port}", **auth}}
+    with open(folder / "watchdog.log", "a") as out:
+        dog = subprocess.Popen([sys.executable, "-m", "components.cluster.local_ray", "watch", str(folder),
+                                "--idle", f"{idle:g}"],
+                               cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL, stdout=out,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    record["watchdog"] = {"pid": dog.pid, "started": _started(dog.pid)}
+    _write(folder / "state.json", record)
+    return record
+
+
+def _lease_path(folder: Path, pid: int) -> Path:
+    return folder / "leases" / f"{pid}.json"
+
+
+def acquire(version: str, root: Path | None = None) -> tuple[dict[str, str], bool] | None:
+    """The project's Ray for this process: `(env, started)` (RAY_ADDRESS and its auth, and whether
+    this call started it), holding a lease until this process exits; `None` when
+    `TRAINYARD_RAY_IDLE_S` is 0 (the caller starts a private Ray, as before)."""
+    import atexit
+
+    idle = idle_s()
+    if idle <= 0:
+        return None
+    folder = state_dir(root)
+    with _locked(folder):
+        record = _read(folder / "state.json")
+        started = not _usable(record, version)
+        if started:
+            _stop_recorded(folder)
+            record = _start(folder, idle, version)
+        lease = _lease_path(folder, os.getpid())
+        lease.parent.mkdir(exist_ok=True)
+        _write(lease, _me())
+    atexit.register(release, folder)
+    return record["env"], started
+
+
+def release(folder: Path) -> None:
+    """Give up this process's lease (the watchdog also drops those of dead processes)."""
+    _lease_path(folder, os.getpid()).unlink(missing_ok=True)
+
+
+def _live_leases(folder: Path) -> int:
+    live = 0
+    for path in (folder / "leases").glob("*.json"):
+        if _alive(_read(path)):
+            live += 1
+        else:
+            path.unlink(missing_ok=True)
+    return live
+
+
+def _forget(folder: Path, record: dict) -> None:
+    """Remove the record (and token) of the Ray `record` describes, if it is still the current one."""
+    current = _read(folder / "state.json")
+    if current is not None and current.get("temp_dir") == record["temp_dir"]:
+        (folder / "state.json").unlink(missing_ok=True)
+        (folder / "token").unlink(missing_ok=True)
+
+
+def watch(folder: Path, idle: float) -> None:
+    """The watchdog's loop: stop the recorded Ray once no live process has held a lease for
+    `idle` seconds, or clean up after it when it died on its own."""
+    record = _read(folder / "state.json")
+    for _ in range(100):  # the starter writes the record just after starting this process
+        if record is not None:
+            break
+        time.sleep(0.1)
+        record = _read(folder / "state.json")
+    if record is None:
+        return
+    busy = time.monotonic()
+    end = busy + MAX_LIFE_S
+    why = f"its lifetime bound ({MAX_LIFE_S:.0f} s)"
+    while time.monotonic() < end:
+        time.sleep(POLL_S)
+        try:
+            with _locked(folder, wait_s=60):
+                if not _alive(record["gcs"]):
+                    why = "its GCS is gone"
+                elif _live_leases(folder):
+                    busy = time.monotonic()
+                    continue
+                elif time.monotonic() - busy >= idle:
+                    why = f"idle for {idle:g} s"
+                else:
+                    continue
+                _forget(folder, record)  # under the lock: no stage connects to it from here on
+                break
+        except (OSError, TimeoutError):  # the working tree was removed (a finished experiment's copy)
+            why = "its folder is gone"
+            break
+    stopped = stop_pids(cluster_pids(record["temp_dir"]), timeout_s=STOP_WAIT_S)
+    shutil.rmtree(record["temp_dir"], ignore_errors=True)
+    print(f"{time.strftime('%H:%M:%S')} stopped Ray at {record['address']} ({len(stopped)} processes): {why}",
+          flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m components.cluster.local_ray watch FOLDER --idle S` (started by `acquire`)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="the watchdog of the project's own Ray")
+    ap.add_argument("action", choices=["watch"])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_S)
+    a = ap.parse_args(argv)
+    watch(a.folder, a.idle)
+
+
+if __name__ == "__main__":
+    main()
