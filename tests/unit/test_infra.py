@@ -277,3 +277,20 @@ def test_local_cluster_gives_every_ray_port_of_every_node_its_own_number(monkeyp
     ports = [int(cmd[i + 1]) for cmd in calls for i, a in enumerate(cmd) if a.endswith("-port")]
     assert len(calls) == 3 and len(ports) == 3 + 4 * 3
     assert len(set(ports)) == len(ports), f"a port is used twice: {sorted(ports)}"
+
+
+def test_the_project_ray_idle_knob_reads_seconds_and_zero_keeps_a_private_ray(monkeypatch, tmp_path):
+    """`TRAINYARD_RAY_IDLE_S`: a number of seconds (60 by default), a bad value named in one line,
+    and 0 asks for no shared Ray at all (nothing started, nothing recorded)."""
+    from components.cluster import local_ray
+
+    monkeypatch.delenv(local_ray.IDLE_ENV, raising=False)
+    assert local_ray.idle_s() == 60.0
+    monkeypatch.setenv(local_ray.IDLE_ENV, "2.5")
+    assert local_ray.idle_s() == 2.5
+    monkeypatch.setenv(local_ray.IDLE_ENV, "soon")
+    with pytest.raises(ValueError, match="TRAINYARD_RAY_IDLE_S='soon'"):
+        local_ray.idle_s()
+    monkeypatch.setenv(local_ray.IDLE_ENV, "0")
+    assert local_ray.acquire("2.60.0", root=tmp_path) is None
+    assert not (tmp_path / ".trainyard").exists()
