@@ -142,8 +142,10 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(fault_project):
 
     left = _kill_stage_when(project, ["tune@char_lm"], "tune", some_done_some_running,
                             "a finished trial and a running one")
-    time.sleep(5)  # what dies with the driver has died by now; Ray's agents stay behind
-    assert _alive(left), "the killed stage left no Ray process behind: nothing to clean up"
+    time.sleep(5)  # what dies with the driver has died by now; Ray's agents usually stay behind
+    # (not always: once, in a full run, none of a sweep's private Ray outlived its SIGKILLed
+    # driver by 5 s; where some do, the next stage must stop them)
+    leftover = _alive(left)
     before = {rid: (status, end) for rid, status, end in _trial_runs(project)}
     finished_before = {rid: end for rid, (status, end) in before.items() if status == "FINISHED"}
     assert finished_before and len(before) < n + 1
@@ -151,7 +153,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(fault_project):
 
     again = run(["dvc", "repro", "tune@char_lm"], project)
     # the killed driver's Ray (GCS, raylet, workers...) was stopped by PID before the new one started
-    assert "Ray processes left by killed process" in again.stdout
+    assert not leftover or "Ray processes left by killed process" in again.stdout, again.stdout[-2000:]
     assert not _alive(left)
 
     best = json.loads((project / "tune/char_lm/best_params.json").read_text())
