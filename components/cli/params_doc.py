@@ -1,7 +1,7 @@
-"""Write `params.yaml` and the README's knob tables from the params schema, where every key's
+"""Write `params.yaml` and docs/knobs.md's knob tables from the params schema, where every key's
 default and meaning are declared once (`knob(...)` in each workload's `params.py`).
 
-    python -m components.cli.params_doc           # rewrite params.yaml and README.md's tables
+    python -m components.cli.params_doc           # rewrite params.yaml and docs/knobs.md's tables
     python -m components.cli.params_doc --check   # exit 1 when either differs from the schema
 """
 
@@ -93,7 +93,7 @@ def _line(code: str, doc: str | None) -> str:
 
 
 def render_knob_tables() -> str:
-    """The README's knob tables: one per workload, every key with its default and meaning."""
+    """docs/knobs.md's knob tables: one per workload, every key with its default and meaning."""
     out = [BEGIN, ""]
     for name in workloads.names():
         wl = workloads.get(name).params
@@ -116,7 +116,7 @@ def readme_with_tables(readme: str) -> str:
     """README.md with the text between the knob markers replaced by `render_knob_tables()`."""
     start, stop = readme.find(BEGIN), readme.find(END)
     if start < 0 or stop < 0:
-        raise ValueError(f"README.md has no knob table markers ({BEGIN} ... {END})")
+        raise ValueError(f"docs/knobs.md has no knob table markers ({BEGIN} ... {END})")
     return readme[:start] + render_knob_tables() + readme[stop + len(END):]
 
 
@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="only check; exit 1 when a file differs")
     args = ap.parse_args()
     targets = {ROOT / "params.yaml": render_params_yaml(),
-               ROOT / "README.md": readme_with_tables((ROOT / "README.md").read_text())}
+               ROOT / "docs/knobs.md": readme_with_tables((ROOT / "docs/knobs.md").read_text())}
     stale = [p.name for p, text in targets.items() if p.read_text() != text]
     if args.check:
         if stale:

@@ -225,7 +225,7 @@ def test_cluster_manifests_pass_the_variables_the_pipeline_forwards_to_workers()
 
 def test_cluster_ports_agree():
     """GCS 6379 and dashboard 8265 (where `ray job submit` goes) in the launcher config, the
-    KubeRay pods and the README's job example."""
+    KubeRay pods and the job example in docs/operations.md."""
     head = " ".join(_load("ray/cluster.yaml")["head_start_ray_commands"])
     assert "--port=6379" in head and "--dashboard-port=8265" in head
     for rel in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml"):
@@ -234,7 +234,7 @@ def test_cluster_ports_agree():
         ports = {p["name"]: p["containerPort"]
                  for p in spec["headGroupSpec"]["template"]["spec"]["containers"][0].get("ports", [])}
         assert ports.get("gcs", 6379) == 6379 and ports.get("dashboard", 8265) == 8265, rel
-    readme = (INFRA.parent / "README.md").read_text()
+    readme = (INFRA.parent / "docs/operations.md").read_text()
     assert "ray job submit" in readme and ":8265" in readme
 
 
