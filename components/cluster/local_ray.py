@@ -342,16 +342,34 @@ def watch(folder: Path, idle: float) -> None:
           flush=True)
 
 
+def stop(root: Path | None = None) -> bool:
+    """Stop the project's own Ray now (its watchdog too), whatever its leases; whether one ran."""
+    folder = state_dir(root)
+    if not (folder / "state.json").exists():
+        return False
+    with _locked(folder, wait_s=60):
+        running = (folder / "state.json").exists()
+        _stop_recorded(folder)
+    return running
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m components.cluster.local_ray watch FOLDER --idle S` (started by `acquire`)."""
+    """`python -m components.cluster.local_ray watch FOLDER --idle S` (started by `acquire`);
+    `python -m components.cluster.local_ray stop [PROJECT]` stops the project's Ray now."""
     import argparse
 
-    ap = argparse.ArgumentParser(description="the watchdog of the project's own Ray")
-    ap.add_argument("action", choices=["watch"])
-    ap.add_argument("folder", type=Path)
+    ap = argparse.ArgumentParser(description="the project's own Ray: its watchdog, or stop it now")
+    ap.add_argument("action", choices=["watch", "stop"])
+    ap.add_argument("folder", type=Path, nargs="?", default=None,
+                    help="watch: the state folder; stop: the project (default: this folder)")
     ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_S)
     a = ap.parse_args(argv)
-    watch(a.folder, a.idle)
+    if a.action == "stop":
+        print("stopped the project's Ray" if stop(a.folder) else "no Ray of this project runs")
+    elif a.folder is None:
+        ap.error("watch needs the state folder")
+    else:
+        watch(a.folder, a.idle)
 
 
 if __name__ == "__main__":

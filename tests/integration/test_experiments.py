@@ -31,9 +31,11 @@ def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_pro
                   "data/char_lm/normalized/val.parquet", "--rev", "HEAD"], project).stdout
     assert re.search(r"^char-lm: [1-9]\d* version\(s\) built from data/char_lm/normalized/val.parquet at HEAD",
                      traced, re.M) and re.search(r"^v\d+\s", traced, re.M), traced
-    # final-run keys (a shorter run): train, evaluate and register rerun, the sweep does not
+    # final-run keys (a shorter run): train, evaluate and register rerun, the sweep does not;
+    # the char-LM's stages only (a new char-LM would also retrain the text classifier built on
+    # it, minutes here: test_end_to_end.py checks that)
     run(["dvc", "exp", "run", "--queue", "-n", "seed7", "-S", "char_lm.train.seed=7",
-         "-S", "char_lm.train.steps_per_epoch=30"], project)
+         "-S", "char_lm.train.steps_per_epoch=30", "register@char_lm"], project)
     # (the char-LM's 1-worker train runs in the stage's process: no Ray)
     run(["dvc", "queue", "start", "-j", "1"], project)
     deadline = time.monotonic() + 900
@@ -46,6 +48,7 @@ def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_pro
     logs = run(["dvc", "queue", "logs", "seed7"], project, check=False).stdout
     assert "Success" in status, status + logs[-4000:]
     assert "Running stage 'train@char_lm'" in logs and "Running stage 'tune@char_lm'" not in logs, logs[-4000:]
+    assert "Running stage 'train@text_classifier'" not in logs, logs[-4000:]
 
     # the project's MLflow has the experiment's training run, tagged with its name and baseline
     code = textwrap.dedent("""
