@@ -294,3 +294,31 @@ def test_the_project_ray_idle_knob_reads_seconds_and_zero_keeps_a_private_ray(mo
     monkeypatch.setenv(local_ray.IDLE_ENV, "0")
     assert local_ray.acquire("2.60.0", root=tmp_path) is None
     assert not (tmp_path / ".trainyard").exists()
+
+
+def test_stopping_the_project_ray_stops_its_recorded_processes_and_forgets_it(tmp_path):
+    """`local_ray stop`: the recorded Ray's processes (found by its temp dir) and its watchdog are
+    stopped by PID, the record and token removed; with no record it says so and does nothing."""
+    import json
+    import subprocess
+    import sys
+
+    from components.cluster import local_ray
+
+    assert local_ray.stop(tmp_path) is False
+    temp_dir = tmp_path / "ray-tmp"
+    temp_dir.mkdir()
+    # a stand-in for a Ray process: it carries the temp dir marker every process of our Ray inherits
+    env = {"TRAINYARD_RAY_TEMP_DIR": str(temp_dir), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    try:
+        folder = local_ray.state_dir(tmp_path)
+        folder.mkdir(parents=True)
+        (folder / "state.json").write_text(json.dumps({"temp_dir": str(temp_dir), "address": "127.0.0.1:1"}))
+        (folder / "token").write_text("x")
+        assert proc.pid in local_ray.cluster_pids(str(temp_dir))
+        assert local_ray.stop(tmp_path) is True
+        assert proc.wait(30) is not None
+        assert not (folder / "state.json").exists() and not (folder / "token").exists() and not temp_dir.exists()
+    finally:
+        proc.kill()
