@@ -276,7 +276,8 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
     # B: the server dies after epoch 1 and stays down to the end of the stage; the stage still
     # publishes its model, and the next stage (evaluate) sends what was kept. Ray Train on the
     # shared Ray: the Train controller's process sends the epochs and journals what fails
-    proc, log = _start_train(project, tmp_path / "b", server, store, epochs=4, grace_s=1, ray=shared_ray)
+    # (6 epochs: the kill may land a few epochs late on a loaded machine; 3 entries still remain)
+    proc, log = _start_train(project, tmp_path / "b", server, store, epochs=6, grace_s=1, ray=shared_ray)
     try:
         run_id = wait_for(lambda: _run_id(log), 180, "the train run's id", every_s=0.5)
         wait_for(lambda: _val_steps(server, run_id), 300, "epoch 1 logged to the server", every_s=0.5)
@@ -287,7 +288,7 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, log.read_text()[-4000:]
     assert (tmp_path / "b/model.pt").exists() and "writes kept in" in log.read_text()
-    assert _journal_entries(store) >= 3  # epochs 2-4 at least, then the artifact and the status
+    assert _journal_entries(store) >= 3  # some epochs after the first, then the artifact and the status
     server.start()
     out = tmp_path / "b"
     ev = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--workload", "char_lm",
@@ -298,7 +299,7 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
                         env={**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store)})
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
     assert "writes kept while" in ev.stdout
-    assert _val_steps(server, run_id) == [1, 2, 3, 4]
+    assert _val_steps(server, run_id) == [1, 2, 3, 4, 5, 6]
     assert _journal_entries(store) == 0
     from mlflow import MlflowClient
 
