@@ -485,6 +485,7 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.changes
 def test_a_new_char_lm_trains_the_text_classifier_anew_and_the_old_one_resumes(tiny_project):
     """The base model is in every run key of the stages that read it: another char-LM (here
     from another seed) is a new text-classifier sweep, run and version naming the new base;

@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.conftest import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.changes]
 GIT = ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci"]
 
 

@@ -156,6 +156,7 @@ def _train_worker_pids(exclude: set[int] = frozenset()) -> list[int]:
     return sorted(out)
 
 
+@pytest.mark.faults
 def test_worker_sigkill_mid_epoch_resumes_from_the_last_checkpoint(ray_driver, token_data, tmp_path):
     # dropout on, so the resumed epochs must also replay the same random masks
     cfg = small_train_cfg(epochs=4, steps_per_epoch=300, n_hidden=64, dropout=0.2)
