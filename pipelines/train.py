@@ -158,7 +158,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
                "train_loss": best["train_loss"], "val_loss": best["val_loss"], "train_s": last["train_s"],
                **{k: best[k] for k in (*w.live_metrics, "samples_padded") if k in best and k not in ("epoch", "lr")}}
     info = {"run_id": run_id, "arch": cfg.get("arch", "-"), "selected_by": f"{w.select[0]} ({w.select[1]})",
-            "params": tuned, "run_path": outcome.run_path}
+            "params": tuned, "run_path": outcome.run_path, "worker_nodes": outcome.state.get("worker_nodes")}
     write_json(run_info_path(args), info)
     write_json(args.metrics, metrics)
     write_curve(args.plot, history, w.live_metrics)

@@ -24,6 +24,12 @@ from typing import Any, Protocol
 import torch
 
 
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 class Session(Protocol):
     """What a worker loop asks of whatever runs it."""
 
@@ -66,7 +72,8 @@ class TrainSession:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
+        # rank 0's metrics are a Train-based trial's result: where the trial ran, for its record
+        ray.train.report({**metrics, "node_id": _node_id()}, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
 
     @contextlib.contextmanager
     def checkpoint_dir(self) -> Iterator[str | None]:
@@ -99,7 +106,8 @@ class TuneSession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, dir_name: str | None = None) -> None:
         from ray import tune
 
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        tune.report({**metrics, "node_id": _node_id()},  # where the trial ran, for its record
+                    checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
     @contextlib.contextmanager
     def checkpoint_dir(self) -> Iterator[str | None]:

@@ -17,12 +17,32 @@ import torch
 from components.training import session
 from components.training.checkpoints import replaying, restore, resumes_after, save_state
 
+# The Ray node of each rank, in rank order (None off Ray), gathered when the worker starts:
+# rank 0 keeps it in every checkpoint, so a run records where it trained.
+_placed: dict[str, list[str | None]] = {"nodes": []}
+
+
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on; None in a process without Ray."""
+    import sys
+
+    ray = sys.modules.get("ray")  # not imported: not a Ray process (the stage's own)
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
+
 
 def start_worker(config: dict[str, Any]) -> tuple[int, int, torch.device]:
     """(rank, world size, device) of this worker, its torch threads set to its CPUs."""
     torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
     s = session.current()
-    return *s.rank_world(), s.device()
+    rank, world = s.rank_world()
+    nodes: list[str | None] = [ray_node_id()]
+    if world > 1:
+        nodes = [None] * world
+        import torch.distributed as dist
+
+        dist.all_gather_object(nodes, ray_node_id())
+    _placed["nodes"] = nodes
+    return rank, world, s.device()
 
 
 def wrap_ddp(model: torch.nn.Module, world: int) -> torch.nn.Module:
@@ -162,7 +182,8 @@ def checkpoint_and_report(progress: Progress, rank: int, epoch: int, metrics: di
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
             save_state(tmp, {**state(), "schedule": {"step": progress.step, "train_s": progress.train_s},
-                             "epoch": epoch + 1, "history": progress.history, "resumes": progress.resumes})
+                             "epoch": epoch + 1, "history": progress.history, "resumes": progress.resumes,
+                             "worker_nodes": _placed["nodes"]})
             print(line, flush=True)
         session.current().report(replaying(metrics, progress.history) if progress.replay else metrics,
                                  checkpoint_dir=tmp if rank == 0 else None, dir_name=f"epoch-{epoch + 1:04d}")

@@ -228,6 +228,8 @@ def _mlflow_callback(tracking_uri: str, experiment: str, parent_key: str, parent
             # recorded first: a sweep resumed after this point never trains this trial again
             write_store_json(_done_marker(storage, sweep, trial.trial_id), last)
             self.c.set_tag(run_id, "trainyard.stopped_early", str(last.get("epoch", 0) < max_t).lower())
+            if node := (trial.last_result or {}).get("node_id"):
+                self.c.set_tag(run_id, "trainyard.node_id", node)
             runs.finish_run(self.c, run_id, "FINISHED")
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -320,7 +322,8 @@ def _trials(grid, metric: str) -> list[dict[str, Any]]:
     for r in grid:
         m = r.metrics or {}
         out.append({"trial_id": m.get("trial_id"), "config": r.config, "epochs": m.get("epoch"),
-                    metric: m.get(metric), "train_s": m.get("train_s"), "error": str(r.error) if r.error else None})
+                    metric: m.get(metric), "train_s": m.get("train_s"), "node_id": m.get("node_id"),
+                    "error": str(r.error) if r.error else None})
     return out
 
 

@@ -97,47 +97,13 @@ def cluster_project(two_nodes, mlflow_auth, tmp_path_factory):
     params["char_lm"]["train"].update(num_workers=2, placement="spread")
     project = make_project(tmp_path_factory.mktemp("cluster-project"), params)
     env = {**project_env(), **two_nodes["env"], **mlflow_auth["env"]}
-    # Where the trials and the Train workers ran is read while they run: Ray's State API had
-    # lost a finished tune job's (dead) trial actors by the time a read after the job came
-    # (in CI at the end of the whole repro; in a targeted run seconds after `dvc repro tune`).
-    seen = project.parent / "actors.jsonl"
-    watcher = subprocess.Popen([sys.executable, "-c", WATCH, two_nodes["address"], str(seen), "900"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        # ~4 min here; the bound only keeps a hang from holding the cluster for the tests after it
-        p = run_bounded(["dvc", "repro", "register@char_lm"], project, env, timeout=900,
-                        report=lambda: _cluster_report(two_nodes["address"], env))
-    finally:
-        watcher.kill()
-        watcher.wait(30)
+    # ~2 min here; the bound only keeps a hang from holding the cluster for the tests after it
+    p = run_bounded(["dvc", "repro", "register@char_lm"], project, env, timeout=900,
+                    report=lambda: _cluster_report(two_nodes["address"], env))
     out = p.stdout + p.stderr
     (project.parent / "repro.log").write_text(out)  # kept with the test's temp dir
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-5000:]
-    workers = [json.loads(line) for line in seen.read_text().splitlines()] if seen.exists() else []
-    return project, env, out, workers
-
-
-# Lists the actors that train (Ray Train workers; Tune trial processes, which run 1-worker
-# trials' loops) every second, appending each placed (node, job, class) the first time it is seen.
-WATCH = textwrap.dedent("""
-    import json, sys, time, ray
-    from ray.util.state import list_actors
-    ray.init(address=sys.argv[1], log_to_driver=False)
-    seen, deadline = set(), time.monotonic() + float(sys.argv[3])
-    while time.monotonic() < deadline:
-        try:
-            actors = list_actors(detail=True, limit=10000, raise_on_missing_output=False)
-        except Exception:  # the dashboard busy or restarting: ask again next round
-            actors = []
-        for a in actors:
-            rec = (a.node_id, a.job_id, a.class_name)
-            # (a pending actor has no node yet)
-            if a.class_name in ("RayTrainWorker", "ImplicitFunc") and a.node_id and rec not in seen:
-                seen.add(rec)
-                with open(sys.argv[2], "a") as f:
-                    f.write(json.dumps(rec) + "\\n")
-        time.sleep(1)
-""")
+    return project, env, out
 
 
 def _cluster_report(address: str, env: dict[str, str]) -> str:
@@ -186,18 +152,18 @@ def _rest(uri: str, path: str, user: str | None, password: str | None, **query) 
 
 def test_repro_spreads_over_both_nodes_and_registers_on_the_postgres_server(cluster_project, two_nodes,
                                                                              mlflow_auth, reviewer):
-    project, env, out, workers = cluster_project
+    project, env, out = cluster_project
     assert "Started a local Ray instance" not in out  # it used the cluster
 
-    # Ray's own records: the sweep's trials (1-worker trials: in Tune's trial processes) and the
-    # train stage (Ray Train workers) each trained on both nodes
-    nodes = _alive_nodes(two_nodes["address"], env)
+    # what the run records of itself: the sweep's trials (1-worker trials, in Tune's trial
+    # processes, one CPU each: one per node at a time) and the train stage's 2 Ray Train
+    # workers (placement "spread") each trained on both nodes
+    nodes = set(_alive_nodes(two_nodes["address"], env))
     assert len(nodes) == 2
-    by_job: dict[tuple[str, str], set[str]] = {}
-    for node, job, cls in workers:
-        by_job.setdefault((job, cls), set()).add(node)
-    assert sorted(cls for _, cls in by_job) == ["ImplicitFunc", "RayTrainWorker"], by_job
-    assert all(where == set(nodes) for where in by_job.values()), by_job
+    trials = json.loads((project / "tune/char_lm/best_params.json").read_text())["trials"]
+    assert {t["node_id"] for t in trials} == nodes, trials
+    train = json.loads((project / "models/char_lm/train_run.json").read_text())
+    assert len(train["worker_nodes"]) == 2 and set(train["worker_nodes"]) == nodes, train
     reg = json.loads((project / "registry/char_lm/registered.json").read_text())
     assert "champion" in reg["aliases"]
 
@@ -217,7 +183,7 @@ def test_repro_spreads_over_both_nodes_and_registers_on_the_postgres_server(clus
 
 
 def test_a_wrong_password_fails_before_any_compute(cluster_project, mlflow_auth, tmp_path):
-    project, env, _, _ = cluster_project
+    project, env, _ = cluster_project
     p = run_bounded([sys.executable, "-m", "pipelines.train", "--workload", "char_lm",
                      "--data", "data/char_lm/normalized", "--model", str(tmp_path / "model.pt"),
                      "--metrics", str(tmp_path / "train.json"), "--plot", str(tmp_path / "curve.csv")],
@@ -228,7 +194,7 @@ def test_a_wrong_password_fails_before_any_compute(cluster_project, mlflow_auth,
 
 
 def test_a_reader_cannot_register_a_model(cluster_project, mlflow_auth, reviewer, tmp_path):
-    project, env, _, _ = cluster_project
+    project, env, _ = cluster_project
     user, password = reviewer
     before = _rest(mlflow_auth["uri"], "registered-models/get", user, password, name=MODEL)[1]
     p = run_bounded([sys.executable, "-m", "pipelines.register", "--workload", "char_lm",

@@ -194,6 +194,12 @@ def test_image_classifier_registered_beside_the_char_lm(tiny_project):
     # every train image once per epoch across the 2 workers, padding counted
     n_train = m["files"]["train.parquet"]["rows"]
     assert tr["samples_padded"] == 64 * -(-((n_train + 1) // 2) // 32) - n_train
+    # the run records where its workers trained: both ranks on the project's one-node Ray; and
+    # each trial of its sweep where it ran (the two-node placement: test_cluster.py)
+    nodes = json.loads((tiny_project / "models/image_classifier/train_run.json").read_text())["worker_nodes"]
+    assert len(nodes) == 2 and len(set(nodes)) == 1 and nodes[0]
+    trials = json.loads((tiny_project / "tune/image_classifier/best_params.json").read_text())["trials"]
+    assert trials and all(t["node_id"] for t in trials)
     code = textwrap.dedent("""
         import mlflow, numpy as np, pyarrow.parquet as pq
         from components.workloads.image_classifier.data import decode
