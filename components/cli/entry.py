@@ -112,7 +112,7 @@ def _exit_now(code: int) -> None:
 
     sys.stdout.flush()
     sys.stderr.flush()
-    atexit._run_exitfuncs()  # noqa: SLF001 - the public exit path, minus module teardown
+    atexit._run_exitfuncs()  # noqa: SLF001 - CPython's own exit handlers, as sys.exit runs them
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

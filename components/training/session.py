@@ -24,10 +24,12 @@ from typing import Any, Protocol
 import torch
 
 
-def _node_id() -> str:
-    import ray
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on; None in a process without Ray (the stage's own)."""
+    import sys
 
-    return ray.get_runtime_context().get_node_id()
+    ray = sys.modules.get("ray")  # never imported here: not a Ray process
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
 
 
 class Session(Protocol):
@@ -73,7 +75,7 @@ class TrainSession:
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         # rank 0's metrics are a Train-based trial's result: where the trial ran, for its record
-        ray.train.report({**metrics, "node_id": _node_id()}, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
+        ray.train.report({**metrics, "node_id": ray_node_id()}, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
 
     @contextlib.contextmanager
     def checkpoint_dir(self) -> Iterator[str | None]:
@@ -106,7 +108,7 @@ class TuneSession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, dir_name: str | None = None) -> None:
         from ray import tune
 
-        tune.report({**metrics, "node_id": _node_id()},  # where the trial ran, for its record
+        tune.report({**metrics, "node_id": ray_node_id()},  # where the trial ran, for its record
                     checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
     @contextlib.contextmanager

@@ -22,25 +22,18 @@ from components.training.checkpoints import replaying, restore, resumes_after, s
 _placed: dict[str, list[str | None]] = {"nodes": []}
 
 
-def ray_node_id() -> str | None:
-    """The Ray node this process runs on; None in a process without Ray."""
-    import sys
-
-    ray = sys.modules.get("ray")  # not imported: not a Ray process (the stage's own)
-    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
-
-
 def start_worker(config: dict[str, Any]) -> tuple[int, int, torch.device]:
     """(rank, world size, device) of this worker, its torch threads set to its CPUs."""
     torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
     s = session.current()
     rank, world = s.rank_world()
-    nodes: list[str | None] = [ray_node_id()]
+    nodes: list[str | None] = [session.ray_node_id()]
     if world > 1:
-        nodes = [None] * world
         import torch.distributed as dist
 
-        dist.all_gather_object(nodes, ray_node_id())
+        gathered: list[str | None] = [None] * world
+        dist.all_gather_object(gathered, nodes[0])
+        nodes = gathered
     _placed["nodes"] = nodes
     return rank, world, s.device()
 
