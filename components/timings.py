@@ -3,7 +3,8 @@
 With `TRAINYARD_TIMINGS=<file>` set, each stage appends one JSON line to that file when it
 ends: its DVC name, when its process started and ended (wall clock), the seconds it spent on
 its work (training, scoring, reading and writing data: what `work` blocks measured), whether it
-started a local Ray, and any figures it noted. Unset, nothing is measured or written.
+started a local Ray, which of the heavy libraries (torch, ray, mlflow) it imported, and any
+figures it noted. Unset, nothing is measured or written.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 ENV = "TRAINYARD_TIMINGS"
+HEAVY = ("torch", "ray", "mlflow")  # each costs a second or more to import
 _state: dict[str, Any] = {"work_s": 0.0, "ray_started": False, "notes": {}}
 
 
@@ -60,6 +62,6 @@ def flush(stage: str, ok: bool) -> None:
     if not path:
         return
     line = {"stage": os.environ.get("DVC_STAGE") or stage, "start": _process_start(), "end": time.time(),
-            "ok": ok, "argv": sys.argv[1:3], **_state}
+            "ok": ok, "argv": sys.argv[1:3], "imported": [m for m in HEAVY if m in sys.modules], **_state}
     with open(path, "a") as f:  # one short line per stage: appends do not interleave
         f.write(json.dumps(line) + "\n")

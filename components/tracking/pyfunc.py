@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow.pyfunc
@@ -88,13 +89,27 @@ def pip_requirements(entry: str) -> list[str]:
     return sorted({f"{d}=={metadata.version(d)}" for d in owners.values()}, key=str.lower)
 
 
+def _save_pyfunc(validate_serving_input: bool = True, **kwargs: Any) -> None:
+    mlflow.pyfunc.save_model(**kwargs)
+
+
+# mlflow.pyfunc as a flavor for `Model.log`, taking the `validate_serving_input` switch that
+# `mlflow.pyfunc.log_model` does not pass on: MLflow validates an input example by loading the
+# model and predicting in this process, which imports torch (1.5 s of a 4.7 s register). Every
+# workload's logged model is loaded and served in a fresh process by the end-to-end tests instead.
+_PYFUNC_FLAVOR = SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_pyfunc)
+
+
 def log_pyfunc(python_model: mlflow.pyfunc.PythonModel, model_file: str | Path, signature: Any,
                input_example: Any, name: str = "model"):
     """Log `python_model` (which loads `context.artifacts[CHECKPOINT_ARTIFACT]`) into the active
-    run; returns MLflow's ModelInfo."""
+    run, with its input example saved but not run; returns MLflow's ModelInfo."""
+    from mlflow.models import Model
+
     import components
 
-    return mlflow.pyfunc.log_model(
-        name=name, python_model=python_model, artifacts={CHECKPOINT_ARTIFACT: str(model_file)},
-        code_paths=[str(Path(components.__file__).parent)], signature=signature, input_example=input_example,
+    return Model.log(
+        artifact_path=None, name=name, flavor=_PYFUNC_FLAVOR, python_model=python_model,
+        artifacts={CHECKPOINT_ARTIFACT: str(model_file)}, code_paths=[str(Path(components.__file__).parent)],
+        signature=signature, input_example=input_example, validate_serving_input=False,
         pip_requirements=pip_requirements(type(python_model).__module__))

@@ -170,7 +170,9 @@ def tiny_project(tmp_path_factory) -> Path:
     each Ray stage with a Ray of its own (shared by the e2e tests). No cluster: the char-LM's
     1-worker train runs in its stage's process, as it does in the tests that train it again."""
     dest = make_project(tmp_path_factory.mktemp("project"), tiny_params())
-    proc = run(["dvc", "repro"], dest, timeout=1200)
+    # each stage's own account (components/timings.py), read by the tests of what stages import
+    proc = run(["dvc", "repro"], dest, timeout=1200,
+               env=project_env() | {"TRAINYARD_TIMINGS": str(dest / "timings.jsonl")})
     (dest / "repro.log").write_text(proc.stdout + proc.stderr)
     return dest
 

@@ -77,6 +77,21 @@ def test_metrics_and_outputs(tiny_project):
     assert sample.count("for thos") == 2  # two temperatures
 
 
+def test_stages_import_only_what_they_use(tiny_project):
+    """Data stages start without torch, Ray or MLflow; register reads the model file's metadata
+    and logs the model without torch (it imports torch only to re-score a champion, and the
+    first version of each model has none to re-score)."""
+    lines = [json.loads(s) for s in (tiny_project / "timings.jsonl").read_text().splitlines()]
+    imported = {s["stage"]: s["imported"] for s in lines}
+    assert len(imported) == 21, sorted(imported)
+    for stage, mods in imported.items():
+        kind = stage.split("@")[0]
+        if kind in ("prepare", "normalize", "trial_params"):
+            assert mods == [], (stage, mods)
+        if kind == "register":
+            assert mods == ["mlflow"], (stage, mods)
+
+
 def test_sweep_ran_six_trials_two_at_a_time_and_asha_stopped_some(tiny_project):
     best = json.loads((tiny_project / "tune/char_lm/best_params.json").read_text())
     assert best["num_trials"] == 6 and best["concurrent"] == 2

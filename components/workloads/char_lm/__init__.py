@@ -109,24 +109,24 @@ class CharLM(Workload):
                          f"sample:\n{samples[e.temperature]}"]
 
     def registration(self, data: str, model: str) -> Registration:
-        import torch
-
-        from components.data.parquet import load_manifest, read_json
-        from components.workloads.char_lm.data import Vocab
-        from components.workloads.char_lm.evaluate import read_split, score_ids
-        from components.workloads.char_lm.model import load_model
+        from components.model_file import read_metadata
         from components.workloads.char_lm.pyfunc import log_model
-
-        _, _, blob = load_model(model)
-        vocab = Vocab.from_json(read_json(Path(data) / "vocab.json"))
-        val_text = vocab.decode(read_split(data, "val", load_manifest(data)).tolist())
 
         def rescore(model_file: str) -> float:
             # each version with its own vocabulary, on the same val text
+            import torch
+
+            from components.data.parquet import load_manifest, read_json
+            from components.workloads.char_lm.data import Vocab
+            from components.workloads.char_lm.evaluate import read_split, score_ids
+            from components.workloads.char_lm.model import load_model
+
+            vocab = Vocab.from_json(read_json(Path(data) / "vocab.json"))
+            val_text = vocab.decode(read_split(data, "val", load_manifest(data)).tolist())
             net, own_vocab, _ = load_model(model_file)
             return score_ids(net, torch.from_numpy(own_vocab.encode(val_text).astype("int64")))
 
-        return Registration(blob, rescore, lambda: log_model(model).model_uri)
+        return Registration(read_metadata(model), rescore, lambda: log_model(model).model_uri)
 
 
 WORKLOAD = CharLM()

@@ -91,20 +91,25 @@ class ImageClassifier(Workload):
                          f"{metrics['baseline_majority_val_accuracy']:.4f}"]
 
     def registration(self, data: str, model: str) -> Registration:
-        from components.data.parquet import load_manifest
-        from components.workloads.image_classifier.evaluate import predict, read_images
-        from components.workloads.image_classifier.model import load_model
+        from components.data.parquet import check_table, load_manifest
+        from components.model_file import read_metadata
+        from components.workloads.image_classifier.data import IMAGES_SCHEMA, decode
         from components.workloads.image_classifier.pyfunc import log_model
 
-        _, blob = load_model(model)
-        x, y = read_images(data, "val", load_manifest(data))
+        manifest = load_manifest(data)
+        # the serving example without torch: register imports it only to re-score a champion
+        first = check_table(Path(data) / "val.parquet", IMAGES_SCHEMA, manifest["files"]["val.parquet"])
+        example = decode(first.read_row_group(0).to_batches(max_chunksize=1)[0])[0]
 
         def rescore(model_file: str) -> float:
+            from components.workloads.image_classifier.evaluate import predict, read_images
+            from components.workloads.image_classifier.model import load_model
+
+            x, y = read_images(data, "val", manifest)
             net, own = load_model(model_file)
             return float((predict(net, own, x).argmax(1) == y).float().mean())
 
-        example = x[0].permute(1, 2, 0).numpy()
-        return Registration(blob, rescore, lambda: log_model(model, example).model_uri)
+        return Registration(read_metadata(model), rescore, lambda: log_model(model, example).model_uri)
 
 
 WORKLOAD = ImageClassifier()

@@ -108,19 +108,25 @@ class TextClassifier(Workload):
         return metrics, lines
 
     def registration(self, data: str, model: str) -> Registration:
-        from components.data.parquet import load_manifest
-        from components.workloads.text_classifier.evaluate import read_split
-        from components.workloads.text_classifier.model import load_model, predict_texts
+        from components.data.parquet import check_table, load_manifest
+        from components.model_file import read_metadata
         from components.workloads.text_classifier.pyfunc import log_model
+        from components.workloads.text_classifier.staging import SPLIT_SCHEMA
 
-        _, blob = load_model(model)
-        texts, y = read_split(data, "val", load_manifest(data))
+        manifest, blob = load_manifest(data), read_metadata(model)
+        # the serving example without torch: register imports it only to re-score a champion
+        val = check_table(Path(data) / "val.parquet", SPLIT_SCHEMA, manifest["files"]["val.parquet"])
+        example = val.read_row_group(0, columns=["text"]).column("text")[0].as_py()
 
         def rescore(model_file: str) -> float:
+            from components.workloads.text_classifier.evaluate import read_split
+            from components.workloads.text_classifier.model import load_model, predict_texts
+
+            texts, y = read_split(data, "val", manifest)
             net, own = load_model(model_file)
             return float((predict_texts(net, own, texts).argmax(1) == y).float().mean())
 
-        return Registration(blob, rescore, lambda: log_model(model, texts[0]).model_uri, base_lineage(blob))
+        return Registration(blob, rescore, lambda: log_model(model, example).model_uri, base_lineage(blob))
 
 
 def base_lineage(blob: dict[str, Any]) -> dict[str, str]:
