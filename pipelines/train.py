@@ -26,7 +26,8 @@ from components.data.parquet import atomic_path, read_json, write_json
 from components.run_keys import run_key
 from components.store import stage_storage
 from components.tracking import runs
-from components.tracking.journal import LiveMetrics, Writer, live_metrics_callback
+from components.tracking.journal import Writer
+from components.tracking.live import LiveFeed, LiveMetrics, feed_callback
 from components.tracking.session import connect
 from components.training.driver import fit, fit_in_process, make_trainer, trains_in_process
 
@@ -120,7 +121,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
           f"MLflow run {run_id}", flush=True)
     # From here on the run exists: writes the server cannot take wait in the journal.
     writer = Writer(t.uri)
-    live = (writer.uri, run_id, str(writer.journal.path), w.live_metrics)
+    live = LiveMetrics(writer, run_id, w.live_metrics)
     loop_config, storage = {"train": cfg, "data": data.workers}, stage_storage(args.workload, "train")
     monitor = runs.system_metrics(run_id, t.uri)
     fit_t0 = time.perf_counter()
@@ -129,14 +130,16 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
             # its own folder: a Train run of the same key (with RAY_ADDRESS set) keeps another layout
             outcome = fit_in_process(w.worker_loop(), loop_config, run_uri=f"{storage.rstrip('/')}/run-{key}-in-process",
                                      cpus_per_worker=cfg["cpus_per_worker"], use_gpu=gpu, select=w.select,
-                                     on_report=LiveMetrics(*live).log)
+                                     on_report=live.log)
         else:
+            feed = writer.journal.path.with_name(f"live-{run_id}.jsonl")  # beside the journal: the driver's node
             trainer = make_trainer(w.worker_loop(), loop_config, name=f"run-{key}", storage_path=storage,
                                    num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"],
                                    use_gpu=gpu, max_failures=cfg["max_failures"],
-                                   callbacks=[live_metrics_callback(*live)], placement=cfg["placement"],
+                                   callbacks=[feed_callback(feed, w.live_metrics)], placement=cfg["placement"],
                                    select=w.select)
-            outcome = fit(trainer, cfg["num_workers"], w.select)
+            with LiveFeed(feed, live):
+                outcome = fit(trainer, cfg["num_workers"], w.select)
     except BaseException:
         writer.finish(run_id, "FAILED")
         raise

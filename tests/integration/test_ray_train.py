@@ -10,6 +10,7 @@ import time
 import pytest
 
 from components.cluster.resources import ResourceError, plan_trials
+from components.tracking.live import LiveFeed, feed_callback
 from components.training.driver import fit, make_trainer, worker_config
 from components.training.session import LocalSession, running_in
 from components.workloads.char_lm.loop import train_loop_per_worker
@@ -21,7 +22,17 @@ pytestmark = pytest.mark.slow
 def test_two_workers_train_checkpoint_and_resume(ray_driver, token_data, tmp_path):
     kw = dict(name="run-a", storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1,
               use_gpu=False, max_failures=0)
-    first = fit(make_trainer(train_loop_per_worker, {"train": small_train_cfg(), "data": token_data}, **kw), 2)
+    # each epoch's metrics reach this process while training runs, through the controller's feed
+    seen: list[tuple[int, bool]] = []
+    running = threading.Event()
+    live = type("Live", (), {"log": lambda self, r: seen.append((r["epoch"], running.is_set()))})()
+    running.set()
+    with LiveFeed(tmp_path / "feed" / "live.jsonl", live):
+        first = fit(make_trainer(train_loop_per_worker, {"train": small_train_cfg(), "data": token_data},
+                                 callbacks=[feed_callback(tmp_path / "feed" / "live.jsonl", ("epoch", "val_loss"))],
+                                 **kw), 2)
+        running.clear()
+    assert seen[0] == (1, True) and [e for e, _ in seen] == [1, 2], seen
     hist = first.state["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
     assert hist[1]["val_loss"] < hist[0]["val_loss"] < 5.0
