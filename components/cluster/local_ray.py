@@ -1,5 +1,5 @@
-"""Ray on this machine: the project's own Ray, shared by the stages of one `dvc repro`, and the
-helpers `infra/ray/local_cluster.py` builds its multi-node clusters with.
+"""The project's own Ray on this machine, shared by the stages of one `dvc repro` (its nodes'
+processes, ports and stopping by process id: `ray_nodes`).
 
 A stage that needs Ray and has no `RAY_ADDRESS` used to start a Ray of its own and stop it on
 exit: ~6 s a stage. Now the first such stage starts one with `ray start` (token auth, its own
@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,100 +29,23 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from components.cluster.ray_nodes import (
+    NODE_PORT_FLAGS,
+    TEMP_DIR_ENV,
+    cluster_pids,
+    free_ports,
+    is_gcs,
+    node_port_args,
+    ray_executable,
+    stop_pids,
+)
+
 IDLE_ENV = "TRAINYARD_RAY_IDLE_S"
 DEFAULT_IDLE_S = 60.0  # longer than the non-Ray stages between two Ray stages of one repro
 POLL_S = 0.5
 MAX_LIFE_S = 7 * 24 * 3600.0  # a bound on the watchdog's loop, whatever holds a lease
 LOCK_WAIT_S = 300.0
 STOP_WAIT_S = 5.0  # SIGTERM, then SIGKILL: the idle Ray must be gone within seconds of its time
-NODE_PORT_FLAGS = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
-                   "--metrics-export-port"]
-
-
-# --- helpers shared with infra/ray/local_cluster.py ------------------------------------------
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct TCP ports on 127.0.0.1 that nothing listens on now.
-
-    All are bound at once: a port closed and asked for again may come back (the kernel
-    offered the same one for the dashboard and the agent's gRPC port once, and `ray start`
-    failed), so asking one at a time does not make them distinct."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def node_port_args(ports: list[int]) -> list[str]:
-    """`ray start` flags giving a node its own agent, metrics and runtime-env ports (two nodes
-    on one host must not share one)."""
-    return [arg for flag, port in zip(NODE_PORT_FLAGS, ports, strict=True) for arg in (flag, str(port))]
-
-
-def ray_executable() -> str:
-    """The `ray` command of this environment."""
-    exe = shutil.which("ray", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if not exe:
-        raise RuntimeError("the `ray` command is not installed in this environment")
-    return exe
-
-
-# Set in the environment of `ray start`, so every process of that Ray inherits it: Ray's client
-# server names neither the temp dir nor a parent that is still there (it outlived `stop` once).
-TEMP_DIR_ENV = "TRAINYARD_RAY_TEMP_DIR"
-
-
-def cluster_pids(temp_dir: str) -> list[int]:
-    """The processes of a Ray started with `temp_dir`: those naming it on their command line or
-    carrying it in `TRAINYARD_RAY_TEMP_DIR`, and all their descendants."""
-    import psutil
-
-    roots = []
-    for p in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error, TypeError):
-            if p.pid != os.getpid() and (any(temp_dir in a for a in (p.info["cmdline"] or []))
-                                         or p.environ().get(TEMP_DIR_ENV) == temp_dir):
-                roots.append(p)
-    pids = set()
-    for p in roots:
-        pids.add(p.pid)
-        with contextlib.suppress(psutil.Error):
-            pids.update(c.pid for c in p.children(recursive=True))
-    return sorted(pids)
-
-
-def _is_gcs(p) -> bool:
-    import psutil
-
-    with contextlib.suppress(psutil.Error):
-        return Path(p.exe()).name == "gcs_server"
-    return False
-
-
-def stop_pids(pids: list[int], timeout_s: float = 20.0) -> list[int]:
-    """Terminate (then kill) the Ray processes `pids`, the GCS last: a raylet told to stop while
-    the GCS went too waited ~10 s for it; in this order each takes about 2 s."""
-    import psutil
-
-    procs = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            p = psutil.Process(pid)
-            procs.append((p, _is_gcs(p)))
-    for last in (False, True):
-        stage = [p for p, gcs in procs if gcs == last]
-        for p in stage:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(stage, timeout=timeout_s)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(alive, timeout=timeout_s)
-    return [p.pid for p, _ in procs]
-
-
 # --- the project's own Ray --------------------------------------------------------------------
 
 def idle_s() -> float:
@@ -240,7 +162,7 @@ def _start(folder: Path, idle: float, version: str) -> dict:
         raise RuntimeError(f"`ray start` exited {p.returncode} (log: {log}):\n{tail}")
     import psutil
 
-    gcs = next((pid for pid in cluster_pids(temp_dir) if _is_gcs(psutil.Process(pid))), None)
+    gcs = next((pid for pid in cluster_pids(temp_dir) if is_gcs(psutil.Process(pid))), None)
     record = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": temp_dir,
               "version": version, "idle_s": idle, "gcs": {"pid": gcs, "started": _started(gcs) if gcs else None},
               "env": {"RAY_ADDRESS": f"127.0.0.1:{port}", **auth}}

@@ -7,17 +7,13 @@ registering the same trained model again returns the existing version.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import getpass
 import json
-import os
-import random
-import socket
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
+
+from components.tracking.lease import lease, retrying
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_SHA = "trainyard.model_sha256"
@@ -25,75 +21,9 @@ VAL_DATA = "trainyard.val_data_md5"
 HISTORY = "trainyard.champion_history"  # registered-model tag: champion versions, oldest first
 BASELINE = "trainyard.baseline"  # version tag: the best baseline on the same val data, name=value
 BEATS_BASELINE = "trainyard.beats_baseline"  # version tag: true / false
-LEASE = "trainyard.lease"  # registered-model tag: who decides aliases now, and until when
 ARCHIVED = "trainyard.archived"  # version tag: JSON {who, why, at}; no alias may point at it
 DATA_TAG = "trainyard.data."  # version tags: trainyard.data.<path> = md5 (the numbers in dvc.lock)
 COMMIT_TAG = "trainyard.git_commit"
-
-
-class RegistryBusy(RuntimeError):
-    """Another registration held the model's lease for longer than we waited."""
-
-
-def retrying(fn: Callable[..., Any], *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
-    """Call an MLflow write, retrying the errors concurrent writers cause: SQLite's
-    "database is locked" and a version-number collision (a unique-constraint error)."""
-    from mlflow.exceptions import MlflowException
-
-    for i in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except (MlflowException, OSError) as err:
-            text = str(err).lower()
-            transient = any(s in text for s in ("database is locked", "unique constraint", "integrityerror",
-                                                "deadlock", "could not serialize"))
-            if not transient or i == attempts - 1:
-                raise
-            time.sleep(0.1 * 2**i * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
-    raise AssertionError("unreachable")
-
-
-MAX_SETTLE_S = 2.0
-
-
-@contextlib.contextmanager
-def lease(c, name: str, ttl_s: float = 300.0, wait_s: float = 600.0, settle_s: float = 0.1,
-          settle_rtts: float = 5.0) -> Iterator[None]:
-    """Hold the model's lease while deciding aliases, so two pipelines registering at once
-    cannot each crown their own version on a stale view of the champion.
-
-    MLflow has no compare-and-set, so: wait until no live lease is there, write ours (a token
-    with an expiry), wait, read it back. A writer that read "free" just before we wrote writes
-    its own token within about two calls of its own, so after waiting several of ours
-    (`settle_rtts` times our write, at least `settle_s` and at most `MAX_SETTLE_S`: 0.1 s on a
-    local store, more on a slow server; a fixed 0.5 s was a sixth of every register) exactly one
-    token remains and only its owner goes on. A lease whose holder died expires after `ttl_s`.
-    """
-    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    deadline, waited = time.monotonic() + wait_s, False
-    settle = settle_s
-    while True:
-        held = retrying(c.get_registered_model, name).tags.get(LEASE, "")
-        owner, _, until = held.rpartition("@")
-        if not held or float(until or 0) < time.time():
-            t0 = time.monotonic()  # one write, timed after a read has warmed the client
-            retrying(c.set_registered_model_tag, name, LEASE, f"{token}@{time.time() + ttl_s:.0f}")
-            settle = min(MAX_SETTLE_S, max(settle_s, settle_rtts * (time.monotonic() - t0)))
-            time.sleep(settle)
-            if retrying(c.get_registered_model, name).tags.get(LEASE, "").startswith(token + "@"):
-                break
-        if not waited:
-            print(f"[register] model '{name}': waiting for another registration to finish ({owner})", flush=True)
-            waited = True
-        if time.monotonic() > deadline:
-            raise RegistryBusy(f"model '{name}': another registration holds the lease ({owner}); waited {wait_s:.0f} s")
-        time.sleep(settle * (1 + random.random()))  # noqa: S311
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            if retrying(c.get_registered_model, name).tags.get(LEASE, "").startswith(token + "@"):
-                retrying(c.delete_registered_model_tag, name, LEASE)
 
 
 def _metric_tag(metric: str) -> str:

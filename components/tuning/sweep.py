@@ -2,10 +2,10 @@
 
 Kept apart as in Ray's examples: the worker function (a workload's loop.py), the per-trial
 driver (`_trial`: the loop itself in the trial's process for 1-worker trials, else a
-TorchTrainer) and the tuner (`run_sweep`). The Tune driver process is the only MLflow writer:
-one parent run, one child run per trial, keyed by the trial id so a resumed sweep never
-duplicates them. Raising `num_samples` on a finished sweep adds a round of new trials; the
-searcher is told the earlier ones."""
+TorchTrainer) and the tuner (`run_sweep`). The Tune driver process is the only MLflow writer
+(`callbacks`): one parent run, one child run per trial, keyed by the trial id so a resumed
+sweep never duplicates them. Raising `num_samples` on a finished sweep adds a round of new
+trials; the searcher (`search`) is told the earlier ones."""
 
 from __future__ import annotations
 
@@ -20,34 +20,11 @@ from pydantic import BaseModel
 from components.cluster.connect import init_ray
 from components.cluster.processes import reap_leaked_placement_groups
 from components.cluster.resources import TrialPlan, plan_trials, want_gpu
-from components.config import FINAL_ONLY, SearchDim, TuneParams
-from components.store import read_store_json, write_store_json
-from components.tracking import runs
-from components.tracking.session import connect
+from components.config import FINAL_ONLY, TuneParams
+from components.store import read_store_json
+from components.tuning.callbacks import done_marker, mlflow_callback, reaper
+from components.tuning.search import planned, rounds, search_space, searcher
 from components.workloads.base import Workload
-
-
-def _done_marker(storage: str, sweep: str, trial_id: str) -> str:
-    """Where the sweep records that a trial completed (and with what). Keyed by the sweep's
-    name, which holds its code, data and params key: another sweep never reads it."""
-    return f"{storage.rstrip('/')}/done/{sweep}/{trial_id}.json"
-
-
-def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
-    """params.yaml search dimensions -> Ray Tune sampling objects."""
-    from ray import tune
-
-    out: dict[str, Any] = {}
-    for key, dim in space.items():
-        if dim.type in ("choice", "grid"):  # grid points are fed in by `grid_points`
-            out[key] = tune.choice(list(dim.values))
-        elif dim.type == "uniform":
-            out[key] = tune.uniform(dim.low, dim.high)
-        elif dim.type == "loguniform":
-            out[key] = tune.loguniform(dim.low, dim.high)
-        else:
-            out[key] = tune.randint(int(dim.low), int(dim.high))
-    return out
 
 
 def trial_steps(tp: TuneParams, per_pass: int) -> int:
@@ -99,7 +76,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
     from components.training.session import TuneSession, running_in
 
     trial_id = tune.get_context().get_trial_id()
-    done = read_store_json(_done_marker(storage, sweep, trial_id))
+    done = read_store_json(done_marker(storage, sweep, trial_id))
     if done is not None:
         # Completed before the sweep driver was killed, but after Tune's last snapshot of
         # the sweep: hand back the recorded result instead of training again.
@@ -185,137 +162,6 @@ def _wait_for_tune_to_take_reports(handover: _Handover | None, timeout_s: float 
     print(f"[tune] warning: Tune did not take the trial's last report within {timeout_s:g} s", flush=True)
 
 
-def _mlflow_callback(tracking_uri: str, experiment: str, parent_key: str, parent_tags: dict[str, str],
-                     parent_params: dict[str, Any], max_t: int, storage: str, sweep: str, keys: tuple[str, ...]):
-    from ray import tune
-
-    class MlflowSweepCallback(tune.Callback):
-        """Runs in the Tune driver: the sweep's single MLflow writer."""
-
-        def setup(self, **info) -> None:
-            t = connect(tracking_uri)
-            self.c, self.exp = t.client, t.experiment_id(experiment)
-            self.parent = runs.start_run(self.c, self.exp, parent_key, f"tune-{parent_key.rsplit('/', 1)[-1]}",
-                                         parent_tags)
-            runs.log_params(self.c, self.parent, parent_params)
-            self.children: dict[str, str] = {}
-
-        def _child(self, trial) -> str:
-            if trial.trial_id not in self.children:
-                run_id = runs.start_run(self.c, self.exp, f"{parent_key}/{trial.trial_id}",
-                                        f"trial-{trial.trial_id}", {"trainyard.trial_id": trial.trial_id},
-                                        parent_run_id=self.parent, reopen=False)
-                runs.log_params(self.c, run_id, trial.config)
-                self.children[trial.trial_id] = run_id
-            return self.children[trial.trial_id]
-
-        def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            self._child(trial)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            if "history" in result:  # a resumed trial: epochs this writer may have missed
-                runs.log_history(self.c, self._child(trial),
-                                 [{k: r[k] for k in keys if k in r} for r in result["history"]])
-            row = {k: result[k] for k in keys if k != "epoch" and k in result}
-            # the trial's own epoch, not Tune's iteration count: a trial resumed after a
-            # killed sweep restarts its iteration count but goes on from its checkpoint's epoch
-            row["epoch"] = result.get("epoch", result["training_iteration"])
-            runs.log_history(self.c, self._child(trial), [row])
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            run_id = self._child(trial)
-            last = {k: v for k, v in (trial.last_result or {}).items() if k in keys}
-            # recorded first: a sweep resumed after this point never trains this trial again
-            write_store_json(_done_marker(storage, sweep, trial.trial_id), last)
-            self.c.set_tag(run_id, "trainyard.stopped_early", str(last.get("epoch", 0) < max_t).lower())
-            if node := (trial.last_result or {}).get("node_id"):
-                self.c.set_tag(run_id, "trainyard.node_id", node)
-            runs.finish_run(self.c, run_id, "FINISHED")
-
-        def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            runs.finish_run(self.c, self._child(trial), "FAILED")
-
-        def on_experiment_end(self, trials, **info) -> None:
-            runs.finish_run(self.c, self.parent, "FINISHED")
-
-    return MlflowSweepCallback()
-
-
-def _reaper(every_s: float = 10.0):
-    """A Tune callback that frees, every `every_s`, the CPUs a stopped trial's Train run left
-    held (see `reap_leaked_placement_groups`): a trial already waiting for them gets them
-    now, not when the next trial starts."""
-    from ray import tune
-
-    class ReapLeakedGroups(tune.Callback):
-        def __init__(self) -> None:
-            self.next = 0.0
-
-        def on_step_begin(self, iteration, trials, **info) -> None:
-            if time.monotonic() >= self.next:
-                reap_leaked_placement_groups()
-                self.next = time.monotonic() + every_s
-
-    return ReapLeakedGroups()
-
-
-def rounds(storage: str, name: str) -> list[str]:
-    """The sweep's Tune experiments in order: `name`, then `name-r2`, ... one per raise of
-    `num_samples` (a Tune experiment's trial count is fixed once it starts)."""
-    from ray import tune
-
-    found = []
-    while tune.Tuner.can_restore(f"{storage.rstrip('/')}/{name if not found else f'{name}-r{len(found) + 1}'}"):
-        found.append(name if not found else f"{name}-r{len(found) + 1}")
-    return found
-
-
-def searcher(tp: TuneParams, concurrent: int, done: list[dict[str, Any]], round_index: int):
-    """The search algorithm of a new round, told of the trials earlier rounds finished.
-
-    random: Ray's variant generator (seeded; a later round draws from another seed, so it
-    never repeats the first round's points). optuna: TPE, with every earlier trial added to
-    its study as evaluated (config and result): nothing is run twice.
-    """
-    if tp.search == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
-        known = [t for t in done if t[tp.metric] is not None]
-        alg = OptunaSearch(space=OptunaSearch.convert_search_space(search_space(tp.space)), metric=tp.metric,
-                           mode=tp.mode, seed=tp.seed,
-                           points_to_evaluate=[{k: t["config"][k] for k in tp.space} for t in known] or None,
-                           evaluated_rewards=[t[tp.metric] for t in known] or None)
-        return ConcurrencyLimiter(alg, max_concurrent=concurrent)
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    # The concurrency limit must live in the generator: Tune ignores max_concurrent_trials
-    # when a BasicVariantGenerator is passed.
-    return BasicVariantGenerator(points_to_evaluate=grid_points(tp)[len(done):] or None,
-                                 random_state=tp.seed + 7919 * round_index, max_concurrent=concurrent)
-
-
-def grid_points(tp: TuneParams) -> list[dict[str, Any]]:
-    """Every point of the `grid` dimensions (each `num_samples` times), in an order shuffled by
-    `tune.seed`: run in the grid's own order, ASHA would meet, say, every low lr first, keep them
-    (nothing better is known yet) and stop nothing. Other dimensions are drawn per trial."""
-    import itertools
-    import random
-
-    grid = {k: d.values for k, d in tp.space.items() if d.type == "grid"}
-    if not grid:
-        return []
-    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
-    points = points * tp.num_samples
-    random.Random(tp.seed).shuffle(points)
-    return points
-
-
-def planned(tp: TuneParams) -> int:
-    """Trials the sweep runs in all: `num_samples`, times the grid's size when it has one."""
-    return len(grid_points(tp)) or tp.num_samples
-
-
 def _trials(grid, metric: str) -> list[dict[str, Any]]:
     """Each trial of a finished Tune run: id, config, epochs, metric, training seconds, error."""
     out = []
@@ -368,7 +214,7 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
         trial_resources(tp, use_gpu))
     experiment = workload.name
     parent_key = f"{experiment}/tune/{name}"
-    callback = _mlflow_callback(tracking_uri, experiment, parent_key, {"trainyard.stage": "tune", "trainyard.code": code},
+    callback = mlflow_callback(tracking_uri, experiment, parent_key, {"trainyard.stage": "tune", "trainyard.code": code},
                                 {f"space.{k}": v.model_dump_json(exclude_none=True) for k, v in tp.space.items()}
                                 | {"search": tp.search, "concurrent": plan.concurrent}, tp.epochs,
                                 storage, name, workload.live_metrics)
@@ -383,7 +229,7 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
         # The restored run config comes from the pickled sweep state; attach this
         # process's MLflow writer (the old one died with the killed driver).
         # (A new list each time: Tune appends its progress reporter to the one it is given.)
-        tuner._local_tuner.get_run_config().callbacks = [callback, _reaper()]
+        tuner._local_tuner.get_run_config().callbacks = [callback, reaper()]
         trials += _trials(tuner.fit(), tp.metric)
     if len(trials) < planned(tp):
         more = planned(tp) - len(trials)
@@ -401,7 +247,7 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
                 # in-process trials all ask for the same resources: one process serves them in turn
                 # (torch imported once), instead of a process started per trial
                 reuse_actors=in_process(tp)),
-            run_config=tune.RunConfig(name=round_name, storage_path=storage, callbacks=[callback, _reaper()], verbose=1,
+            run_config=tune.RunConfig(name=round_name, storage_path=storage, callbacks=[callback, reaper()], verbose=1,
                                       # a trial's crash restarts it from its last checkpoint once, as
                                       # Ray Train's worker-group restart does for a Train-run trial
                                       failure_config=tune.FailureConfig(max_failures=1 if in_process(tp) else 0)),

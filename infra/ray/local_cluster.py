@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from components.cluster.local_ray import (  # noqa: E402
+from components.cluster.ray_nodes import (  # noqa: E402
     NODE_PORT_FLAGS,
     TEMP_DIR_ENV,
     cluster_pids,

@@ -435,7 +435,8 @@ time.sleep(float(sys.argv[1]))
 
 
 def _project_ray_pids(project: Path) -> list[int]:
-    from components.cluster.local_ray import cluster_pids, state_dir
+    from components.cluster.local_ray import state_dir
+    from components.cluster.ray_nodes import cluster_pids
 
     record = state_dir(project) / "state.json"
     return cluster_pids(json.loads(record.read_text())["temp_dir"]) if record.exists() else []
@@ -445,7 +446,8 @@ def test_the_project_ray_is_reused_by_the_next_stage_and_stops_when_idle_also_af
     """Two "stages" (processes calling `init_ray(shared=True)` as tune and train do): the
     second connects to the Ray the first started; once the last has exited, or been SIGKILLed,
     no process of that Ray outlives the idle time by more than 10 s."""
-    from components.cluster.local_ray import cluster_pids, state_dir
+    from components.cluster.local_ray import state_dir
+    from components.cluster.ray_nodes import cluster_pids
 
     idle = 4.0
     env = project_env() | {"TRAINYARD_RAY_IDLE_S": f"{idle:g}"}

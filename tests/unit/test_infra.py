@@ -264,10 +264,10 @@ class _LowestFreePortSocket:
 def test_local_cluster_gives_every_ray_port_of_every_node_its_own_number(monkeypatch, tmp_path):
     """`ray start` fails when two of its ports are equal (CI once got the dashboard port as the
     agent's gRPC port): each port of the head and of every node must be distinct."""
-    from components.cluster import local_ray
+    from components.cluster import ray_nodes
 
     cluster = _script("ray/local_cluster.py")
-    monkeypatch.setattr(local_ray.socket, "socket", _LowestFreePortSocket)
+    monkeypatch.setattr(ray_nodes.socket, "socket", _LowestFreePortSocket)
     monkeypatch.setattr(_LowestFreePortSocket, "bound", set())
     calls = []
     monkeypatch.setattr(cluster.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
@@ -303,7 +303,7 @@ def test_stopping_the_project_ray_stops_its_recorded_processes_and_forgets_it(tm
     import subprocess
     import sys
 
-    from components.cluster import local_ray
+    from components.cluster import local_ray, ray_nodes
 
     assert local_ray.stop(tmp_path) is False
     temp_dir = tmp_path / "ray-tmp"
@@ -316,7 +316,7 @@ def test_stopping_the_project_ray_stops_its_recorded_processes_and_forgets_it(tm
         folder.mkdir(parents=True)
         (folder / "state.json").write_text(json.dumps({"temp_dir": str(temp_dir), "address": "127.0.0.1:1"}))
         (folder / "token").write_text("x")
-        assert proc.pid in local_ray.cluster_pids(str(temp_dir))
+        assert proc.pid in ray_nodes.cluster_pids(str(temp_dir))
         assert local_ray.stop(tmp_path) is True
         assert proc.wait(30) is not None
         assert not (folder / "state.json").exists() and not (folder / "token").exists() and not temp_dir.exists()

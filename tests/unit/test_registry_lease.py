@@ -6,7 +6,7 @@ import threading
 import time
 from types import SimpleNamespace
 
-from components.tracking.registry import LEASE, lease
+from components.tracking.lease import LEASE, lease
 
 
 class SlowRegistry:

@@ -6,7 +6,7 @@ import pytest
 
 from components.config import ParamsError, TuneParams, dims
 from components.params import parse_params
-from components.tuning.sweep import grid_points, planned, rounds, search_space, searcher
+from components.tuning.search import grid_points, planned, rounds, search_space, searcher
 
 SPACE = dims(lr={"type": "loguniform", "low": 1e-3, "high": 1e-2}, bptt={"type": "choice", "values": [16, 32]})
 
