@@ -97,13 +97,11 @@ def _plain_rank(rank: int, world: int, port: int, cfg: dict, data: dict, out: st
 
 def plain_ranks(world: int, cfg: dict, data: dict, work: Path) -> tuple[list[float], list[dict]]:
     """The loop as `world` plain processes; rank 0's report times and reports."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from components.cluster.ray_nodes import free_ports
+
+    (port,) = free_ports(1)
     out = work / "plain-ranks.json"
     mp.spawn(_plain_rank, args=(world, port, cfg, data, str(out)), nprocs=world, join=True)
     got = json.loads(out.read_text())

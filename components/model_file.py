@@ -35,7 +35,7 @@ def _rebuild(*_args: Any, **_kwargs: Any) -> Tensor:
 class _MetaUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch" or module.startswith("torch."):
-            return _rebuild  # tensor rebuilders, storage classes, dtypes: all stand for a tensor
+            return _rebuild  # rebuilders, storage classes, dtypes: anything of torch's is a placeholder
         if (module, name) in _ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a model file")

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,7 +26,7 @@ def test_two_workers_train_checkpoint_and_resume(ray_driver, token_data, tmp_pat
     # each epoch's metrics reach this process while training runs, through the controller's feed
     seen: list[tuple[int, bool]] = []
     running = threading.Event()
-    live = type("Live", (), {"log": lambda self, r: seen.append((r["epoch"], running.is_set()))})()
+    live = SimpleNamespace(log=lambda r: seen.append((r["epoch"], running.is_set())))
     running.set()
     with LiveFeed(tmp_path / "feed" / "live.jsonl", live):
         first = fit(make_trainer(train_loop_per_worker, {"train": small_train_cfg(), "data": token_data},
