@@ -34,9 +34,10 @@ from components.workloads.char_lm.corpora import (  # noqa: E402
     MarkovSource,
     chinese_text,
     english_text,
-    fit_and_score,
     korean_text,
+    with_text,
 )
+from pipelines.inline import fit_and_score  # noqa: E402
 
 TINY = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -76,7 +77,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as work:
-            m = fit_and_score(text, work, name=f"{name}-{int(time.time())}")
+            m = fit_and_score("char_lm", with_text(None, text, work), work, name=f"{name}-{int(time.time())}")
         row = {"corpus": name, "chars": len(text), "vocab": m["vocab_size"], "val_loss": round(m["val_loss"], 4),
                "bigram": round(m["baseline_bigram_val_loss"], 4), "unigram": round(m["baseline_unigram_val_loss"], 4),
                "entropy_rate": round(rate_fn(), 4) if rate_fn else None, "epochs": m["epochs"],

@@ -280,3 +280,13 @@ def register_field(cls: type[RegisterParams]) -> Any:
     """The `register` field of a workload section (`register` would shadow a pydantic
     attribute: stored as `register_`, spelled `register` in params.yaml)."""
     return Field(default_factory=cls, alias="register")
+
+
+def effective_train_params(tp: BaseModel, tuned: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """train's params, with the sweep's best values (`tuned`, best_params.json's `params`) on top
+    when `use_tuned` is true; and the tuned values that apply ({} when none do)."""
+    cfg = tp.model_dump()
+    if not (tp.use_tuned and tuned):
+        return cfg, {}
+    # Re-validate: a tuned value must satisfy the same schema as a hand-written one.
+    return type(tp).model_validate({**cfg, **tuned}).model_dump(), dict(tuned)

@@ -1,10 +1,14 @@
 """What code a stage runs, and a fingerprint of it.
 
-A stage's code is the import closure of its entry module and of its workload's module
-(the stages reach a workload through the table in `components.workloads`, by name, so the
-workload's code is added explicitly) inside this repository's own packages (`components/`,
-`pipelines/`), found by reading the source (every `import`, at module level or inside
-functions, so code a Ray worker imports later counts too). Two uses:
+A stage's code is the import closure of its entry module and of the workload modules it runs,
+inside this repository's own packages (`components/`, `pipelines/`) and the workload's, found
+by reading the source (every `import`, at module level or inside functions, so code a Ray
+worker imports later counts too). The stages reach a workload through the table in
+`components.workloads`, by name, so its code is added explicitly: the module that defines it,
+of which only the module-level imports count (its methods are each stage's way in, each
+importing its own modules lazily), and the modules it declares the stage runs
+(`Workload.stage_modules`), whole. Editing a workload's model reruns the stages that run the
+model, not those that only read its data. Two uses:
 
 - the fingerprint goes into every key that decides "resume or start anew" (run store
   paths, Ray run names, Tune experiments and done markers, MLflow run keys), so a code
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -35,13 +40,24 @@ def module_file(module: str, root: Path = ROOT, packages: tuple[str, ...] = PACK
     return None
 
 
-def _imported_modules(path: Path, module: str) -> set[str]:
+def _module_level(tree: ast.AST) -> list[ast.AST]:
+    """The nodes that run when a module is imported: all but function bodies."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        todo.extend(n for n in ast.iter_child_nodes(node)
+                    if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
+    return out
+
+
+def imported_modules(path: Path, module: str, module_level_only: bool = False) -> set[str]:
     """Dotted names this file imports (absolute and relative), with `from x import y` giving
-    both `x` and `x.y` (y may be a submodule)."""
+    both `x` and `x.y` (y may be a submodule); inside functions too unless `module_level_only`."""
     tree = ast.parse(path.read_text("utf-8"), str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(tree):
+    for node in (_module_level(tree) if module_level_only else ast.walk(tree)):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -63,8 +79,10 @@ def _with_parents(module: str) -> list[str]:
 
 
 @cache
-def import_closure(entry: str, root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> tuple[Path, ...]:
-    """Every file of ours (in `packages` under `root`) that importing `entry` can run, sorted."""
+def import_closure(entry: str, root: Path = ROOT, packages: tuple[str, ...] = PACKAGES,
+                   shallow: tuple[str, ...] = ()) -> tuple[Path, ...]:
+    """Every file of ours (in `packages` under `root`) that importing `entry` can run, sorted;
+    of the `shallow` modules only the module-level imports are followed."""
     seen: dict[str, Path] = {}
     todo = [entry]
     while todo:
@@ -76,31 +94,42 @@ def import_closure(entry: str, root: Path = ROOT, packages: tuple[str, ...] = PA
             if path is None:
                 continue
             seen[mod] = path
-            todo.extend(_imported_modules(path, mod))
+            todo.extend(imported_modules(path, mod, module_level_only=mod in shallow))
     return tuple(sorted(set(seen.values())))
 
 
-def stage_closure(entry: str, workload: str | None = None, root: Path = ROOT) -> tuple[Path, ...]:
-    """The files a stage runs: `entry`'s closure and, for a stage of `workload`, its module's
-    (a workload defined outside components/ counts its own package too)."""
+@dataclass(frozen=True)
+class WorkloadCode:
+    """A workload's code in one stage: `module` defines the workload (its module-level imports
+    count), `runs` are its modules the stage runs (their whole closures count)."""
+
+    module: str
+    runs: tuple[str, ...] = ()
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """Ours, and the workload's own top-level package (a workload defined elsewhere)."""
+        return tuple(dict.fromkeys((*PACKAGES, self.module.split(".", 1)[0])))
+
+
+def stage_closure(entry: str, workload: WorkloadCode | None = None, root: Path = ROOT) -> tuple[Path, ...]:
+    """The files a stage runs: `entry`'s closure and, for a stage of a workload, that
+    workload's code in the stage (`WorkloadCode`)."""
     files = set(import_closure(entry, root))
     if workload is not None:
-        from components.workloads import module_of
-
-        module = module_of(workload)
-        packages = tuple(dict.fromkeys((*PACKAGES, module.split(".", 1)[0])))
-        files.update(import_closure(module, root, packages))
+        for module in (workload.module, *workload.runs):
+            files.update(import_closure(module, root, workload.packages, (workload.module,)))
     return tuple(sorted(files))
 
 
-def stage_code_files(entry: str, workload: str | None = None, root: Path = ROOT) -> list[str]:
+def stage_code_files(entry: str, workload: WorkloadCode | None = None, root: Path = ROOT) -> list[str]:
     """The closure as repository-relative POSIX paths, leaving out empty `__init__.py` files
     (nothing runs in them; listing them in dvc.yaml would only be noise)."""
     return [p.relative_to(root).as_posix() for p in stage_closure(entry, workload, root)
             if not (p.name == "__init__.py" and not p.read_text("utf-8").strip())]
 
 
-def code_fingerprint(entry: str, workload: str | None = None, root: Path = ROOT) -> str:
+def code_fingerprint(entry: str, workload: WorkloadCode | None = None, root: Path = ROOT) -> str:
     """A short sha256 of the path and bytes of every file a stage runs (`stage_closure`)."""
     digest = hashlib.sha256()
     for path in stage_closure(entry, workload, root):

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from components.fingerprint import PACKAGES, code_fingerprint
+from components.fingerprint import code_fingerprint
 from components.store import params_key
 
 VAR = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
@@ -65,7 +65,7 @@ class RunKey:
 
 def _lookup(ctx: dict[str, Any], name: str, where: str) -> Any:
     node: Any = ctx
-    for part in name.split("."):
+    for part in re.sub(r"\[(\d+)\]", r".\1", name).split("."):  # `code[0]` is `code.0`, as DVC reads it
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
@@ -177,12 +177,13 @@ def run_key(stage: str, workload: str, *parts: Any, inputs: tuple[str | Path | N
     """The key of stage `stage` (`train`) of `workload`: its code, `parts` (its own params, as
     it uses them: `OWN_PARAMS`), and everything else `dvc.yaml` declares it reads; plus
     `inputs`, the input paths on its command line."""
-    from components.workloads import module_of
+    from components.workloads import stage_code
 
     own_params = tuple(p.format(w=workload) for p in OWN_PARAMS[stage])
     root = Path.cwd() if root is None else root
-    code = code_fingerprint(f"pipelines.{stage}", workload)
-    code_roots = tuple(dict.fromkeys((*PACKAGES, module_of(workload).split(".", 1)[0])))
+    workload_code = stage_code(workload, stage)
+    code = code_fingerprint(f"pipelines.{stage}", workload_code)
+    code_roots = workload_code.packages
     found = declared(f"{stage}@{workload}", root, params_file) or Declared()
     paths = [d for d in found.deps if not is_code(d, code_roots)]
     for p in inputs:  # relative to the project where they lie in it, as dvc.yaml's are

@@ -121,3 +121,13 @@ def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
             pafs.copy_files(str(Path(path).resolve()), dest, destination_filesystem=fs)
         out[name] = f"{root.split('://', 1)[0]}://{dest}"
     return out
+
+
+def checked_and_staged(folder: Path, schema: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """Check train / val against the manifest (schema, rows, sha256), then stage them for workers."""
+    from components.data.parquet import check_table, load_manifest
+
+    manifest = load_manifest(folder)
+    for split in ("train", "val"):
+        check_table(folder / f"{split}.parquet", schema, manifest["files"][f"{split}.parquet"])
+    return manifest, stage_data({"train": folder / "train.parquet", "val": folder / "val.parquet"})

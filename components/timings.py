@@ -42,6 +42,16 @@ def add_work(seconds: float) -> None:
     _state["work_s"] += float(seconds)
 
 
+@contextlib.contextmanager
+def clock(key: str) -> Iterator[None]:
+    """Note the block's wall seconds as figure `key` (not as work: the block may hold start-up)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        note(key, time.perf_counter() - t0)
+
+
 def note(key: str, value: Any) -> None:
     """Record a figure (`fit_s`, ...) for the bench; `ray_started` when a stage starts a local Ray."""
     if key == "ray_started":

@@ -26,7 +26,7 @@ def lineage(w: Workload, data_dir: Path, model: Path, blob: dict, run_id: str) -
     tags = {f"trainyard.data.{data_dir / f}": file_md5(data_dir / f) for f in w.data_files}
     tags |= {k: v for k, v in runs.source_tags().items() if k.startswith("trainyard.dvc_exp")}
     tags |= {"trainyard.git_commit": runs.git_commit(), "trainyard.train_run_id": run_id,
-             "trainyard.model_md5": file_md5(model), "trainyard.arch": blob["config"]["arch"],
+             "trainyard.model_md5": file_md5(model), "trainyard.arch": w.arch(blob["config"]),
              "trainyard.params": json.dumps(blob.get("train", {}), sort_keys=True)}
     return tags
 

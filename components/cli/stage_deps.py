@@ -1,8 +1,13 @@
-"""Write each stage's code dependencies into dvc.yaml: the files its script imports inside
-components/ and pipelines/ (its import closure), with a workload's own package listed as one
-folder, `components/workloads/${key}`, so a new workload needs no edit here.
+"""Write dvc.yaml's per-workload parts from the workload table, as params.yaml is from the schema:
+each stage's `foreach` items (one per workload, `TRAINYARD_WORKLOADS` ones included) and its
+code deps, the files the stage imports (its import closure, `components.fingerprint`):
 
-    python -m components.cli.stage_deps          # rewrite dvc.yaml's code deps in place
+- the files every workload's stage runs outside its own package, listed once per stage;
+- a workload's own modules that stage runs (`Workload.stage_modules`), in its item's `code`
+  list, listed as `${item.code[0]}`, `${item.code[1]}`, ... slots (DVC cannot splice a list
+  into deps; a shorter list repeats its last file, and DVC hashes a file listed twice once).
+
+    python -m components.cli.stage_deps          # rewrite dvc.yaml in place
     python -m components.cli.stage_deps --check  # exit 1 if dvc.yaml is not up to date
 """
 
@@ -11,41 +16,102 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 
 from components import workloads
 from components.data.parquet import atomic_path
 from components.fingerprint import ROOT, stage_code_files
 from components.params import STAGES
 
-CODE_LINE = re.compile(r"^        - (components|pipelines)/\S*\n", re.M)
-WORKLOAD_DIR = "components/workloads/${key}"
+CODE_LINE = re.compile(r"^        - (?:(?:components|pipelines)/\S*|\$\{item\.code\[\d+\]\})\n", re.M)
+ITEM_NOTES = {
+    "inputs": "the file or folder holding a local source: editing it in place reruns prepare",
+    "meta": "the normalized folder's metadata file (vocabulary, statistics, classes)",
+    "base": "a model file the workload starts from (`Workload.base_dep`), else its own manifest again: "
+            "every run key holds each dep's content, so a new base model is a new sweep and run",
+    "after": "what must be registered first (`Workload.registered_after`), else its own manifest again",
+    "code": "its own modules this stage runs (`Workload.stage_modules`, with what they import)",
+}
+STAGE_ITEMS = {"prepare": ("inputs",), "tune": ("meta", "base"), "train": ("meta", "base"),
+               "register": ("meta", "after")}
 
 
-def code_deps(stage: str) -> list[str]:
-    """The code deps of `stage` for every workload: shared files, then the workload's folder."""
-    files: set[str] = set()
+def own_dir(name: str) -> str:
+    """The folder (or module file) a workload's own code lives in, repository-relative."""
+    parts = workloads.module_of(name).split(".")
+    folder = Path(*parts)
+    return folder.as_posix() + "/" if (ROOT / folder).is_dir() else folder.as_posix() + ".py"
+
+
+def split_code(stage: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Stage `stage`'s code deps: the files any workload's stage runs outside its own code
+    (sorted), and each workload's own files."""
+    shared: set[str] = set()
+    own: dict[str, list[str]] = {}
     for name in workloads.names():
-        own = f"components/workloads/{name}/"
-        files |= {f for f in stage_code_files(f"pipelines.{stage}", name) if not f.startswith(own)}
-    return [*sorted(files), WORKLOAD_DIR]
+        mine = own_dir(name)
+        files = stage_code_files(f"pipelines.{stage}", workloads.stage_code(name, stage))
+        own[name] = [f for f in files if f == mine or f.startswith(mine)]
+        shared |= set(files) - set(own[name])
+    return sorted(shared), own
+
+
+def item_values(name: str, stage: str) -> dict[str, str]:
+    """The non-code values of workload `name`'s `foreach` item in `stage`."""
+    w = workloads.get(name)
+    manifest = f"data/{name}/normalized/manifest.json"
+    values = {"inputs": f"${{{name}.prepare.inputs}}", "meta": w.data_meta,
+              "base": f"${{{name}.{w.base_dep}}}" if w.base_dep else manifest,
+              "after": f"registry/{w.registered_after}/registered.json" if w.registered_after else manifest}
+    return {k: values[k] for k in STAGE_ITEMS.get(stage, ())}
+
+
+def foreach_block(stage: str, own: dict[str, list[str]]) -> str:
+    """The `foreach:` block of `stage`: one item per workload, written from the table."""
+    keys = (*STAGE_ITEMS.get(stage, ()), "code")
+    lines = ["    # written by python -m components.cli.stage_deps from the workload table:\n"]
+    lines += [f"    #   {k}: {ITEM_NOTES[k]}\n" for k in keys]
+    lines.append("    foreach:\n")
+    for name in workloads.names():
+        lines.append(f"      {name}:\n")
+        lines += [f"        {k}: \"{v}\"\n" if "$" in v else f"        {k}: {v}\n"
+                  for k, v in item_values(name, stage).items()]
+        lines.append("        code:\n")
+        lines += [f"          - {f}\n" for f in own[name]]
+    return "".join(lines)
+
+
+def rewrite_stage(stage: str, block: str) -> str:
+    """One stage's block of dvc.yaml with its foreach items and code deps written anew."""
+    shared, own = split_code(stage)
+    slots = max(len(files) for files in own.values())
+    for files in own.values():
+        files += [files[-1]] * (slots - len(files))
+    start = re.search(r"^(    #[^\n]*\n)*    foreach:\n", block, re.M)
+    do = re.search(r"^    do:\n", block, re.M)
+    if start is None or do is None:
+        raise ValueError(f"dvc.yaml: stage {stage!r} is not a foreach over the workloads")
+    block = block[:start.start()] + foreach_block(stage, own) + block[do.start():]
+    first = CODE_LINE.search(block)
+    if first is None:
+        raise ValueError(f"dvc.yaml: stage {stage!r} lists no code deps to rewrite")
+    lines = [f"        - {f}\n" for f in shared] + [f"        - ${{item.code[{i}]}}\n" for i in range(slots)]
+    block = CODE_LINE.sub("", block)
+    return block[:first.start()] + "".join(lines) + block[first.start():]
 
 
 def rewrite(text: str) -> str:
-    """dvc.yaml with each stage's code dep lines replaced by `code_deps(stage)`."""
+    """dvc.yaml with every stage's foreach items and code deps written from the table."""
     out, pos = [], 0
     for m in re.finditer(r"^  (\w+):\n", text, re.M):
-        out.append(text[pos:m.start()])
+        if m.start() < pos:
+            continue
         end = re.compile(r"^  \w+:\n|^\S", re.M).search(text, m.end())
         stop = end.start() if end else len(text)
+        # a stage's leading comments belong to the block before it: keep them where they are
+        out.append(text[pos:m.start()])
         block = text[m.start():stop]
-        stage = m.group(1)
-        if stage in STAGES:
-            lines = [f"        - {f}\n" for f in code_deps(stage)]
-            first = CODE_LINE.search(block)
-            if first:
-                block = CODE_LINE.sub("", block)
-                block = block[:first.start()] + "".join(lines) + block[first.start():]
-        out.append(block)
+        out.append(rewrite_stage(m.group(1), block) if m.group(1) in STAGES else block)
         pos = stop
     out.append(text[pos:])
     return "".join(out)
@@ -54,17 +120,19 @@ def rewrite(text: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only check; exit 1 when dvc.yaml differs")
+    ap.add_argument("--file", type=Path, default=Path("dvc.yaml"), help="the dvc.yaml to write (default: ./dvc.yaml)")
     args = ap.parse_args()
-    path = ROOT / "dvc.yaml"
-    text = path.read_text()
+    text = args.file.read_text()
     new = rewrite(text)
     if args.check:
         if new != text:
-            sys.exit(f"error: {path.name}: code deps are not up to date; run python -m components.cli.stage_deps")
+            sys.exit(f"error: {args.file}: stage items or code deps are not up to date; "
+                     "run python -m components.cli.stage_deps")
         return
-    with atomic_path(path) as tmp:
+    with atomic_path(args.file) as tmp:
         tmp.write_text(new)
-    print(f"[stage_deps] {path.name}: code deps of {len(STAGES)} stages written")
+    print(f"[stage_deps] {args.file}: the items and code deps of {len(STAGES)} stages written "
+          f"for {len(workloads.names())} workloads")
 
 
 if __name__ == "__main__":

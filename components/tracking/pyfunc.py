@@ -12,7 +12,7 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from components.fingerprint import PACKAGES, ROOT, _imported_modules, import_closure
+from components.fingerprint import PACKAGES, ROOT, import_closure, imported_modules
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
@@ -27,7 +27,7 @@ def imported_packages(entry: str) -> set[str]:
     closure inside components/ (module level or in a function: a lazy import still runs)."""
     out = set()
     for path in import_closure(entry):
-        for mod in _imported_modules(path, _module_name(path)):
+        for mod in imported_modules(path, _module_name(path)):
             top = mod.split(".")[0]
             if top and top not in PACKAGES and top not in sys.stdlib_module_names:
                 out.add(top)

@@ -1,13 +1,17 @@
 """A stage's connection to MLflow: the tracking URI resolved once, checked before any compute,
-and what an earlier stage kept in the journal sent first."""
+and what an earlier stage kept in the journal sent first; and the life of a stage's run
+(`stage_run`): start or reopen by key, journal, system metrics, failure, finish."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from components.tracking import runs
 from components.tracking.journal import Writer
+from components.tracking.live import LiveMetrics
 from components.tracking.server import artifact_root, check_login, check_tracking
 
 
@@ -44,3 +48,48 @@ def connect(uri: str) -> Tracking:
         print(f"[mlflow] sent {sent} writes kept while {uri} was down"
               + (f"; {left} still queued in {writer.journal.path}" if left else ""), flush=True)
     return Tracking(uri, MlflowClient(tracking_uri=uri, registry_uri=uri))
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """An open stage run: its id, the journaled writer for it, and its live-metrics hook."""
+
+    run_id: str
+    writer: Writer
+    live: LiveMetrics
+
+    def tag(self, key: str, value: str) -> None:
+        """Set a tag, journaled while the server is away."""
+        self.writer.write({"op": "tag", "run_id": self.run_id, "key": key, "value": value})
+
+
+@contextmanager
+def stage_run(t: Tracking, experiment: str, run_key: str, run_name: str, tags: dict[str, str],
+              live_keys: tuple[str, ...] = (), params: dict[str, Any] | None = None,
+              datasets: tuple[str, dict[str, str]] | None = None) -> Iterator[StageRun]:
+    """The run keyed `run_key` (reopened when a stage with the same key ran before, else
+    created), with its `params` and its `datasets` (a data folder and {file: context}, named
+    after the experiment) logged once, and MLflow's system metrics sampled while the block
+    runs. From its start on,
+    writes the server cannot take wait in the journal; an exception marks the run FAILED (and
+    goes on); a normal end marks it FINISHED, after giving a restarting server a grace period
+    to take what the journal holds."""
+    run_id = runs.start_run(t.client, t.experiment_id(experiment), run_key, run_name, tags)
+    if params:
+        runs.log_params(t.client, run_id, params)
+    if datasets:
+        runs.log_datasets(t.client, run_id, datasets[0], datasets[1], experiment)
+    writer = Writer(t.uri)
+    monitor = runs.system_metrics(run_id, t.uri)
+    try:
+        yield StageRun(run_id, writer, LiveMetrics(writer, run_id, live_keys))
+    except BaseException:
+        writer.finish(run_id, "FAILED")
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+    writer.finish(run_id)
+    if not writer.settle():
+        print(f"[mlflow] {writer.uri} is down: {len(writer.journal)} writes kept in {writer.journal.path}; "
+              "they are sent when the next stage starts with the server back", flush=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from components.cluster.connect import ray_verbose
@@ -16,16 +14,6 @@ from components.cluster.resources import (
     start_timed_out,
     start_wait_s,
 )
-from components.data.parquet import check_table, load_manifest
-from components.store import stage_data
-
-
-def checked_and_staged(folder: Path, schema) -> tuple[dict[str, Any], dict[str, str]]:
-    """Check train / val against the manifest (schema, rows, sha256), then stage them for workers."""
-    manifest = load_manifest(folder)
-    for split in ("train", "val"):
-        check_table(folder / f"{split}.parquet", schema, manifest["files"][f"{split}.parquet"])
-    return manifest, stage_data({"train": folder / "train.parquet", "val": folder / "val.parquet"})
 
 
 def worker_config(loop_config: dict[str, Any], cpus_per_worker: float,
@@ -81,12 +69,6 @@ class TrainOutcome:
     def published(self) -> dict[str, Any]:
         """What a workload's `publish` gets: the best epoch's weights with the whole run's history."""
         return {**self.state, "model": self.best["model"]}
-
-
-def trains_in_process(cfg: dict[str, Any]) -> bool:
-    """Whether a train run goes in the stage's own process: one worker, `in_process` on, and no
-    cluster to run on (`RAY_ADDRESS` unset). With a cluster, even one worker runs there."""
-    return cfg["num_workers"] == 1 and cfg.get("in_process", False) and not os.environ.get("RAY_ADDRESS")
 
 
 def fit_in_process(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, run_uri: str,

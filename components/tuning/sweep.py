@@ -10,21 +10,22 @@ trials; the searcher (`search`) is told the earlier ones."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from components.cluster.connect import init_ray
-from components.cluster.processes import reap_leaked_placement_groups
 from components.cluster.resources import TrialPlan, plan_trials, want_gpu
 from components.config import FINAL_ONLY, TuneParams
 from components.store import read_store_json
+from components.training.launch import Launch, runs_here
 from components.tuning.callbacks import done_marker, mlflow_callback, reaper
 from components.tuning.search import planned, rounds, search_space, searcher
-from components.workloads.base import Workload
+
+if TYPE_CHECKING:  # the stage hands its workload in: tuning does not import workloads
+    from components.workloads.base import Workload
 
 
 def trial_steps(tp: TuneParams, per_pass: int) -> int:
@@ -50,8 +51,17 @@ def trial_train_config(base: dict[str, Any], tp: TuneParams, sampled: dict[str, 
 def in_process(tp: TuneParams) -> bool:
     """Whether a trial runs its loop in the Tune trial's own process: one worker needs no
     worker group, no DDP and no placement group of its own (seconds per trial on a sweep of
-    short trials); `tune.in_process: false` keeps Ray Train for every trial."""
-    return tp.workers_per_trial == 1 and tp.in_process
+    short trials); `tune.in_process: false` keeps Ray Train for every trial. The launcher's
+    choice, asked ahead: the trial's resources and actor reuse follow it."""
+    return runs_here(trial_launch(tp, {}, False, None), in_trial=True)
+
+
+def trial_launch(tp: TuneParams, train_cfg: dict[str, Any], use_gpu: bool, select: tuple[str, str] | None) -> Launch:
+    """How a trial's loop is launched: `tune.workers_per_trial` workers of `tune.cpus_per_worker`;
+    a Train-run trial restarts its workers once (as a crashed in-process trial is retried once)."""
+    return Launch(num_workers=tp.workers_per_trial, cpus_per_worker=tp.cpus_per_worker, use_gpu=use_gpu,
+                  in_process=tp.in_process, select=select, placement=train_cfg.get("placement", "pack"),
+                  max_failures=1)
 
 
 def trial_resources(tp: TuneParams, use_gpu: bool) -> dict[str, float]:
@@ -67,13 +77,11 @@ def trial_resources(tp: TuneParams, use_gpu: bool) -> dict[str, float]:
 def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data: dict[str, Any],
            storage: str, sweep: str, use_gpu: bool, loop: Callable[[dict[str, Any]], None],
            schema: type[BaseModel], select: tuple[str, str], steps_per_pass: Callable[[dict[str, Any]], int]) -> None:
-    """One trial: the workload's loop in this process when the trial has one worker, else a
-    TorchTrainer whose rank-0 reports flow to Tune."""
+    """One trial: the workload's loop, where `components.training.launch` runs it (this
+    process for one worker, else a Ray Train run whose rank-0 reports flow to Tune)."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from components.training.driver import make_trainer, worker_config
-    from components.training.session import TuneSession, running_in
+    from components.training.launch import launch_trial
 
     trial_id = tune.get_context().get_trial_id()
     done = read_store_json(done_marker(storage, sweep, trial_id))
@@ -83,83 +91,9 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
         tune.report(done)
         return
     train_cfg = trial_train_config(base, tp, config, schema, steps_per_pass)
-    if in_process(tp):
-        # Same loop, same steps; reports and checkpoints go straight to Tune.
-        with running_in(TuneSession(use_gpu)):
-            loop(worker_config({"train": train_cfg, "data": data}, tp.cpus_per_worker, select))
-        return
-    reap_leaked_placement_groups()  # CPUs a stopped trial's Train run may have left held
-    handover = _guard_report_handover()  # before the first report can exist
-    trainer = make_trainer(
-        loop, {"train": train_cfg, "data": data},
-        name=f"{sweep}-{trial_id}", storage_path=storage,  # the sweep's key: never another's run
-        num_workers=tp.workers_per_trial, cpus_per_worker=tp.cpus_per_worker,
-        use_gpu=use_gpu, max_failures=1, callbacks=[TuneReportCallback()], select=select,
-        placement=train_cfg["placement"])
-    trainer.fit()
-    _wait_for_tune_to_take_reports(handover)
-
-
-class _Handover:
-    """Counts the trial actor's result fetches: started and finished (one thread writes both)."""
-
-    def __init__(self) -> None:
-        self.started = 0
-        self.finished = 0
-
-
-def _guard_report_handover() -> _Handover | None:
-    """Make the trial actor's hand-over of Train reports to Tune observable; see below.
-
-    The trial actor's main thread moves each report from the Train controller's queue into
-    Tune's one-slot result queue inside one `_get_result_from_queues` call; counting those
-    calls lets the training thread wait until no report is half-way across.
-    """
-    from ray.train._internal.session import get_session
-
-    session = get_session()
-    fetch = getattr(session, "_get_result_from_queues", None)
-    if fetch is None:  # not under Tune, or Ray changed: nothing to guard
-        return None
-    counts = _Handover()
-
-    def counted(block: bool):
-        counts.started += 1
-        try:
-            return fetch(block)
-        finally:
-            counts.finished += 1
-
-    session._get_result_from_queues = counted
-    return counts
-
-
-def _wait_for_tune_to_take_reports(handover: _Handover | None, timeout_s: float = 600.0) -> None:
-    """Return only once Tune has taken the Train run's last report.
-
-    Ray Tune's function trainable deadlocks otherwise: the Train controller's last report can
-    still sit in the one-slot queue to the trial (Tune takes it when its driver asks for the
-    next result, late when the driver is busy, e.g. logging to a slow tracking server), and
-    the "function returned" marker Tune's wrapper puts into the trial's one-slot result queue
-    as soon as we return would take the slot that report needs; both then wait forever.
-    After `fit()` no new report arrives, so once the controller's queue is empty, every
-    fetch that could have taken a report has started; when those have finished, the last
-    report is in Tune's hands and returning is safe.
-    """
-    from ray.train._internal.session import get_session
-
-    pending = getattr(get_session(), "_inter_actor_queue", None)
-    if handover is None or pending is None:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not pending.empty():
-        time.sleep(0.2)
-    began = handover.started  # read after seeing the queue empty: later fetches find nothing
-    while time.monotonic() < deadline:
-        if handover.finished >= began:
-            return
-        time.sleep(0.05)
-    print(f"[tune] warning: Tune did not take the trial's last report within {timeout_s:g} s", flush=True)
+    # the sweep's key in the run's name: never another sweep's run
+    launch_trial(loop, {"train": train_cfg, "data": data}, trial_launch(tp, train_cfg, use_gpu, select),
+                 name=f"{sweep}-{trial_id}", storage=storage)
 
 
 def _trials(grid, metric: str) -> list[dict[str, Any]]:

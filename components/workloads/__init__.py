@@ -2,10 +2,11 @@
 
 A workload is one package (or module) exposing `WORKLOAD`, a `components.workloads.base.Workload`:
 its params schema, data staging, model, worker loop, evaluation, model file and pyfunc. The
-stages call through it and never branch on a workload's name. Adding one is: a package here,
-a line in `BUILTIN`, its `params.yaml` section, its key in `dvc.yaml`'s `foreach` lists, and a
-README row. `TRAINYARD_WORKLOADS` adds more without editing this file
-(`name=package.module:WORKLOAD,...`), for workloads that live elsewhere.
+stages call through it and never branch on a workload's name. Adding one is: a package here
+and a line in `BUILTIN` (or, for a workload that lives elsewhere, `TRAINYARD_WORKLOADS`:
+`name=package.module:WORKLOAD,...`), then `python -m components.cli.params_doc` and
+`python -m components.cli.stage_deps` to write its `params.yaml` section and its `dvc.yaml`
+entries from the table.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import importlib
 import os
 from functools import cache
 from typing import TYPE_CHECKING
+
+from components.fingerprint import WorkloadCode
 
 if TYPE_CHECKING:
     from components.workloads.base import Workload
@@ -59,3 +62,14 @@ def get(name: str) -> Workload:
     if name not in t:
         raise KeyError(f"unknown workload {name!r} (known: {', '.join(t)})")
     return _load(t[name])
+
+
+def stage_code(name: str, stage: str) -> WorkloadCode:
+    """Workload `name`'s code in `stage`: the module that defines it and the modules of its own
+    it declares the stage runs (`Workload.stage_modules`, named relative to its package)."""
+    import sys
+
+    module, w = module_of(name), get(name)
+    spec = sys.modules[module].__spec__
+    package = module if spec.submodule_search_locations else module.rpartition(".")[0]
+    return WorkloadCode(module, tuple(f"{package}.{m}" if package else m for m in w.stage_modules.get(stage, ())))

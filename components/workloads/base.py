@@ -46,6 +46,18 @@ class Registration:
     lineage: dict[str, str] = field(default_factory=dict)  # the workload's own version tags (a base model)
 
 
+# The workload methods each stage calls: what its `stage_modules[stage]` must cover.
+STAGE_CALLS: dict[str, tuple[str, ...]] = {
+    "prepare": ("prepare",),
+    "normalize": ("normalize",),
+    "trial_params": (),
+    "tune": ("training_data", "steps_per_pass", "worker_loop"),
+    "train": ("training_data", "worker_loop", "publish", "arch", "budget", "published_metrics"),
+    "evaluate": ("evaluate",),
+    "register": ("registration", "floor", "arch"),
+}
+
+
 class Workload(ABC):
     """One kind of model. Subclasses set the class variables and implement the methods.
     Its params section has prepare, normalize, tune, train, evaluate and register sections,
@@ -58,6 +70,29 @@ class Workload(ABC):
     headline: ClassVar[tuple[str, ...]] = ()  # train keys train's first line shows besides the tuned ones
     select: ClassVar[tuple[str, str]] = ("val_loss", "min")  # the epoch train publishes is the best by this
     baseline_metric: ClassVar[str] = "val_loss"  # evaluate reports `baseline_<name>_<this>` per baseline
+    # Its own modules each stage runs (names relative to its package), besides the module that
+    # defines it: a stage's dvc.yaml deps and code fingerprint are their import closures, so
+    # editing the model reruns the stages that run it and not those that only stage its data.
+    # Checked against what each method imports (tests/unit/test_stage_deps.py).
+    stage_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
+    base_dep: ClassVar[str | None] = None  # a params key naming a model file it starts from: a dep of tune and train
+    registered_after: ClassVar[str | None] = None  # a workload whose register must run first (its lineage names it)
+    train_metrics: ClassVar[tuple[str, ...]] = ()  # the published epoch's numbers for train.json besides live ones
+
+    def arch(self, config: dict[str, Any]) -> str:
+        """The model's architecture, as run tags, the registry and train's first line name it,
+        from a train config or a model file's `config`."""
+        return str(config.get("arch", self.name))
+
+    def budget(self, cfg: dict[str, Any]) -> str:
+        """`up to 30 epochs of one pass each, patience 3`: how long a train run with `cfg` trains."""
+        per = f"{cfg['steps_per_epoch']} steps" if cfg.get("steps_per_epoch") else "one pass"
+        out = f"up to {cfg['epochs']} epochs of {per} each"
+        return out + (f", patience {cfg['patience']}" if cfg.get("patience") else "")
+
+    def published_metrics(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What train publishes of the chosen epoch's report: the live metrics and `train_metrics`."""
+        return {k: row[k] for k in (*self.live_metrics, *self.train_metrics) if k in row and k not in ("epoch", "lr")}
 
     @property
     def train_schema(self) -> type[BaseModel]:

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from components.data.parquet import file_md5
-from components.fingerprint import code_fingerprint
+from components.fingerprint import code_fingerprint, import_closure
+from components.workloads import stage_code
 from tests.integration.conftest import run
 
 pytestmark = pytest.mark.slow
@@ -37,14 +38,17 @@ def _changed_deps(entries: list) -> set[str]:
 
 def test_a_model_code_change_retrains_from_scratch_under_a_new_mlflow_run(project):
     model_py = project / "components/workloads/char_lm/model.py"
-    before_fp = code_fingerprint("pipelines.train", "char_lm", project)
+    before_fp = code_fingerprint("pipelines.train", stage_code("char_lm", "train"), project)
     old = json.loads((project / "metrics/char_lm/train.json").read_text())
     old_run = json.loads((project / "models/char_lm/train_run.json").read_text())["run_id"]
     old_md5 = file_md5(project / "models/char_lm/model.pt")
     model_py.write_text(model_py.read_text().replace("emb = self.emb(x)", "emb = 0.1 * self.emb(x)", 1))
-    assert code_fingerprint("pipelines.train", "char_lm", project) != before_fp
+    import_closure.cache_clear()
+    assert code_fingerprint("pipelines.train", stage_code("char_lm", "train"), project) != before_fp
     st = _status(project)
     assert {"tune@char_lm", "train@char_lm", "evaluate@char_lm", "register@char_lm"} <= set(st)
+    # code deps the size of a stage: the data stages do not run the model
+    assert not {"prepare@char_lm", "normalize@char_lm", "trial_params@char_lm"} & set(st), st
     assert not any(stage.endswith("@image_classifier") for stage in st), st  # another workload's code
 
     # the sweep's picks as they were

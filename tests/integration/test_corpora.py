@@ -11,10 +11,11 @@ import pytest
 from components.workloads.char_lm.corpora import (
     MarkovSource,
     english_text,
-    fit_and_score,
     korean_text,
+    with_text,
 )
 from components.workloads.char_lm.params import CharLMParams
+from pipelines.inline import fit_and_score
 
 pytestmark = [pytest.mark.slow, pytest.mark.corpora]
 
@@ -32,7 +33,7 @@ def short(max_tokens: int) -> CharLMParams:
 def test_a_small_markov_corpus_beats_the_bigram_and_nears_the_entropy_rate(tmp_path):
     src = MarkovSource.random(seed=0)
     # half of what the default run trains on here before patience ends it (2.4M)
-    m = fit_and_score(src.sample(200_000, seed=1), tmp_path, short(1_200_000), name="markov-small")
+    m = fit_and_score("char_lm", with_text(short(1_200_000), src.sample(200_000, seed=1), tmp_path), tmp_path, name="markov-small")
     rate = src.entropy_rate()
     print(f"markov-small: model {m['val_loss']:.4f}, bigram {m['baseline_bigram_val_loss']:.4f}, "
           f"entropy rate {rate:.4f}, {m['epochs']} epochs (published {m['published_epoch']})")
@@ -42,7 +43,7 @@ def test_a_small_markov_corpus_beats_the_bigram_and_nears_the_entropy_rate(tmp_p
 
 def test_a_small_corpus_with_a_large_alphabet_beats_the_bigram(tmp_path):
     text = korean_text()
-    m = fit_and_score(text, tmp_path, short(400 * 32 * 32), name="korean")
+    m = fit_and_score("char_lm", with_text(short(400 * 32 * 32), text, tmp_path), tmp_path, name="korean")
     print(f"korean: {len(text):,} chars, vocab {m['vocab_size']}: model {m['val_loss']:.4f}, "
           f"bigram {m['baseline_bigram_val_loss']:.4f}, {m['epochs']} epochs (published {m['published_epoch']})")
     assert m["vocab_size"] > 500
@@ -51,7 +52,7 @@ def test_a_small_corpus_with_a_large_alphabet_beats_the_bigram(tmp_path):
 
 def test_an_english_corpus_of_300k_characters_beats_the_bigram(tmp_path):
     p = short(400 * 32 * 32)
-    m = fit_and_score(english_text(300_000), tmp_path, p, name="english")
+    m = fit_and_score("char_lm", with_text(p, english_text(300_000), tmp_path), tmp_path, name="english")
     print(f"english-300k: model {m['val_loss']:.4f}, bigram {m['baseline_bigram_val_loss']:.4f}, {m['steps']} steps")
     assert m["steps"] == 400 * 32 * 32 // (p.train.bs * p.train.bptt)  # max_tokens holds to the window
     assert m["val_loss"] < m["baseline_bigram_val_loss"] - MARGIN

@@ -6,13 +6,12 @@ import os
 import signal
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from components.cluster.resources import ResourceError, plan_trials
-from components.tracking.live import LiveFeed, feed_callback
 from components.training.driver import fit, make_trainer, worker_config
+from components.training.relay import ReportFeed, feed_callback
 from components.training.session import LocalSession, running_in
 from components.workloads.char_lm.loop import train_loop_per_worker
 from tests.integration.conftest import small_train_cfg, wait_for
@@ -26,9 +25,8 @@ def test_two_workers_train_checkpoint_and_resume(ray_driver, token_data, tmp_pat
     # each epoch's metrics reach this process while training runs, through the controller's feed
     seen: list[tuple[int, bool]] = []
     running = threading.Event()
-    live = SimpleNamespace(log=lambda r: seen.append((r["epoch"], running.is_set())))
     running.set()
-    with LiveFeed(tmp_path / "feed" / "live.jsonl", live):
+    with ReportFeed(tmp_path / "feed" / "live.jsonl", lambda r: seen.append((r["epoch"], running.is_set()))):
         first = fit(make_trainer(train_loop_per_worker, {"train": small_train_cfg(), "data": token_data},
                                  callbacks=[feed_callback(tmp_path / "feed" / "live.jsonl", ("epoch", "val_loss"))],
                                  **kw), 2)

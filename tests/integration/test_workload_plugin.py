@@ -1,11 +1,11 @@
 """The workload boundary holds: a workload defined in the test tree (linear regression on
-synthetic data) runs through DVC, Ray Train, Ray Tune and the MLflow registry with no stage
-file touched: its package, its params section and its key in dvc.yaml's foreach lists."""
+synthetic data), outside components/, runs through DVC, Ray Train, Ray Tune and the MLflow
+registry with no stage file touched: `TRAINYARD_WORKLOADS` names it, its params section is
+added, and `components.cli.stage_deps` writes its dvc.yaml items and code deps."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -15,7 +15,7 @@ from tests.integration.conftest import REPO, make_project, project_env, run
 from tests.workloads.regression.params import RegressionParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.plugin]
-PLUGIN = "regression=components.workloads.regression:WORKLOAD"
+PLUGIN = "regression=tests.workloads.regression:WORKLOAD"
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +23,11 @@ def project(tmp_path_factory, shared_ray):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["regression"] = RegressionParams().model_dump(by_alias=True, mode="json")
     dest = make_project(tmp_path_factory.mktemp("plugin"), params)
-    # what a user adds for a new workload: one package, one params section, foreach keys
-    shutil.copytree(REPO / "tests/workloads/regression", dest / "components/workloads/regression",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    # what a user adds for a new workload: one package (here, in the test tree), one params
+    # section, the table's entry in the environment; dvc.yaml is written from the table
     (dest / "inputs/regression").mkdir(parents=True)
     (dest / "inputs/regression/README.md").write_text("synthetic data: nothing to put here\n")
-    dvc = yaml.safe_load((dest / "dvc.yaml").read_text())
-    for stage in dvc["stages"].values():
-        items = stage["foreach"]
-        # the char-LM's entry with its own paths (base, after: its own manifest), its meta file
-        items["regression"] = ({"inputs": "${regression.prepare.inputs}"} if "inputs" in items["char_lm"]
-                               else {**{k: v.replace("char_lm", "regression") for k, v in items["char_lm"].items()},
-                                     "meta": "stats.json"})
-    (dest / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    run(["python", "-m", "components.cli.stage_deps"], dest, env=project_env() | {"TRAINYARD_WORKLOADS": PLUGIN})
     env = project_env(shared_ray) | {"TRAINYARD_WORKLOADS": PLUGIN}
     proc = run(["dvc", "repro", "register@regression"], dest, timeout=900, env=env)
     (dest / "repro.log").write_text(proc.stdout + proc.stderr)
@@ -43,9 +35,14 @@ def project(tmp_path_factory, shared_ray):
 
 
 def test_no_stage_file_was_touched(project):
-    changed = subprocess.run(["git", "status", "--porcelain", "--", "pipelines", "components"], cwd=project,
-                             capture_output=True, text=True, check=True).stdout.split("\n")
-    assert [line for line in changed if line.strip()] == ["?? components/workloads/regression/"]
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "pipelines", "components", "tests"],
+                             cwd=project, capture_output=True, text=True, check=True).stdout.split("\n")
+    assert [line for line in changed if line.strip()] == []
+    # its code, outside components/, is what its stages depend on (DVC sees an edit to it)
+    items = {stage: body["foreach"]["regression"] for stage, body in
+             yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items()}
+    assert "tests/workloads/regression/loop.py" in items["train"]["code"]
+    assert "tests/workloads/regression/loop.py" not in items["prepare"]["code"]
 
 
 def test_every_stage_ran_and_the_model_learned(project):

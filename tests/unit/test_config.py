@@ -125,7 +125,7 @@ def test_a_local_source_inside_inputs_is_accepted(tmp_path, monkeypatch):
 
 
 def test_train_says_which_hand_set_values_the_sweep_overrides():
-    from pipelines.train import describe_values
+    from components.training.report import describe_values
 
     hand = {"lr": 0.01, "bptt": 64, "dropout": 0.1}
     cfg = {"lr": 0.00404, "bptt": 64, "dropout": 0.1}
@@ -155,7 +155,7 @@ def test_model_names_we_accept_mlflow_accepts(name):
 
 
 def test_train_line_shows_a_searched_string_knob():
-    from pipelines.train import describe_values
+    from components.training.report import describe_values
 
     hand, cfg = {"schedule": "cosine", "lr": 0.003}, {"schedule": "onecycle", "lr": 0.003}
     line = describe_values(cfg, hand, {"schedule": "onecycle"}, ["lr", "schedule"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.fingerprint import PACKAGES, ROOT, _imported_modules, module_file
+from components.fingerprint import PACKAGES, ROOT, imported_modules, module_file
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -22,7 +22,7 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
         for path in sorted((root / pkg).rglob("*.py")):
             name = _module_name(path, root)
             deps = set()
-            for imported in _imported_modules(path, name):
+            for imported in imported_modules(path, name):
                 target = module_file(imported, root)
                 if target is not None:
                     dep = _module_name(target, root)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from components.tracking import live as live_mod
-from components.tracking.live import LiveFeed, LiveMetrics, feed_callback
+from components.tracking.live import LiveMetrics
+from components.training import relay as live_mod
+from components.training.relay import ReportFeed, feed_callback
 
 
 class _Collect:
@@ -21,7 +22,7 @@ def test_the_feed_hands_whole_lines_on_while_running_and_the_rest_at_the_end(tmp
     monkeypatch.setattr(live_mod, "POLL_S", 0.05)
     feed, got = tmp_path / "journal" / "live-run.jsonl", _Collect()
     cb = feed_callback(feed, ("epoch", "val_loss"))
-    with LiveFeed(feed, got):
+    with ReportFeed(feed, got.log):
         cb.after_report(None, [{"epoch": 1, "val_loss": 2.0, "lr": 0.1, "history": [{"epoch": 1}]}, {}], None)
         cb.after_report(None, [{"lr": 0.1}], None)  # no epoch: nothing to log
         deadline = time.monotonic() + 10

@@ -8,7 +8,8 @@ import pytest
 
 from components.data.parquet import TOKEN_ROW_GROUP, write_table
 from components.store import read_store_json
-from components.training.driver import fit_in_process, trains_in_process, worker_config
+from components.training.driver import fit_in_process, worker_config
+from components.training.launch import Launch, runs_here
 from components.training.session import (
     INDEX_FILE,
     LocalSession,
@@ -97,10 +98,19 @@ def test_a_run_in_the_stage_process_keeps_latest_and_best_and_resumes_after_a_cr
     assert kept == sorted({"epoch-0004", f"epoch-{best:04d}"}), kept
 
 
-def test_a_stage_trains_in_its_own_process_only_with_one_worker_and_no_cluster(monkeypatch):
+def test_a_loop_runs_in_the_calling_process_only_with_one_worker_and_no_cluster_unless_a_trial(monkeypatch):
+    def spec(workers: int, in_process: bool = True) -> Launch:
+        return Launch(num_workers=workers, cpus_per_worker=1, use_gpu=False, in_process=in_process)
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert trains_in_process({"num_workers": 1, "in_process": True})
-    assert not trains_in_process({"num_workers": 2, "in_process": True})
-    assert not trains_in_process({"num_workers": 1, "in_process": False})
+    assert runs_here(spec(1))
+    assert not runs_here(spec(2))
+    assert not runs_here(spec(1, in_process=False))
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a cluster: even one worker runs there
-    assert not trains_in_process({"num_workers": 1, "in_process": True})
+    assert not runs_here(spec(1))
+    # a Tune trial is on the cluster already: its one worker is its own process
+    assert runs_here(spec(1), in_trial=True)
+    assert not runs_here(spec(2), in_trial=True) and not runs_here(spec(1, False), in_trial=True)
+    # the train stage's params say the same through `Launch.of`
+    cfg = {"num_workers": 1, "cpus_per_worker": 2, "in_process": True, "placement": "pack", "max_failures": 2}
+    assert Launch.of(cfg, False, None) == Launch(1, 2, False, True, None, "pack", 2)

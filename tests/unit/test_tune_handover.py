@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from components.tuning import sweep
+from components.training import launch
 
 
 class FakeSession:
@@ -37,7 +37,7 @@ def test_returns_only_after_the_last_report_is_handed_over(monkeypatch, handover
 
     session = FakeSession(handover_s)
     monkeypatch.setattr(ray_session, "get_session", lambda: session)
-    counts = sweep._guard_report_handover()
+    counts = launch.guard_report_handover()
     stop = threading.Event()
 
     def tune_main_thread() -> None:  # Tune's trial actor asking for results, as step() does
@@ -48,7 +48,7 @@ def test_returns_only_after_the_last_report_is_handed_over(monkeypatch, handover
     main.start()
     try:
         session._inter_actor_queue.put("last report")  # what fit() left behind
-        sweep._wait_for_tune_to_take_reports(counts, timeout_s=30)
+        launch.wait_for_tune_to_take_reports(counts, timeout_s=30)
         assert session.taken == ["last report"]
     finally:
         stop.set()
@@ -59,5 +59,5 @@ def test_outside_tune_there_is_nothing_to_wait_for(monkeypatch):
     import ray.train._internal.session as ray_session
 
     monkeypatch.setattr(ray_session, "get_session", lambda: None)
-    assert sweep._guard_report_handover() is None
-    sweep._wait_for_tune_to_take_reports(None, timeout_s=1)
+    assert launch.guard_report_handover() is None
+    launch.wait_for_tune_to_take_reports(None, timeout_s=1)

@@ -23,6 +23,17 @@ class CharLM(Workload):
     data_meta = "vocab.json"
     live_metrics = ("epoch", "train_loss", "val_loss", "lr", "tokens_per_s")
     headline = ("bptt", "lr", "dropout", "weight_decay")
+    stage_modules = {"prepare": ("staging",), "normalize": ("staging",),
+                     "tune": ("staging", "data", "loop"), "train": ("staging", "loop", "data", "evaluate", "model"),
+                     "evaluate": ("evaluate", "baselines", "model"), "register": ("pyfunc", "model", "evaluate", "data")}
+
+    def budget(self, cfg: dict[str, Any]) -> str:
+        """The shared budget line, with the run's token cap (`max_tokens`)."""
+        line = super().budget(cfg)
+        if not cfg.get("max_tokens"):
+            return line
+        head, sep, patience = line.partition(", patience")
+        return f"{head}, at most {cfg['max_tokens']:,} tokens{sep}{patience}"
 
     def prepare(self, p: CharLMParams, out: str) -> str:
         from components.workloads.char_lm.staging import prepare_corpus

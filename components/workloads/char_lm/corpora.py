@@ -134,36 +134,14 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def fit_and_score(text: str, work: str | Path, p: Any = None, name: str = "corpus") -> dict[str, Any]:
-    """What the pipeline's prepare -> normalize -> train -> evaluate stages do with `p`
-    (default: params.yaml's defaults, hand-set values, no sweep), on `text`, under `work`. Ray
-    must be up unless the run trains in this process (one worker, `in_process`, no RAY_ADDRESS).
-    Returns evaluate's metrics (model and baselines) plus the train run's summary."""
-    from components.training.driver import fit, fit_in_process, make_trainer, trains_in_process
-    from components.workloads import get
+def with_text(p: Any, text: str, work: str | Path) -> Any:
+    """Char-LM params `p` (default: params.yaml's defaults) reading `text`, written under `work`
+    as the local source file (`pipelines.inline.fit_and_score` runs them)."""
     from components.workloads.char_lm.params import CharLMParams
 
-    w, work = get("char_lm"), Path(work)
     p = p or CharLMParams()
-    p = p.model_copy(update={"prepare": p.prepare.model_copy(update={"source": str(write_text(work / "corpus.txt", text))})})
-    w.prepare(p, str(work / "prepared"))
-    w.normalize(p, str(work / "prepared"), str(work / "normalized"))
-    cfg = p.train.model_dump()
-    data = w.training_data(str(work / "normalized"), cfg, p).workers
-    if trains_in_process(cfg):  # one worker, no cluster: this process, as the train stage does it
-        out = fit_in_process(w.worker_loop(), {"train": cfg, "data": data}, run_uri=str(work / "runs" / name),
-                             cpus_per_worker=cfg["cpus_per_worker"], use_gpu=False, select=w.select)
-    else:
-        out = fit(make_trainer(w.worker_loop(), {"train": cfg, "data": data}, name=name, storage_path=str(work / "runs"),
-                               num_workers=cfg["num_workers"], cpus_per_worker=cfg["cpus_per_worker"], use_gpu=False,
-                               max_failures=0, select=w.select), cfg["num_workers"], w.select)
-    w.publish(work / "model.pt", out.published, str(work / "normalized"), data, cfg)
-    (work / "reports").mkdir(exist_ok=True)
-    metrics, _ = w.evaluate(p, str(work / "normalized"), str(work / "model.pt"), work / "reports",
-                             work / "evaluate")
-    hist = out.state["history"]
-    return metrics | {"epochs": len(hist), "published_epoch": out.best["epoch"], "train_s": hist[-1]["train_s"],
-                      "steps": hist[-1]["step"], "vocab_size": data["vocab_size"], "n_train": data["n_train"]}
+    source = str(write_text(Path(work) / "corpus.txt", text))
+    return p.model_copy(update={"prepare": p.prepare.model_copy(update={"source": source})})
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def normalize_corpus(src: str | Path, out: str | Path, p: NormalizeParams) -> di
 def training_data(folder: str | Path) -> dict:
     """Check the normalized token files and stage them for workers: URIs, sizes, vocabulary size."""
     from components.data.parquet import TOKENS_SCHEMA, read_json
-    from components.training.driver import checked_and_staged
+    from components.store import checked_and_staged
 
     folder = Path(folder)
     manifest, uris = checked_and_staged(folder, TOKENS_SCHEMA)

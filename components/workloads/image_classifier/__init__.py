@@ -22,10 +22,14 @@ class ImageClassifier(Workload):
     data_meta = "stats.json"
     live_metrics = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "images_per_s")
     headline = ("lr", "dropout", "weight_decay")
+    stage_modules = {"prepare": ("staging",), "normalize": ("staging",), "tune": ("staging", "loop"),
+                     "train": ("staging", "loop", "model"), "evaluate": ("evaluate", "baselines", "model"),
+                     "register": ("pyfunc", "model", "evaluate", "data")}
     # by val loss, not accuracy: on a few hundred val images accuracy ties and spikes (a
     # high-lr epoch at 0.994 val published at 0.967 test), while the loss separates epochs
     select = ("val_loss", "min")
     baseline_metric = "val_accuracy"
+    train_metrics = ("samples_padded",)  # a last batch filled up to split evenly over workers
 
     def prepare(self, p: ImageClassifierParams, out: str) -> str:
         from components.workloads.image_classifier.staging import prepare_images

@@ -85,7 +85,7 @@ def normalize_images(src: str | Path, out: str | Path, p: ImageNormalizeParams) 
 
 def training_data(folder: str | Path, flip: str | bool, crop: str | bool, source: str) -> dict[str, Any]:
     """Check the normalized image files and stage them for workers."""
-    from components.training.driver import checked_and_staged
+    from components.store import checked_and_staged
 
     folder = Path(folder)
     manifest, uris = checked_and_staged(folder, IMAGES_SCHEMA)

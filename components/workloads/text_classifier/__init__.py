@@ -23,6 +23,11 @@ class TextClassifier(Workload):
     data_meta = "classes.json"
     live_metrics = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "groups_trained")
     headline = ("lr", "dropout", "unfreeze_every", "encoder")
+    base_dep = "train.encoder_model"  # the char-LM model file it is fine-tuned from
+    registered_after = "char_lm"  # its version tags name the char-LM version it came from
+    stage_modules = {"prepare": ("staging",), "normalize": ("staging",), "tune": ("staging", "loop"),
+                     "train": ("staging", "loop", "model"), "evaluate": ("evaluate", "model"),
+                     "register": ("pyfunc", "model", "evaluate", "staging")}
     select = ("val_accuracy", "max")  # the epoch published: see TextTuneParams.metric
     baseline_metric = "val_accuracy"
 

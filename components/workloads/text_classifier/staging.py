@@ -99,8 +99,7 @@ def encoder_info(model_file: str | Path) -> dict[str, Any]:
 
 def training_data(folder: str | Path, encoder_model: str | Path) -> dict[str, Any]:
     """Check the normalized files and stage them, with the char-LM model file, for workers."""
-    from components.store import stage_data
-    from components.training.driver import checked_and_staged
+    from components.store import checked_and_staged, stage_data
 
     folder = Path(folder)
     manifest, uris = checked_and_staged(folder, SPLIT_SCHEMA)

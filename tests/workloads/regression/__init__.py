@@ -61,6 +61,7 @@ class Regression(Workload):
     data_meta = "stats.json"
     live_metrics = ("epoch", "train_loss", "val_loss", "lr")
     headline = ("lr",)
+    stage_modules = {"tune": ("loop",), "train": ("loop",), "register": ("pyfunc",)}
 
     def prepare(self, p: RegressionParams, out: str) -> str:
         q = p.prepare
@@ -88,7 +89,7 @@ class Regression(Workload):
         return f"{ {k: s.stop - s.start for k, s in parts.items()} } -> {out}"
 
     def training_data(self, folder: str, train: dict[str, Any], p: RegressionParams) -> TrainingData:
-        from components.training.driver import checked_and_staged
+        from components.store import checked_and_staged
 
         m = load_manifest(folder)
         _, uris = checked_and_staged(Path(folder), schema(m["n_features"]))
