@@ -50,8 +50,10 @@ mlflow-up: $(STAMP)
 mlflow-down: $(STAMP)
 	python infra/mlflow/local_server.py stop
 
+## lint: ruff, and the import layers (pyproject.toml's [tool.importlinter])
 lint: $(STAMP)
 	ruff check .
+	lint-imports
 
 clean:
 	rm -rf .trainyard mlflow.db mlartifacts data models tune metrics plots reports registry

@@ -67,7 +67,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
         # Who ran it and with what goes to the run record beside the model (evaluate and
         # register read the MLflow run id there); `dvc metrics` reads numbers only.
         metrics = outcome_metrics(outcome, spec.num_workers, w.published_metrics)
-        info = {"run_id": run.run_id, "arch": w.arch(cfg), "selected_by": f"{w.select[0]} ({w.select[1]})",
+        info = {"run_id": run.run_id, "model": w.arch(cfg), "selected_by": f"{w.select[0]} ({w.select[1]})",
                 "params": {k: cfg[k] for k in shown}, "run_path": outcome.run_path,
                 "worker_nodes": outcome.state.get("worker_nodes")}
         write_json(args.run_info or Path(args.model).with_name("train_run.json"), info)

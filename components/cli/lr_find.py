@@ -10,9 +10,12 @@ import argparse
 from pathlib import Path
 
 from components.cli.entry import main, params, paths
+from components.config import ParamsError
 from components.data.parquet import write_json
 from components.workloads.char_lm.lr_find import lr_find
 from components.workloads.char_lm.staging import training_data
+
+WORKLOAD = "char_lm"  # the one workload this tool serves
 
 
 def plot(path: Path, lrs: list[float], losses: list[float], suggested: float) -> None:
@@ -36,7 +39,10 @@ def run(args: argparse.Namespace) -> None:
 
     from components.data.shards import worker_streams
 
-    tp = params(args).char_lm.train.model_dump()
+    if args.workload != WORKLOAD:  # the finder drives the char-LM's own streams and model
+        raise ParamsError(f"lr_find: --workload {args.workload}: the lr finder is the char-LM's "
+                         f"(--workload {WORKLOAD}); the classifiers' lr comes from their sweep")
+    tp = getattr(params(args), args.workload).train.model_dump()
     data = training_data(args.data)
     streams = worker_streams(data["train_uri"], data["n_train"], tp["bs"], 0, 1)
     print(f"[lr_find] {args.steps} steps from {args.start_lr:g} to {args.end_lr:g} ({tp['arch']}, bs {tp['bs']})", flush=True)

@@ -111,6 +111,13 @@ def reap_leaked_placement_groups() -> list[str]:
     its workers. Such a group holds its CPUs until the cluster stops and every later run
     waits for them. Removed here: groups created by an actor that is dead, when the job that
     created them has ended too or is this one (whose groups only Ray Train creates).
+
+    Ray Train's own `PlacementGroupCleaner` (Ray 2.60) does not cover this case: its controller
+    registers a group with the cleaner only after the worker group has started
+    (`PlacementGroupCleanerCallback.after_worker_group_start`), so a controller killed between
+    creating the group and starting its workers, which is when Tune stops such a trial, leaves
+    a group nobody watches. `test_a_placement_group_whose_creator_died_is_removed_so_its_cpus_come_back`
+    shows Ray keeping such a group; any group the cleaner does know is gone before this runs.
     """
     import ray
 

@@ -4,6 +4,11 @@ must be read, changed and tested with the other)."""
 
 from __future__ import annotations
 
+import ast
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from components.fingerprint import PACKAGES, ROOT, imported_modules, module_file
@@ -71,3 +76,43 @@ def test_the_cycle_finder_finds_one_hidden_in_a_function(tmp_path):
     cycle = find_cycle(import_graph(tmp_path))
     assert cycle in (["components.journal", "components.runs", "components.journal"],
                      ["components.runs", "components.journal", "components.runs"])
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run([str(exe), "--no-cache"], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+
+
+def test_the_layer_contracts_hold():
+    """pyproject.toml's import-linter contracts (`make lint` runs the same)."""
+    p = _lint_imports(ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "0 broken" in p.stdout
+
+
+def test_the_layer_contracts_catch_a_lower_room_importing_a_higher_one(tmp_path):
+    for part in (*PACKAGES, "pyproject.toml"):
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, tmp_path / part)
+    parquet = tmp_path / "components/data/parquet.py"
+    parquet.write_text(parquet.read_text() + "\n\ndef _run_id():\n    from components.tracking import runs\n\n"
+                       "    return runs\n")
+    p = _lint_imports(tmp_path)
+    assert p.returncode != 0 and "components.data.parquet -> components.tracking.runs" in p.stdout, p.stdout[-3000:]
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """A `_name` is its module's own business: another module that needs it gets a public name."""
+    found = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in PACKAGES):
+                    private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                    if private:
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {', '.join(private)}")
+    assert not found, "private names imported across modules:\n" + "\n".join(found)

@@ -60,3 +60,13 @@ def test_a_key_the_image_classifier_does_not_use_is_refused(key):
 
     with pytest.raises(ParamsError, match=f"image_classifier.train.{key}: unknown key"):
         parse_params({"image_classifier": {"train": {key: 10}}})
+
+
+def test_the_stages_page_names_every_final_run_key():
+    """docs/stages.md lists the keys a sweep trial leaves out: the list follows the code."""
+    from components.config import FINAL_ONLY
+
+    row = next(line for line in (REPO / "docs/stages.md").read_text().splitlines()
+               if line.startswith("| `trial_params@char_lm`"))
+    missing = [k for k in FINAL_ONLY if f"`{k}`" not in row]
+    assert not missing, f"docs/stages.md's trial_params row leaves out {missing}"

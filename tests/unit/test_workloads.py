@@ -53,3 +53,18 @@ def test_a_workload_can_be_added_from_the_environment(monkeypatch):
     monkeypatch.setenv(workloads.PLUGINS_ENV, "regression:tests.workloads.regression")
     with pytest.raises(ValueError, match="is not name=module:attribute"):
         workloads.table()
+
+
+def test_stages_hold_no_workload_specific_keys():
+    """A train key, metric or config key only some workloads have (`max_tokens`, `val_accuracy`,
+    `samples_padded`, `arch`) is the workload's to name: a stage reads it through the workload."""
+    ws = [workloads.get(name) for name in workloads.names()]
+    keys = [set(w.train_schema.model_fields) | set(w.live_metrics) | set(w.train_metrics) for w in ws]
+    specific = (set.union(*keys) - set.intersection(*keys)) | {"arch"}
+    assert {"max_tokens", "val_accuracy", "samples_padded"} <= specific
+    found = []
+    for path in sorted(REPO.glob("pipelines/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in specific:
+                found.append(f"{path.relative_to(REPO).as_posix()}:{node.lineno}: {node.value!r}")
+    assert not found, "workload keys in stage files:\n" + "\n".join(found)
