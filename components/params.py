@@ -15,6 +15,7 @@ from components import workloads
 from components.config import ParamsError, Section, knob
 
 STAGES = ("prepare", "normalize", "trial_params", "tune", "train", "evaluate", "register")
+EXTRA_STAGES = ("adapt",)  # stages only some workloads have (`Workload.extra_stages`)
 
 
 @cache

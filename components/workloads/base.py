@@ -55,6 +55,7 @@ STAGE_CALLS: dict[str, tuple[str, ...]] = {
     "train": ("training_data", "worker_loop", "publish", "arch", "budget", "published_metrics"),
     "evaluate": ("evaluate",),
     "register": ("registration", "floor", "arch"),
+    "adapt": ("adapt",),
 }
 
 
@@ -75,6 +76,7 @@ class Workload(ABC):
     # editing the model reruns the stages that run it and not those that only stage its data.
     # Checked against what each method imports (tests/unit/test_stage_deps.py).
     stage_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
+    extra_stages: ClassVar[tuple[str, ...]] = ()  # optional stages it has (`adapt`), besides the seven
     base_dep: ClassVar[str | None] = None  # a params key naming a model file it starts from: a dep of tune and train
     registered_after: ClassVar[str | None] = None  # a workload whose register must run first (its lineage names it)
     train_metrics: ClassVar[tuple[str, ...]] = ()  # the published epoch's numbers for train.json besides live ones
@@ -152,3 +154,8 @@ class Workload(ABC):
     @abstractmethod
     def registration(self, data: str, model: str) -> Registration:
         """What `register` needs for this model file."""
+
+    def adapt(self, p: Any, data: str, out: str) -> str:
+        """The optional `adapt` stage (`extra_stages`): fit a model the workload starts from to
+        its normalized train data (`data`), written to `out`; the summary line."""
+        raise NotImplementedError(f"workload {self.name} has no adapt stage")

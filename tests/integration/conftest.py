@@ -47,6 +47,7 @@ TINY = {
     "text_classifier": {
         "prepare": {"passage_chars": 96},
         "normalize": {"max_train_passages": 1200},
+        "adapt": {"steps": 6, "bs": 8},
         "tune": {"num_samples": 2, "epochs": 2, "steps_per_epoch": 4, "grace_period": 1},
         "train": {"epochs": 2, "steps_per_epoch": 8, "bs": 16},
     },

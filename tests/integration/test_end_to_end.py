@@ -437,12 +437,16 @@ def test_text_classifier_fine_tuned_from_the_registered_char_lm(tiny_project):
     version names the char-LM version (and `trace --built-on` finds it); its pyfunc answers
     passages with a genre and a probability; a new char-LM reruns its train stage."""
     ev = json.loads((tiny_project / "metrics/text_classifier/eval.json").read_text())
-    for k in ("accuracy", "test_accuracy", "scratch_accuracy", "scratch_test_accuracy",
+    for k in ("accuracy", "test_accuracy", "scratch_accuracy", "scratch_test_accuracy", "general_accuracy",
+              "general_test_accuracy", "tfidf_val_accuracy", "tfidf_test_accuracy",
               "baseline_majority_val_accuracy", "baseline_majority_test_accuracy"):
         assert 0.0 <= ev[k] <= 1.0, k
     assert ev["finetune_gain_test_accuracy"] == pytest.approx(ev["test_accuracy"] - ev["scratch_test_accuracy"])
+    assert ev["adapt_gain_test_accuracy"] == pytest.approx(ev["test_accuracy"] - ev["general_test_accuracy"])
     classes = json.loads((tiny_project / "data/text_classifier/normalized/classes.json").read_text())["classes"]
-    assert classes == ["comedies", "histories", "problems", "roman", "romances", "tragedies"]
+    assert classes == ["epistles", "gospels_acts", "history", "law", "prophets", "wisdom"]  # the kjv source
+    # ULMFiT's three steps: the general LM -> adapted on the train books -> the classifier on it
+    assert "Running stage 'adapt@text_classifier'" in (tiny_project / "repro.log").read_text()
     assert set(ev["val_per_class_accuracy"]) <= set(classes)
     assert {"confusion_val.png", "confusion_test.png"} <= {p.name for p in (tiny_project / "reports/text_classifier").iterdir()}
     # whole plays held out: no document in two splits
@@ -464,6 +468,8 @@ def test_text_classifier_fine_tuned_from_the_registered_char_lm(tiny_project):
     info = json.loads(out.strip().splitlines()[-1])
     assert info["tags"]["trainyard.base.model_md5"] == lm_md5
     assert info["tags"]["trainyard.base.version"] == f"char-lm v{lm_version}"
+    adapted = hashlib.md5((tiny_project / "models/text_classifier/lm.pt").read_bytes()).hexdigest()
+    assert info["tags"]["trainyard.adapted_lm.md5"] == adapted != lm_md5
     cli = [sys.executable, "-m", "components.cli.registry", "--name", "text-classifier", "trace"]
     built = run([*cli, "--built-on", f"char-lm:{lm_version}"], tiny_project).stdout
     assert f"1 version(s) fine-tuned from char-lm v{lm_version}" in built and f"v{info['version']} " in built

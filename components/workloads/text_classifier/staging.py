@@ -83,18 +83,28 @@ def normalize_texts(src: str | Path, out: str | Path, p: TextNormalizeParams, se
     return manifest
 
 
+def train_texts(folder: str | Path) -> list[str]:
+    """The train split's passages, checked against the manifest (what `adapt` reads: never val or test)."""
+    folder = Path(folder)
+    entry = load_manifest(folder)["files"]["train.parquet"]
+    return check_table(folder / "train.parquet", SPLIT_SCHEMA, entry).read(columns=["text"]).column("text").to_pylist()
+
+
 def encoder_info(model_file: str | Path) -> dict[str, Any]:
     """The char-LM encoder's vocabulary and shape, from its model file."""
     import torch
 
     path = Path(model_file)
     if not path.is_file():
-        raise DataError(f"{model_file}: no char-LM model file (train.encoder_model); run `dvc repro train@char_lm`")
+        raise DataError(f"{model_file}: no char-LM model file (train.encoder_model); run `dvc repro` (adapt and "
+                        "train@char_lm write them)")
     blob = torch.load(path, map_location="cpu", weights_only=False)
     cfg = blob["config"]
     return {"vocab": list(blob["vocab"]), "vocab_size": cfg["vocab_size"], "arch": cfg.get("arch", "lstm"),
             "n_fac": cfg["n_fac"], "n_hidden": cfg["n_hidden"], "n_layers": cfg.get("n_layers", 1),
-            "nonlinearity": cfg.get("nonlinearity", "tanh")}
+            "nonlinearity": cfg.get("nonlinearity", "tanh"),
+            # an adapted LM names the general one it was fine-tuned from (ULMFiT's first step)
+            "fine_tuned_from": blob.get("fine_tuned_from")}
 
 
 def training_data(folder: str | Path, encoder_model: str | Path) -> dict[str, Any]:
