@@ -41,7 +41,7 @@ MAX_SETTLE_S = 2.0
 
 
 @contextlib.contextmanager
-def lease(c, name: str, ttl_s: float = 300.0, wait_s: float = 600.0, settle_s: float = 0.1,
+def lease(c, name: str, ttl_s: float = 300.0, wait_s: float = 600.0, settle_s: float = 0.5,
           settle_rtts: float = 5.0) -> Iterator[None]:
     """Hold the model's lease while deciding aliases, so two pipelines registering at once
     cannot each crown their own version on a stale view of the champion.
@@ -49,9 +49,12 @@ def lease(c, name: str, ttl_s: float = 300.0, wait_s: float = 600.0, settle_s: f
     MLflow has no compare-and-set, so: wait until no live lease is there, write ours (a token
     with an expiry), wait, read it back. A writer that read "free" just before we wrote writes
     its own token within about two calls of its own, so after waiting several of ours
-    (`settle_rtts` times our write, at least `settle_s` and at most `MAX_SETTLE_S`: 0.1 s on a
-    local store, more on a slow server; a fixed 0.5 s was a sixth of every register) exactly one
-    token remains and only its owner goes on. A lease whose holder died expires after `ttl_s`.
+    (`settle_rtts` times our write, at least `settle_s` and at most `MAX_SETTLE_S`) exactly one
+    token remains and only its owner goes on. The floor is 0.5 s: with 0.1 s (a sixth less per
+    register on a local store) a rival's write delayed by SQLite's lock retries on a busy
+    machine landed after our read-back, and both went on (seen once in CI:
+    `test_two_registrations_deciding_at_once_crown_the_better`). A lease whose holder died
+    expires after `ttl_s`.
     """
     token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline, waited = time.monotonic() + wait_s, False

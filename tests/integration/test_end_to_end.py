@@ -83,7 +83,7 @@ def test_stages_import_only_what_they_use(tiny_project):
     first version of each model has none to re-score)."""
     lines = [json.loads(s) for s in (tiny_project / "timings.jsonl").read_text().splitlines()]
     imported = {s["stage"]: s["imported"] for s in lines}
-    assert len(imported) == 21, sorted(imported)
+    assert len(imported) == 22, sorted(imported)  # 7 stages x 3 workloads, and the text classifier's adapt
     for stage, mods in imported.items():
         kind = stage.split("@")[0]
         if kind in ("prepare", "normalize", "trial_params"):
@@ -483,8 +483,9 @@ def test_text_classifier_fine_tuned_from_the_registered_char_lm(tiny_project):
     """)
     rows = json.loads(run([sys.executable, "-c", code], tiny_project).stdout.strip().splitlines()[-1])
     assert len(rows) == 2 and all(r["genre"] in classes and 0 < r["probability"] <= 1 for r in rows)
-    # a new char-LM model file sweeps and trains the classifier again (and it registers after the
-    # char-LM): another valid model file in its place, then the original back
+    # a new char-LM model file adapts the LM again, from which the classifier sweeps and trains
+    # again (and it registers after the char-LM): another valid model file in its place, then
+    # the original back
     lm = tiny_project / "models/char_lm/model.pt"
     original = lm.read_bytes()
     run([sys.executable, "-c", "import torch; p = 'models/char_lm/model.pt'; b = torch.load(p, weights_only=False); "
@@ -493,10 +494,14 @@ def test_text_classifier_fine_tuned_from_the_registered_char_lm(tiny_project):
         st = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
     finally:
         lm.write_bytes(original)
-    assert {"tune@text_classifier", "train@text_classifier", "register@char_lm"} <= set(st)
+    assert {"adapt@text_classifier", "register@char_lm"} <= set(st)
     assert not {"prepare@text_classifier", "normalize@text_classifier", "trial_params@text_classifier"} & set(st)
     dag = run(["dvc", "dag", "--dot", "register@text_classifier"], tiny_project).stdout
     assert '"register@char_lm" -> "register@text_classifier"' in dag
+    # ULMFiT's chain: the general LM -> adapt -> tune and train (each step's file the next one's dep)
+    assert '"train@char_lm" -> "adapt@text_classifier"' in dag
+    assert '"adapt@text_classifier" -> "tune@text_classifier"' in dag
+    assert '"adapt@text_classifier" -> "train@text_classifier"' in dag
     assert "up to date" in run(["dvc", "status"], tiny_project).stdout
 
 

@@ -63,5 +63,5 @@ def test_the_wait_scales_with_the_servers_round_trip():
         t0 = time.monotonic()
         with lease(reg, "m"):
             walls.append(time.monotonic() - t0)
-    assert walls[0] < 0.3  # a local store: the 0.1 s floor
+    assert walls[0] < 0.8  # a local store: the 0.5 s floor
     assert walls[1] >= 0.1 * 5  # a write of 0.1 s, waited five times
