@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
 # The default test tier leaves out the tiers named here (markers in pyproject.toml); test-all runs them.
-EXTENDED := cluster or corpora or faults or serve or plugin or container or changes or gpu
+EXTENDED := cluster or corpora or faults or serve or plugin or container or changes or gpu or ui
 
 .PHONY: run test test-all test-fast lint ray-up ray-down mlflow-up mlflow-down clean
 
@@ -26,7 +26,7 @@ run: $(STAMP)
 test: $(STAMP)
 	python -m pytest -m "not ($(EXTENDED))"
 
-## test-all: every tier (adds the cluster, corpora, fault matrix, serve, plug-in, container, change-replay and GPU tests); CI runs it
+## test-all: every tier (adds the cluster, corpora, fault matrix, serve, plug-in, container, change-replay, UI and GPU tests); CI runs it
 test-all: $(STAMP)
 	python -m pytest
 

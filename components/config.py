@@ -196,6 +196,8 @@ class RegisterParams(Section):
     mode: Literal["min", "max"] = knob("min", "min | max")
     min_delta: float = knob(0.0, "the champion moves only for an improvement of at least this much in `metric` "
                             "(0: any strict improvement); the baseline gate is strict either way", ge=0)
+    require_approval: bool = knob(False, "true: register sets only `challenger` (and records what the gate "
+                                  "would do); the champion moves only by `registry approve`")
 
 
 # Train keys only the final run reads: a trial takes its budget, workers and seed from

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> None:
     flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     t.client.log_batch(run_id, metrics=[Metric(f"eval_{k}", float(v), now, 0) for k, v in flat.items()])
     t.client.log_artifacts(run_id, args.reports, artifact_path="evaluation")
+    t.client.log_dict(run_id, metrics, "evaluation/eval.json")  # all of it (per-class too), for `registry review`
     runs.log_datasets(t.client, run_id, args.data, {"test.parquet": "testing"}, args.workload)
     print(f"[evaluate] {lines[0]} -> {args.metrics}, {args.reports}/")
     for line in lines[1:]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from components import timings
 from components.cli.entry import main, paths, workload
-from components.data.parquet import file_md5, file_sha256, read_json, write_json
+from components.data.parquet import file_md5, file_sha256, parquet_rows, read_json, write_json
 from components.tracking import registry, runs
 from components.tracking.session import connect
 from components.workloads.base import Workload
@@ -24,6 +24,8 @@ def lineage(w: Workload, data_dir: Path, model: Path, blob: dict, run_id: str) -
     """Tags that say where a version came from. Data hashes are md5 of the files this stage
     declares as deps: the same numbers DVC writes to dvc.lock."""
     tags = {f"trainyard.data.{data_dir / f}": file_md5(data_dir / f) for f in w.data_files}
+    tags[registry.ROWS] = json.dumps({str(data_dir / f): parquet_rows(data_dir / f)
+                                      for f in w.data_files if f.endswith(".parquet")})
     tags |= {k: v for k, v in runs.source_tags().items() if k.startswith("trainyard.dvc_exp")}
     tags |= {"trainyard.git_commit": runs.git_commit(), "trainyard.train_run_id": run_id,
              "trainyard.model_md5": file_md5(model), "trainyard.arch": w.arch(blob["config"]),
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> None:
         run_id=train_run, metric=reg.metric, value=float(eval_metrics[reg.metric]), mode=reg.mode,
         val_data_md5=file_md5(data_dir / "val.parquet"),
         lineage=tags,
-        rescore=_rescore(parts.rescore), floor=w.floor(eval_metrics), min_delta=reg.min_delta)
+        rescore=_rescore(parts.rescore), floor=w.floor(eval_metrics), min_delta=reg.min_delta,
+        require_approval=reg.require_approval)
     write_json(args.out, out)
     print(f"[register] {reg.model_name} v{out['version']}: {out['decision']}; aliases {out['aliases']} -> {args.out}")
 

@@ -2,6 +2,10 @@
 
     python -m components.cli.registry list                       # versions, metrics, aliases, lineage
     python -m components.cli.registry show 3
+    python -m components.cli.registry review                     # the newest version awaiting a verdict beside the champion
+    python -m components.cli.registry approve 4 --reason "samples read well; val 1.52 < 1.56"
+    python -m components.cli.registry reject 5 --reason "trained on the corpus with the bad encoding"
+    python -m components.cli.registry hook https://deploy.example/hooks/champion --secret-env DEPLOY_HOOK_SECRET
     python -m components.cli.registry promote 3 --why "better samples, checked by hand"
     python -m components.cli.registry rollback --why "v4 regressed on the new prompts"
     python -m components.cli.registry archive 2 --why "trained on the corpus with the bad encoding"
@@ -11,7 +15,9 @@
     python -m components.cli.registry trace --version 3       # and back: its commit, data, run
 
 The model name comes from `<workload>.register.model_name` in params.yaml (or `--name`).
-Promotions, rollbacks and archiving record who and why as version tags; the MLflow UI shows the same.
+Approvals, rejections, promotions, rollbacks and archiving record who (the server login, else
+the OS user), when and why as version tags; the MLflow UI shows the same. `review` writes
+reviews/<model>/vN.md, logs it to the challenger's run and sets it as the version's description.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from components.cli.entry import main, params
-from components.tracking import registry
+from components.tracking import registry, review
 from components.tracking.session import connect
 
 
@@ -97,9 +103,42 @@ def _trace(c, name: str, args: argparse.Namespace) -> None:
         print(_row(v))
 
 
+def _review(c, name: str, args: argparse.Namespace) -> None:
+    reg = getattr(params(args), args.workload).register_
+    new, champ = review.gather(c, name, args.version)
+    text = review.render(name, new, champ, metric=reg.metric, mode=reg.mode, min_delta=reg.min_delta)
+    out = review.publish(c, name, new, text, Path(args.out or f"reviews/{name}/v{new.version}.md"))
+    print(text)
+    print(f"[review] -> {out}, and v{new.version}'s description and run (review/v{new.version}.md) in MLflow")
+
+
+def _hook(c, name: str, args: argparse.Namespace) -> None:
+    import os
+
+    secret = os.environ.get(args.secret_env)
+    if not secret:
+        raise ValueError(f"--secret-env {args.secret_env}: that variable is not set (the receiver checks "
+                         "each delivery's signature with the same secret)")
+    hook = c.create_webhook(name=f"{name}-champion", url=args.url, secret=secret,
+                            events=["model_version_alias.created", "model_version_alias.deleted"],
+                            description=f"alias changes of {name}; the receiver acts on `champion` only")
+    print(f"webhook {hook.webhook_id}: {args.url} hears alias changes of {name} (signed with ${args.secret_env})")
+
+
 def run(args: argparse.Namespace) -> None:
     name = args.name or getattr(params(args), args.workload).register_.model_name
     c = connect(args.tracking_uri).client
+    if args.cmd == "review":
+        return _review(c, name, args)
+    if args.cmd == "hook":
+        return _hook(c, name, args)
+    if args.cmd in ("approve", "reject"):
+        v = (registry.approve if args.cmd == "approve" else registry.reject)(c, name, args.version, args.reason,
+                                                                             args.who)
+        verdict = registry.verdict(v["tags"])
+        print(f"{name} v{v['version']}: {verdict['verdict']} by {verdict['who']} ({args.reason}); "
+              f"champion v{v['champion_version']}")
+        return None
     if args.cmd == "list":
         versions = registry.list_versions(c, name)
         if not versions:
@@ -127,6 +166,19 @@ def _args(a: argparse.ArgumentParser) -> None:
     sub = a.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="versions with metrics, aliases and lineage")
     sub.add_parser("show", help="one version, all tags").add_argument("version")
+    rv = sub.add_parser("review", help="a challenger beside the champion: metrics, gate, data, code, params, samples")
+    rv.add_argument("version", nargs="?", help="default: the newest version awaiting a verdict")
+    rv.add_argument("--out", help="the Markdown report (default: reviews/<model>/v<N>.md)")
+    for verb, what in (("approve", "make a version champion, recording who, when and why"),
+                       ("reject", "record a no: who, when and why; review moves on")):
+        d = sub.add_parser(verb, help=what)
+        d.add_argument("version")
+        d.add_argument("--reason", required=True, help="why, recorded with the verdict")
+        d.add_argument("--who", help="recorded with the verdict (default: the server login, else the OS user)")
+    hk = sub.add_parser("hook", help="an MLflow webhook: POST to URL, signed, when an alias of the model changes")
+    hk.add_argument("url")
+    hk.add_argument("--secret-env", default="TRAINYARD_HOOK_SECRET",
+                    help="the variable holding the signing secret (default: TRAINYARD_HOOK_SECRET)")
     pr = sub.add_parser("promote", help="make a version champion")
     pr.add_argument("version")
     rb = sub.add_parser("rollback", help="give champion back to the previous holder")

@@ -53,6 +53,11 @@ def file_md5(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def parquet_rows(path: str | Path) -> int:
+    """A Parquet file's row count, from its footer (no data read)."""
+    return pq.read_metadata(path).num_rows
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""

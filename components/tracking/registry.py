@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,9 @@ BEATS_BASELINE = "trainyard.beats_baseline"  # version tag: true / false
 ARCHIVED = "trainyard.archived"  # version tag: JSON {who, why, at}; no alias may point at it
 DATA_TAG = "trainyard.data."  # version tags: trainyard.data.<path> = md5 (the numbers in dvc.lock)
 COMMIT_TAG = "trainyard.git_commit"
+ROWS = "trainyard.data_rows"  # version tag: JSON {data path: rows} of its Parquet data files
+GATE = "trainyard.gate"  # version tag: JSON {crown, why}: what the automatic gate decided at register
+VERDICT = "trainyard.verdict"  # version tag: JSON {verdict: approved | rejected, who, why, at}
 
 
 def _metric_tag(metric: str) -> str:
@@ -91,7 +96,7 @@ def set_champion(c, name: str, version: str, who: str, why: str) -> None:
 def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
              metric: str, value: float, mode: str, val_data_md5: str, lineage: dict[str, str],
              rescore: Callable[[Any], float], floor: tuple[str, float] | None = None,
-             min_delta: float = 0.0) -> dict[str, Any]:
+             min_delta: float = 0.0, require_approval: bool = False) -> dict[str, Any]:
     """Register (once) and decide aliases; returns the registry's view of this model.
 
     `log_model()` logs the pyfunc and returns its URI (called only for a new version);
@@ -100,18 +105,21 @@ def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], r
     `floor`: (name, value) of the best baseline on the same val data; a model that does not
     beat it is registered and left challenger, never crowned here (`promote` still can).
     `min_delta`: the least improvement over the champion that moves the crown (noise is not progress).
+    `require_approval`: the gate's verdict is recorded (tag `trainyard.gate`) but only `approve`
+    moves the crown.
     """
     ensure_model(c, name, "Registered by the trainyard pipeline; see version tags for lineage.")
     with lease(c, name):
         return _register_locked(c, name=name, model_sha256=model_sha256, log_model=log_model, run_id=run_id,
                                 metric=metric, value=value, mode=mode, val_data_md5=val_data_md5,
-                                lineage=lineage, rescore=rescore, floor=floor, min_delta=min_delta)
+                                lineage=lineage, rescore=rescore, floor=floor, min_delta=min_delta,
+                                require_approval=require_approval)
 
 
 def _register_locked(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
                      metric: str, value: float, mode: str, val_data_md5: str, lineage: dict[str, str],
                      rescore: Callable[[Any], float], floor: tuple[str, float] | None,
-                     min_delta: float) -> dict[str, Any]:
+                     min_delta: float, require_approval: bool) -> dict[str, Any]:
     version = find_version(c, name, model_sha256)
     if version is None:
         tags = {MODEL_SHA: model_sha256, VAL_DATA: val_data_md5, _metric_tag(metric): repr(value),
@@ -122,37 +130,45 @@ def _register_locked(c, *, name: str, model_sha256: str, log_model: Callable[[],
         version = c.get_model_version(name, mv.version)
     v = str(version.version)
     retrying(c.set_registered_model_alias, name, CHALLENGER, v)
-
-    champ = alias_version(c, name, CHAMPION)
-    decision: str
     if floor is not None:
         retrying(c.set_model_version_tag, name, v, BASELINE, f"{floor[0]}={floor[1]:.4f}")
         retrying(c.set_model_version_tag, name, v, BEATS_BASELINE, str(better(value, floor[1], mode)).lower())
-    if floor is not None and not better(value, floor[1], mode):
-        decision = (f"challenger, not crowned: {metric} {value:.4f} does not beat the {floor[0]} baseline "
-                    f"({floor[1]:.4f}) on the same val data (`promote` can still crown it by hand)")
-    elif champ is None:
-        set_champion(c, name, v, "register", f"first version: {metric}={value:.4f}")
-        decision = "champion (first version)"
-    elif champ == v:
-        decision = "already champion"
+    champ = alias_version(c, name, CHAMPION)
+    crown, why = _gate(c, name, v, champ, metric=metric, value=value, mode=mode, val_data_md5=val_data_md5,
+                       rescore=rescore, floor=floor, min_delta=min_delta)
+    retrying(c.set_model_version_tag, name, v, GATE, json.dumps({"crown": crown, "why": why}))
+    if not crown or champ == v:
+        decision = why
+    elif require_approval:
+        decision = f"challenger, awaiting approval (register.require_approval): the gate would crown it: {why}"
     else:
-        cv = c.get_model_version(name, champ)
-        recorded = cv.tags.get(_metric_tag(metric))
-        if recorded is not None and cv.tags.get(VAL_DATA) == val_data_md5:
-            champ_value = float(recorded)
-        else:
-            champ_value = rescore(cv)  # measured on other data: score it on ours
-        if better(value, champ_value, mode, min_delta):
-            set_champion(c, name, v, "register",
-                         f"{metric} {value:.4f} beats champion v{champ} ({champ_value:.4f})")
-            decision = f"champion (beat v{champ}: {champ_value:.4f})"
-        elif better(value, champ_value, mode):
-            decision = (f"challenger (champion v{champ} holds: {champ_value:.4f}; {value:.4f} is better by "
-                        f"{abs(value - champ_value):.4f}, under register.min_delta {min_delta:g})")
-        else:
-            decision = f"challenger (champion v{champ} holds: {champ_value:.4f})"
+        set_champion(c, name, v, "register", why)
+        decision = f"champion ({why})"
     return describe(c, name, v) | {"decision": decision}
+
+
+def _gate(c, name: str, v: str, champ: str | None, *, metric: str, value: float, mode: str, val_data_md5: str,
+          rescore: Callable[[Any], float], floor: tuple[str, float] | None, min_delta: float) -> tuple[bool, str]:
+    """Whether the automatic gate would crown version `v`, and why (or why not)."""
+    if floor is not None and not better(value, floor[1], mode):
+        return False, (f"challenger, not crowned: {metric} {value:.4f} does not beat the {floor[0]} baseline "
+                       f"({floor[1]:.4f}) on the same val data (`approve` or `promote` can still crown it by hand)")
+    if champ is None:
+        return True, f"first version: {metric}={value:.4f}"
+    if champ == v:
+        return True, "already champion"
+    cv = c.get_model_version(name, champ)
+    recorded = cv.tags.get(_metric_tag(metric))
+    if recorded is not None and cv.tags.get(VAL_DATA) == val_data_md5:
+        champ_value = float(recorded)
+    else:
+        champ_value = rescore(cv)  # measured on other data: score it on ours
+    if better(value, champ_value, mode, min_delta):
+        return True, f"{metric} {value:.4f} beats champion v{champ} ({champ_value:.4f})"
+    if better(value, champ_value, mode):
+        return False, (f"challenger (champion v{champ} holds: {champ_value:.4f}; {value:.4f} is better by "
+                       f"{abs(value - champ_value):.4f}, under register.min_delta {min_delta:g})")
+    return False, f"challenger (champion v{champ} holds: {champ_value:.4f})"
 
 
 def describe(c, name: str, version: str) -> dict[str, Any]:
@@ -180,8 +196,67 @@ def promote(c, name: str, version: str, why: str, who: str | None = None) -> dic
     if ARCHIVED in mv.tags:
         raise ValueError(f"{name} v{version} is archived ({json.loads(mv.tags[ARCHIVED])['why']}): "
                          "not promotable")
-    set_champion(c, name, str(version), who or getpass.getuser(), why)
+    set_champion(c, name, str(version), who or user(), why)
     return describe(c, name, str(version))
+
+
+def user() -> str:
+    """Who acts: the server login (MLFLOW_TRACKING_USERNAME) where there is one, else the OS user."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
+def verdict(tags: dict[str, str]) -> dict[str, str] | None:
+    """A version's recorded verdict ({verdict, who, why, at}), or None."""
+    raw = tags.get(VERDICT)
+    return json.loads(raw) if raw else None
+
+
+def _record_verdict(c, name: str, version: str, what: str, why: str, who: str) -> None:
+    if not why.strip():
+        raise ValueError(f"{what[:-1]} needs a reason: --reason '...' is recorded with the verdict")
+    at = _now()
+    c.set_model_version_tag(name, version, VERDICT, json.dumps({"verdict": what, "who": who, "why": why, "at": at}))
+    desc = c.get_model_version(name, version).description or ""
+    if desc.startswith("# Review:"):  # `review` set it: its verdict line follows the decision
+        line = f"- verdict: {what} by {who} at {at}: {why}"
+        c.update_model_version(name, version, description=re.sub(r"^- verdict: .*$", lambda _: line, desc,
+                                                                 count=1, flags=re.M))
+
+
+def approve(c, name: str, version: str, why: str, who: str | None = None) -> dict[str, Any]:
+    """A person's yes: `version` becomes champion, and who, when and why are recorded on it. On a
+    server with the champion guard, only a promoter's login gets past the alias change; the
+    verdict is recorded only once the crown has moved."""
+    mv = c.get_model_version(name, str(version))
+    if ARCHIVED in mv.tags:
+        raise ValueError(f"{name} v{version} is archived ({json.loads(mv.tags[ARCHIVED])['why']}): not approvable")
+    who = who or user()
+    if not why.strip():
+        raise ValueError("approve needs a reason: --reason '...' is recorded with the verdict")
+    set_champion(c, name, str(version), who, why)
+    _record_verdict(c, name, str(version), "approved", why, who)
+    return describe(c, name, str(version))
+
+
+def reject(c, name: str, version: str, why: str, who: str | None = None) -> dict[str, Any]:
+    """A person's no: recorded on the version (it stays registered and traceable, and `review`
+    moves on to the next version without a verdict). The champion cannot be rejected: roll back
+    or approve another first."""
+    version = str(version)
+    c.get_model_version(name, version)
+    if alias_version(c, name, CHAMPION) == version:
+        raise ValueError(f"{name} v{version} is the champion: approve another version or roll back first")
+    _record_verdict(c, name, version, "rejected", why, who or user())
+    return describe(c, name, version)
+
+
+def awaiting(c, name: str) -> str | None:
+    """The newest version with no verdict recorded that is not archived (a champion the gate crowned
+    included: nobody has said yes to it yet), or None."""
+    for v in sorted(c.search_model_versions(f"name = '{name}'"), key=lambda m: -int(m.version)):
+        if VERDICT not in v.tags and ARCHIVED not in v.tags:
+            return str(v.version)
+    return None
 
 
 def rollback(c, name: str, why: str, who: str | None = None) -> dict[str, Any]:
@@ -196,7 +271,7 @@ def rollback(c, name: str, why: str, who: str | None = None) -> dict[str, Any]:
     previous = hist[-1]
     c.set_registered_model_alias(name, CHAMPION, previous)
     c.set_registered_model_tag(name, HISTORY, ",".join(hist))
-    c.set_model_version_tag(name, previous, "trainyard.rolled_back_by", who or getpass.getuser())
+    c.set_model_version_tag(name, previous, "trainyard.rolled_back_by", who or user())
     c.set_model_version_tag(name, previous, "trainyard.rolled_back_reason", why)
     c.set_model_version_tag(name, previous, "trainyard.rolled_back_at", _now())
     if current:
@@ -216,7 +291,7 @@ def archive(c, name: str, version: str, why: str, who: str | None = None) -> dic
         if str(ver) == version:
             c.delete_registered_model_alias(name, alias)
     c.set_model_version_tag(name, version, ARCHIVED,
-                            json.dumps({"who": who or getpass.getuser(), "why": why, "at": _now()}))
+                            json.dumps({"who": who or user(), "why": why, "at": _now()}))
     return describe(c, name, version)
 
 

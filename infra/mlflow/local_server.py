@@ -1,6 +1,7 @@
 r"""The services of `infra/mlflow/compose.yaml`, started natively on one machine: PostgreSQL
 (Debian's `postgresql` package) as the backend and auth store, and `mlflow server` with the
-basic-auth app and a served artifact store, all on 127.0.0.1. Stopped by process id.
+basic-auth app with a protected `champion` alias (components/tracking/champion_guard.py)
+and a served artifact store, all on 127.0.0.1. Stopped by process id.
 
     eval "$(python infra/mlflow/local_server.py start)"   # exports MLFLOW_TRACKING_URI + admin login
     python infra/mlflow/local_server.py status
@@ -31,7 +32,7 @@ from pathlib import Path
 
 DEFAULT_STATE = Path(".trainyard/mlflow-server.json")
 AUTH_INI = Path(__file__).with_name("basic_auth.ini")  # the compose file mounts the same one
-SERVER_FLAGS = ["--serve-artifacts", "--app-name", "basic-auth"]  # as compose.yaml's command
+SERVER_FLAGS = ["--serve-artifacts", "--app-name", "trainyard-auth"]  # as compose.yaml's command
 BACKEND_SCHEME = "postgresql+psycopg2"
 
 
@@ -83,7 +84,7 @@ def start_postgres(root: Path, timeout_s: float = 60) -> dict:
 
 
 def start(state: Path, timeout_s: float = 180) -> dict:
-    """Start PostgreSQL, then `mlflow server --app-name basic-auth` on it; return the state."""
+    """Start PostgreSQL, then `mlflow server --app-name trainyard-auth` (basic auth, a protected champion) on it; return the state."""
     if state.exists():
         raise SystemExit(f"error: {state} exists: a server is already recorded there; stop it first")
     state.parent.mkdir(parents=True, exist_ok=True)

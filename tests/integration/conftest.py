@@ -223,8 +223,8 @@ class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 (SQLite store, served artifacts) that a test can
     stop and start again on the same port and store."""
 
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, free_port(), None
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        self.root, self.port, self.proc, self.env = root, free_port(), None, env or {}
         root.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -240,7 +240,7 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=project_env())
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=project_env() | self.env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -210,6 +210,63 @@ def test_a_reader_cannot_register_a_model(cluster_project, mlflow_auth, reviewer
     assert after == before  # nothing changed: no version, no alias, no lease left behind
 
 
+def _send(uri: str, method: str, path: str, user: str, password: str, body: dict) -> tuple[int, dict]:
+    """One MLflow REST call with a JSON body; (HTTP status, JSON answer)."""
+    req = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(), method=method,
+                                 headers={"Content-Type": "application/json", "Authorization": "Basic " +
+                                          base64.b64encode(f"{user}:{password}".encode()).decode()})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback test server
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_only_a_promoter_moves_the_champion_on_the_server(cluster_project, mlflow_auth, reviewer):
+    """The server's rule (components/tracking/champion_guard.py, `promoters = admin` in
+    basic_auth.ini): a user who may manage the model may set `challenger` but not touch
+    `champion` (set, delete, delete its version), by REST or by our CLI;
+    the admin (a promoter) approves; a reader still lists."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    project, env, _ = cluster_project
+    uri, admin = mlflow_auth["uri"], (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", admin[0])
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", admin[1])
+        auth = AuthServiceClient(uri)
+        auth.create_user("editor", "editor-pass-1")
+        # MANAGE: basic auth alone would let this user move or delete any alias, version or model
+        auth.grant_user_permission("editor", "registered_model", MODEL, "MANAGE")
+    editor = ("editor", "editor-pass-1")
+    champion = _rest(uri, "registered-models/alias", *admin, name=MODEL, alias="champion")[1]["model_version"]["version"]
+
+    assert _send(uri, "POST", "registered-models/alias", *editor,
+                 {"name": MODEL, "alias": "challenger", "version": champion})[0] == 200
+    for method in ("POST", "DELETE"):
+        status, answer = _send(uri, method, "registered-models/alias", *editor,
+                               {"name": MODEL, "alias": "champion", "version": champion})
+        assert status == 403 and answer["error_code"] == "PERMISSION_DENIED", (status, answer)
+        assert "trainyard champion guard: user 'editor' may not" in answer["message"]
+        assert "only promoters may (admin;" in answer["message"]
+    status, answer = _send(uri, "DELETE", "model-versions/delete", *editor, {"name": MODEL, "version": champion})
+    assert status == 403 and "which holds 'champion'" in answer["message"]
+
+    cli = [sys.executable, "-m", "components.cli.registry"]
+    as_editor = {**env, "MLFLOW_TRACKING_USERNAME": editor[0], "MLFLOW_TRACKING_PASSWORD": editor[1]}
+    p = run_bounded([*cli, "approve", champion, "--reason", "looks fine to me"], project, as_editor, timeout=120)
+    assert p.returncode == 1 and "trainyard champion guard: user 'editor'" in p.stderr, p.stderr[-3000:]
+    tags = _rest(uri, "model-versions/get", *admin, name=MODEL, version=champion)[1]["model_version"].get("tags", [])
+    assert "trainyard.verdict" not in {t["key"] for t in tags}  # refused: nothing recorded
+
+    p = run_bounded([*cli, "approve", champion, "--reason", "read the samples; gain clears min_delta"], project, env,
+                    timeout=120)
+    assert p.returncode == 0 and f"v{champion}: approved by admin" in p.stdout, p.stderr[-3000:]
+    p = run_bounded([*cli, "list"], project, {**env, "MLFLOW_TRACKING_USERNAME": reviewer[0],
+                                              "MLFLOW_TRACKING_PASSWORD": reviewer[1]}, timeout=120)
+    assert p.returncode == 0 and f"champion v{champion}" in p.stdout, p.stderr[-3000:]
+
+
 def test_train_runs_as_a_ray_job_with_the_working_dir_shipped(two_nodes, tmp_path):
     """What a KubeRay RayJob does: the entry point runs on the cluster, the code travels as
     the job's working dir, paths and settings as arguments and runtime-env variables. (A sweep

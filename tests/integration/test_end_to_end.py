@@ -278,6 +278,23 @@ def test_registry_cli_lists_promotes_and_rolls_back(tiny_project):
     assert p.returncode == 1 and "no earlier champion" in p.stderr
 
 
+def test_registry_review_shows_what_a_person_decides_on(tiny_project):
+    """`registry review` on the pipeline's own registry: evaluate's numbers, baselines, lineage and
+    what to look at (per-class accuracy and report files; the char-LM's samples), written to
+    reviews/ and set as the version's description in MLflow."""
+    cli = [sys.executable, "-m", "components.cli.registry"]
+    out = run([*cli, "--workload", "text_classifier", "review", "1"], tiny_project).stdout
+    assert "# Review: text-classifier v1" in out and "| accuracy |" in out and "| tfidf_test_accuracy |" in out
+    assert "Per-class val accuracy:" in out and "| prophets |" in out and "`evaluation/confusion_val.png`" in out
+    assert "rows |" in out and "fine-tuned from | char-lm v" in out
+    report = tiny_project / "reviews/text-classifier/v1.md"
+    assert report.read_text() in out
+    described = _mlflow(tiny_project, "print(c.get_model_version('text-classifier', '1').description)")
+    assert described.strip() == report.read_text().strip()
+    out = run([*cli, "review", "1"], tiny_project).stdout
+    assert "# Review: char-lm v1" in out and "Samples from v1:" in out and "| val_loss |" in out
+
+
 def _serve_and_ask(project, model_uri: str, body: dict) -> dict:
     """Start `mlflow models serve` on a free loopback port, post `body` to /invocations once it
     answers (bounded), stop the server; the reply."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 import torch
@@ -35,7 +37,8 @@ def _model(tmp_path, seed: int):
     return path
 
 
-def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, floor=None, min_delta=0.0):
+def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, floor=None, min_delta=0.0,
+              require_approval=False, lineage=None):
     from components.data.parquet import file_sha256
 
     path = _model(tmp_path, seed)
@@ -51,7 +54,8 @@ def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, flo
 
     return registry.register(c, name=NAME, model_sha256=file_sha256(path), log_model=log_model, run_id=run_id,
                              metric="val_loss", value=value, mode="min", val_data_md5=val_md5,
-                             lineage={"trainyard.arch": "lstm"}, rescore=rescore, floor=floor, min_delta=min_delta)
+                             lineage=lineage or {"trainyard.arch": "lstm"}, rescore=rescore, floor=floor,
+                             min_delta=min_delta, require_approval=require_approval)
 
 
 def test_a_model_that_does_not_beat_the_baseline_is_never_crowned(store, tmp_path):
@@ -186,3 +190,136 @@ def test_two_registrations_deciding_at_once_crown_the_better(store, tmp_path, mo
     assert {out[1]["version"], out[2]["version"]} == {"1", "2"}
     assert registry.alias_version(c, NAME, registry.CHAMPION) == out[1]["version"]  # the lower val_loss
     assert "trainyard.lease" not in c.get_registered_model(NAME).tags
+
+
+def _evaluated(c, exp, tmp_path, seed, value, **kw):
+    """A version registered as the pipeline does it, with what evaluate logs on its run: the eval_
+    numbers, eval.json and samples.txt (what `review` reads)."""
+    lineage = {"trainyard.arch": "lstm", "trainyard.git_commit": f"{seed:040d}",
+               "trainyard.params": json.dumps({"lr": 0.01 * seed, "bptt": 64}),
+               "trainyard.data.data/x/val.parquet": f"md5-{seed}",
+               registry.ROWS: json.dumps({"data/x/val.parquet": 100 * seed})}
+    out = _register(c, exp, tmp_path, seed, value, lineage=lineage, **kw)
+    run_id = c.get_model_version(NAME, out["version"]).run_id
+    c.set_model_version_tag(NAME, out["version"], "trainyard.train_run_id", run_id)
+    for k, v in {"val_loss": value, "test_loss": value + 0.01, "baseline_bigram_val_loss": 2.4}.items():
+        c.log_metric(run_id, f"eval_{k}", v)
+    c.log_metric(run_id, "train_s", 12.5 * seed)
+    c.log_dict(run_id, {"val_loss": value}, "evaluation/eval.json")
+    c.log_text(run_id, f"ROMEO: sample of model {seed}\n", "evaluation/samples.txt")
+    return out
+
+
+def test_with_require_approval_only_an_approval_crowns_and_review_shows_both_sides(store, tmp_path):
+    from components.tracking import review
+
+    c, exp = store
+    v1 = _evaluated(c, exp, tmp_path, 1, 1.60)["version"]
+    held = _evaluated(c, exp, tmp_path, 2, 1.50, require_approval=True)
+    assert held["aliases"] == ["challenger"] and held["champion_version"] == v1  # the gate would crown; it waits
+    assert "awaiting approval" in held["decision"] and json.loads(held["tags"][registry.GATE])["crown"] is True
+    new, champ = review.gather(c, NAME, None)  # the newest version without a verdict
+    assert (new.version, champ.version) == (held["version"], v1)
+    text = review.render(NAME, new, champ, metric="val_loss", mode="min", min_delta=0.05)
+    assert "1.5000 against 1.6000: gain +0.1000; register.min_delta 0.05: **clears**" in text
+    assert "automatic gate at register: would crown" in text and "verdict: none yet" in text
+    assert "| val_loss | 1.5000 | 1.6000 | -0.1000 |" in text and "| training seconds | 25.0000 | 12.5000 |" in text
+    assert "md5 md5-2, 200 rows | md5 md5-1, 100 rows" in text and "`lr`: 0.01 -> 0.02" in text
+    assert "ROMEO: sample of model 2" in text and "ROMEO: sample of model 1" in text
+    out = review.publish(c, NAME, new, text, tmp_path / "reviews" / "v2.md")
+    assert out.read_text() == text == c.get_model_version(NAME, new.version).description
+    assert "review/v2.md" in [a.path for a in c.list_artifacts(c.get_model_version(NAME, "2").run_id, "review")]
+
+    with pytest.raises(ValueError, match="needs a reason"):
+        registry.approve(c, NAME, held["version"], "  ")
+    approved = registry.approve(c, NAME, held["version"], "samples read better; gain clears min_delta", who="ana")
+    assert approved["aliases"] == ["challenger", "champion"]
+    assert registry.verdict(approved["tags"]) | {"at": "-"} == {
+        "verdict": "approved", "who": "ana", "why": "samples read better; gain clears min_delta", "at": "-"}
+    assert approved["tags"]["trainyard.promoted_by"] == "ana"
+
+    worse = _evaluated(c, exp, tmp_path, 3, 1.70, require_approval=True)
+    assert "champion v2 holds" in worse["decision"] and worse["champion_version"] == held["version"]
+    with pytest.raises(ValueError, match="is the champion"):
+        registry.reject(c, NAME, held["version"], "no")
+    registry.reject(c, NAME, worse["version"], "worse on val", who="bo")
+    assert registry.awaiting(c, NAME) == v1  # the gate crowned it once; nobody has said yes or no to it
+    registry.reject(c, NAME, v1, "superseded by v2", who="bo")
+    assert registry.awaiting(c, NAME) is None
+    with pytest.raises(ValueError, match="no version awaits a verdict"):
+        review.gather(c, NAME, None)
+
+
+def _deploy_hook():
+    import importlib.util
+
+    from tests.integration.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("deploy_hook", REPO / "infra/mlflow/deploy_hook.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_champion_change_reaches_a_signed_webhook_that_deploys_it(tmp_path, monkeypatch):
+    """README's commands: the receiver of infra/mlflow/deploy_hook.py, `registry hook` on a real
+    server; the server signs each alias event, the receiver checks it, deploys on `champion`
+    only, and refuses a forgery."""
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.integration.conftest import (
+        REPO,
+        MlflowServer,
+        free_port,
+        project_env,
+        run_bounded,
+        wait_for,
+    )
+
+    hook, secret = _deploy_hook(), "a-secret-only-the-test-knows"
+    log, deployed, port = tmp_path / "deliveries.jsonl", tmp_path / "deployed.txt", free_port()
+    env = project_env() | {"HOOK_SECRET": secret}
+    receiver = subprocess.Popen(
+        [sys.executable, str(REPO / "infra/mlflow/deploy_hook.py"), "--port", str(port), "--secret-env", "HOOK_SECRET",
+         "--log", str(log), "--run", f'echo "$MODEL_NAME $MODEL_VERSION $MODEL_URI" >> {deployed}'],
+        env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    # loopback is a private address: the server must be told it may call it (and over http)
+    server = MlflowServer(tmp_path / "server", env={"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+                                                    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true"})
+    try:
+        assert "listening on" in receiver.stdout.readline()
+        server.start()
+        env["MLFLOW_TRACKING_URI"] = server.uri
+        p = run_bounded([sys.executable, "-m", "components.cli.registry", "--name", NAME, "hook",
+                         f"http://127.0.0.1:{port}/", "--secret-env", "HOOK_SECRET"], REPO, env, timeout=120)
+        assert p.returncode == 0 and "hears alias changes of" in p.stdout, p.stderr[-3000:]
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        c = connect(tracking_uri()).client
+        v1 = _register(c, runs.experiment_id(c, "char_lm"), tmp_path, 1, 2.0)  # challenger, then champion
+        assert v1["aliases"] == ["challenger", "champion"]
+        want = [NAME, v1["version"], f"models:/{NAME}/{v1['version']}"]
+        wait_for(lambda: deployed.exists() and deployed.read_text().strip(), 60, "the deployment the webhook runs")
+        assert deployed.read_text().split() == want
+        records = wait_for(lambda: len(log.read_text().splitlines()) >= 2 and log.read_text().splitlines(), 30,
+                           "both alias deliveries")
+        seen = sorted((r["data"]["alias"], r["refused"], r["deploy"]) for r in map(json.loads, records))
+        assert seen == [("challenger", None, False), ("champion", None, True)]
+
+        body = json.dumps({"entity": "model_version_alias", "action": "created",
+                           "data": {"name": NAME, "alias": "champion", "version": "9"}}).encode()
+        stamp = str(int(time.time()))
+        forged = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, method="POST", headers={
+            "X-MLflow-Delivery-Id": "x", "X-MLflow-Timestamp": stamp,
+            "X-MLflow-Signature": hook.signature("not-the-secret", "x", stamp, body)})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(forged, timeout=10)  # noqa: S310 - loopback
+        assert err.value.code == 401 and err.value.read() == b"bad signature"
+        assert deployed.read_text().split() == want  # nothing deployed for it
+    finally:
+        server.kill()
+        receiver.kill()
+        receiver.wait(10)

@@ -161,8 +161,23 @@ def test_mlflow_compose_has_postgres_object_store_and_auth():
     assert {"postgres", "minio", "mlflow"} <= set(svc)
     cmd = svc["mlflow"]["command"]
     assert "--backend-store-uri postgresql+psycopg2://" in cmd and "--serve-artifacts" in cmd
-    assert "--app-name basic-auth" in cmd
+    assert "--app-name trainyard-auth" in cmd  # basic auth with the protected champion
     assert all(p.startswith("127.0.0.1:") for s in svc.values() for p in s.get("ports", []))
+
+
+def test_the_server_app_is_an_installed_mlflow_app_with_promoters_configured(repo):
+    """`--app-name trainyard-auth` resolves through pyproject's entry point, to a factory, and
+    the shared auth config names who may move `@champion`."""
+    import configparser
+    import tomllib
+    from importlib.metadata import entry_points
+
+    declared = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["entry-points"]["mlflow.app"]
+    installed = {e.name: e.value for e in entry_points(group="mlflow.app")}
+    assert installed["trainyard-auth"] == declared["trainyard-auth"] == "components.tracking.champion_guard:create_app"
+    cfg = configparser.ConfigParser()
+    cfg.read(repo / "infra/mlflow/basic_auth.ini")
+    assert cfg.get("trainyard", "promoters").strip()
 
 
 def test_dvc_stages_match_pipeline_entry_points(repo):
