@@ -97,7 +97,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # 1. this worker's rows only
     itos = data["encoder"]["vocab"]
     x_train, y_train = load_shard(data["train_uri"], data["n_train"], rank, world, itos)
-    x_val, y_val = load_shard(data["val_uri"], data["n_val"], rank, world, itos)
+    # val's rows are shuffled at prepare: its first rows are a random sample
+    n_val = min(data["n_val"], tp.get("val_passages") or data["n_val"])
+    x_val, y_val = load_shard(data["val_uri"], n_val, rank, world, itos)
     bs_local = tp["bs"] // world
     plan = plan_steps(tp, math.ceil(math.ceil(data["n_train"] / world) / bs_local))
 
