@@ -138,6 +138,11 @@ class Writer:
             self.c.set_terminated(e["run_id"], status=e["status"], end_time=e["time"])
         elif e["op"] == "tag":
             self.c.set_tag(e["run_id"], e["key"], e["value"])
+        elif e["op"] == "sample":  # one system-metrics sample (components/tracking/monitor.py)
+            from mlflow.entities import Metric
+
+            self.c.log_batch(e["run_id"], metrics=[Metric(k, float(v), e["time"], e["step"])
+                                                   for k, v in e["values"].items()])
         else:
             raise ValueError(f"unknown journal entry {e['op']!r}")
 
@@ -155,15 +160,32 @@ class Writer:
         entry = {"time": int(time.time() * 1000), **entry}
         if server_answers(self.uri):
             self.flush()
-            if not self.journal.path.exists():
-                try:
-                    self._send({**entry, "file": str(file)} if file else entry)
-                    return True
-                except Exception as err:  # noqa: BLE001 - any failure to send is queued, not lost
-                    if not _unreachable(err):
-                        raise
+            if not self.journal.path.exists() and self._send_waiting_out_a_busy_store(
+                    {**entry, "file": str(file)} if file else entry):
+                return True
         self.journal.append(entry, file)
         return False
+
+    def _send_waiting_out_a_busy_store(self, entry: dict[str, Any]) -> bool:
+        """Send; a store busy with another writer (SQLite's lock held by `mlflow ui`, a second
+        stage, a queued experiment) is retried for `TRAINYARD_MLFLOW_BUSY_S` (default 30 s),
+        then treated as an outage: False, and the caller journals the write."""
+        deadline = time.monotonic() + float(os.environ.get("TRAINYARD_MLFLOW_BUSY_S", "30"))
+        while True:
+            try:
+                self._send(entry)
+                return True
+            except Exception as err:  # noqa: BLE001 - any failure to send is queued, not lost
+                if _busy(err) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                if _busy(err):
+                    print(f"[mlflow] the tracking store {self.uri} stayed busy (another writer holds its lock): "
+                          f"writes go to {self.journal.path} until it is free", flush=True)
+                    return False
+                if _unreachable(err):
+                    return False
+                raise
 
     def settle(self, grace_s: float | None = None) -> bool:
         """At the end of a stage: if writes are queued, give a restarting server up to `grace_s`
@@ -192,6 +214,11 @@ class Writer:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> bool:
         return self.write({"op": "terminate", "run_id": run_id, "status": status})
+
+
+def _busy(err: BaseException) -> bool:
+    """Whether an MLflow client error means "the store is locked by another writer"."""
+    return "database is locked" in f"{err}"
 
 
 def _unreachable(err: BaseException) -> bool:

@@ -130,24 +130,6 @@ def _parquet_rows(path: Path) -> int | None:
         return None
 
 
-def system_metrics(run_id: str, uri: str, interval_s: float = 2.0):
-    """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU utilisation and memory
-    where one is present) on this run, sampled every `interval_s`; `.finish()` it at the end.
-    None when it cannot start (system metrics are a view, never a reason to fail a run)."""
-    import logging
-
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # "Started monitoring..."
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        mon = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=uri)
-        mon.start()
-        return mon
-    except Exception as err:  # noqa: BLE001
-        print(f"[mlflow] system metrics off: {err}", flush=True)
-        return None
-
-
 def log_params(c, run_id: str, params: dict[str, Any]) -> None:
     """Log params once; a re-run with the same key carries the same values."""
     from mlflow.entities import Param

@@ -12,6 +12,7 @@ from typing import Any
 from components.tracking import runs
 from components.tracking.journal import Writer
 from components.tracking.live import LiveMetrics
+from components.tracking.monitor import system_metrics
 from components.tracking.server import artifact_root, check_login, check_tracking
 
 
@@ -80,7 +81,7 @@ def stage_run(t: Tracking, experiment: str, run_key: str, run_name: str, tags: d
     if datasets:
         runs.log_datasets(t.client, run_id, datasets[0], datasets[1], experiment)
     writer = Writer(t.uri)
-    monitor = runs.system_metrics(run_id, t.uri)
+    monitor = system_metrics(run_id, writer)
     try:
         yield StageRun(run_id, writer, LiveMetrics(writer, run_id, live_keys))
     except BaseException:

@@ -348,6 +348,7 @@ def test_mlflow_models_serve_answers_passages_with_a_genre(tiny_project):
     assert row["genre"] in classes and 0 < row["probability"] <= 1
 
 
+@pytest.mark.changes  # a user's change (the architecture) replayed through train and register: 30 s
 def test_gru_trains_and_registers_under_the_same_name(tiny_project):
     # a short run: what is checked is the architecture's path through train, evaluate and register
     with edited_params(tiny_project, lambda p: p["char_lm"]["train"].update(arch="gru", steps_per_epoch=30)), \

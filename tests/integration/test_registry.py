@@ -261,6 +261,7 @@ def _deploy_hook():
     return mod
 
 
+@pytest.mark.cluster  # a real server and a receiver, services of their own
 def test_a_champion_change_reaches_a_signed_webhook_that_deploys_it(tmp_path, monkeypatch):
     """README's commands: the receiver of infra/mlflow/deploy_hook.py, `registry hook` on a real
     server; the server signs each alias event, the receiver checks it, deploys on `champion`

@@ -95,3 +95,74 @@ def test_a_refused_write_is_explained_naming_the_user(monkeypatch):
     assert line.startswith("MLFLOW_TRACKING_URI=http://127.0.0.1:5000: user 'reviewer' may not do this")
     assert "PERMISSION_DENIED" in line
     assert denied(MlflowException("other"), "x") is None and denied(ValueError("x"), "x") is None
+
+
+def test_system_metrics_back_off_from_a_dead_server_and_keep_every_sample(tmp_path, monkeypatch):
+    """While the server is away, samples go to the journal and the server is asked with
+    back-off (after 1, 2, 4, ... intervals), not on every sample; once it answers, the journal
+    goes first and the sample after it straight through."""
+    from components.tracking import journal
+    from components.tracking.monitor import SystemMonitor
+
+    class Probe:  # MLflow's probe interface, without reading the machine
+        def collect_metrics(self):
+            pass
+
+        def aggregate_metrics(self):
+            return {"cpu_utilization_percentage": 50.0}
+
+        def clear_metrics(self):
+            pass
+
+    up = {"now": False}
+    asked = []
+
+    def answers(uri):
+        asked.append(uri)
+        return up["now"]
+
+    monkeypatch.setattr(journal, "server_answers", answers)
+    w = Writer("http://127.0.0.1:9", Journal(tmp_path / "j.jsonl"))
+    sent = []
+    monkeypatch.setattr(w, "_send", sent.append)
+    clock = {"t": 0.0}
+    monkeypatch.setattr("components.tracking.monitor.time.monotonic", lambda: clock["t"])
+    mon = SystemMonitor("run1", w, interval_s=1.0, max_backoff_s=8.0, step=5, probes=[Probe()])
+    for _ in range(30):  # 30 samples, one a second, the server down all along
+        mon.tick()
+        clock["t"] += 1.0
+    assert mon.journaled == 30 and len(w.journal) == 30 and not sent
+    assert mon.server_calls == len(asked) == 6  # at 0, 1, 3, 7, 15, 23 s: not 30 calls
+    assert [e["step"] for e in w.journal.entries()] == list(range(5, 35))
+    assert w.journal.entries()[0]["values"] == {"system/cpu_utilization_percentage": 50.0}
+    up["now"] = True
+    clock["t"] += 8.0
+    mon.tick()
+    assert [e["step"] for e in sent] == list(range(5, 36)) and not w.journal.path.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.faults  # ~25 s: each of the write's queries waits out SQLite's own busy timeout first
+def test_a_busy_sqlite_store_is_waited_out_then_journaled_never_a_failed_stage(tmp_path, monkeypatch):
+    """Another writer holds the SQLite store's lock (as `mlflow ui`, a second stage or a queued
+    experiment can): the write waits `TRAINYARD_MLFLOW_BUSY_S`, then goes to the journal; once the
+    lock is free the journal is sent."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(tracking_uri=uri)
+    run_id = c.create_run(c.create_experiment("busy")).info.run_id
+    monkeypatch.setenv("TRAINYARD_MLFLOW_BUSY_S", "1")
+    w = Writer(uri, Journal(tmp_path / "j.jsonl"))
+    holder = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")  # the other writer
+    try:
+        assert w.log_history(run_id, [{"epoch": 1, "val_loss": 2.0}]) is False
+        assert [e["op"] for e in w.journal.entries()] == ["metrics"]
+    finally:
+        holder.rollback()
+        holder.close()
+    assert w.flush() == 1 and not w.journal.path.exists()
+    assert [m.value for m in c.get_metric_history(run_id, "val_loss")] == [2.0]
