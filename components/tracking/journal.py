@@ -126,7 +126,7 @@ class Writer:
 
         _quick_http_failures()
         self.uri = uri
-        self.journal = journal or Journal(journal_path(uri))
+        self.journal = journal if journal is not None else Journal(journal_path(uri))  # an empty one is falsy
         self.c = MlflowClient(tracking_uri=uri)
 
     def _send(self, e: dict[str, Any]) -> None:

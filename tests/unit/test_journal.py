@@ -166,3 +166,10 @@ def test_a_busy_sqlite_store_is_waited_out_then_journaled_never_a_failed_stage(t
         holder.close()
     assert w.flush() == 1 and not w.journal.path.exists()
     assert [m.value for m in c.get_metric_history(run_id, "val_loss")] == [2.0]
+
+
+def test_a_writer_keeps_the_journal_it_is_given_even_an_empty_one(tmp_path):
+    """An empty journal is falsy (it has a length): `journal or default` once swapped it for the
+    shared journal of the URI in the local state folder, where tests left entries behind."""
+    j = Journal(tmp_path / "j.jsonl")
+    assert len(j) == 0 and Writer("http://127.0.0.1:9", j).journal is j
