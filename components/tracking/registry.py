@@ -250,6 +250,16 @@ def reject(c, name: str, version: str, why: str, who: str | None = None) -> dict
     return describe(c, name, version)
 
 
+def replaced(c, name: str, version: str) -> str | None:
+    """The champion `version` took the crown from (its entry before `version`'s last one in the
+    champion history), or None."""
+    hist = _history(c, name)
+    if str(version) not in hist:
+        return None
+    i = len(hist) - 1 - hist[::-1].index(str(version))
+    return hist[i - 1] if i > 0 else None
+
+
 def awaiting(c, name: str) -> str | None:
     """The newest version with no verdict recorded that is not archived (a champion the gate crowned
     included: nobody has said yes to it yet), or None."""

@@ -61,7 +61,9 @@ def gather(c, name: str, version: str | None) -> tuple[Side, Side | None]:
         raise ValueError(f"{name}: no version awaits a verdict (each is approved, rejected or archived); "
                          "name one: `registry review VERSION`")
     champ = registry.alias_version(c, name, registry.CHAMPION)
-    return _side(c, name, version), (_side(c, name, champ) if champ and champ != str(version) else None)
+    if champ == str(version):  # a champion under review: beside the one it replaced
+        champ = registry.replaced(c, name, version)
+    return _side(c, name, version), (_side(c, name, champ) if champ else None)
 
 
 def _num(v: Any) -> str:
@@ -74,10 +76,11 @@ def _gain(new: float, old: float, mode: str) -> float:
 
 def render(name: str, new: Side, champ: Side | None, *, metric: str, mode: str, min_delta: float) -> str:
     """The review as Markdown."""
-    if champ:
+    if registry.CHAMPION in new.aliases:
+        title = (f"v{new.version}, the champion (crowned by {new.tags.get('trainyard.promoted_by', '-')})"
+                 + (f", against v{champ.version}, the champion it replaced" if champ else ""))
+    elif champ:
         title = f"v{new.version} (challenger) against v{champ.version} (champion)"
-    elif registry.CHAMPION in new.aliases:
-        title = f"v{new.version}, the champion (crowned by {new.tags.get('trainyard.promoted_by', '-')})"
     else:
         title = f"v{new.version} (challenger); no champion yet"
     lines = [f"# Review: {name} {title}", ""]
@@ -121,8 +124,7 @@ def render(name: str, new: Side, champ: Side | None, *, metric: str, mode: str, 
             "training seconds": [_num(s.train_s) for s in sides],
             "training run": [s.tags.get("trainyard.train_run_id", "-") for s in sides]}
     for path in sorted({p for s in sides for p in registry.data_digests(s.tags)}):
-        rows[f"data {path}"] = [f"md5 {registry.data_digests(s.tags).get(path, '-')[:12]}, "
-                                f"{json.loads(s.tags.get(registry.ROWS, '{}')).get(path, '?')} rows" for s in sides]
+        rows[f"data {path}"] = [_data_cell(s.tags, path) for s in sides]
     if any(registry.BASE_MD5_TAG in s.tags for s in sides):
         rows["fine-tuned from"] = [s.tags.get("trainyard.base.version", "-") for s in sides]
     lines += [f"| {k} | " + " | ".join(str(x) for x in v) + " |" for k, v in rows.items()]
@@ -133,6 +135,12 @@ def render(name: str, new: Side, champ: Side | None, *, metric: str, mode: str, 
                   or ["- none: the same train params"])
     lines += _look_at(new, champ)
     return "\n".join(lines) + "\n"
+
+
+def _data_cell(tags: dict[str, str], path: str) -> str:
+    md5 = registry.data_digests(tags).get(path, "-")[:12]
+    n = json.loads(tags.get(registry.ROWS, "{}")).get(path)
+    return f"md5 {md5}" + (f", {n} rows" if n is not None else "")
 
 
 def _look_at(new: Side, champ: Side | None) -> list[str]:

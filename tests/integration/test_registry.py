@@ -237,6 +237,9 @@ def test_with_require_approval_only_an_approval_crowns_and_review_shows_both_sid
     assert registry.verdict(approved["tags"]) | {"at": "-"} == {
         "verdict": "approved", "who": "ana", "why": "samples read better; gain clears min_delta", "at": "-"}
     assert approved["tags"]["trainyard.promoted_by"] == "ana"
+    new, champ = review.gather(c, NAME, held["version"])  # a champion under review: beside the one it replaced
+    assert champ.version == v1 and "the champion (crowned by ana), against v1, the champion it replaced" in review.render(
+        NAME, new, champ, metric="val_loss", mode="min", min_delta=0.0)
 
     worse = _evaluated(c, exp, tmp_path, 3, 1.70, require_approval=True)
     assert "champion v2 holds" in worse["decision"] and worse["champion_version"] == held["version"]
