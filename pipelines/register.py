@@ -16,6 +16,7 @@ from components import timings
 from components.cli.entry import main, paths, workload
 from components.data.parquet import file_md5, file_sha256, parquet_rows, read_json, write_json
 from components.tracking import registry, runs
+from components.tracking.server import TrackingError
 from components.tracking.session import connect
 from components.workloads.base import Workload
 
@@ -68,7 +69,12 @@ def _rescore(rescore_file):
 def run(args: argparse.Namespace) -> None:
     w, p = workload(args)
     reg = p.register_
-    t = connect(args.tracking_uri)
+    try:
+        t = connect(args.tracking_uri)
+    except TrackingError as err:
+        raise TrackingError(f"{err}: register cannot read {reg.model_name}@champion, so it registers and crowns "
+                            "nothing; run it again when the server answers (what earlier stages journaled "
+                            "is sent first)") from None
     data_dir, model_file = Path(args.data), Path(args.model)
     eval_metrics, train_run = read_json(args.eval), runs.train_run_id(args.model, args.train_run)
     if reg.metric not in eval_metrics:

@@ -138,7 +138,9 @@ class Writer:
             self.c.set_terminated(e["run_id"], status=e["status"], end_time=e["time"])
         elif e["op"] == "tag":
             self.c.set_tag(e["run_id"], e["key"], e["value"])
-        elif e["op"] == "sample":  # one system-metrics sample (components/tracking/monitor.py)
+        elif e["op"] == "datasets":
+            runs.log_dataset_entries(self.c, e["run_id"], e["entries"])
+        elif e["op"] == "sample":  # values at one step: a system-metrics sample, evaluate's numbers
             from mlflow.entities import Metric
 
             self.c.log_batch(e["run_id"], metrics=[Metric(k, float(v), e["time"], e["step"])

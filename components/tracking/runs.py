@@ -102,23 +102,35 @@ def start_run(c, exp_id: str, run_key: str, run_name: str, tags: dict[str, str] 
     return run.info.run_id
 
 
-def log_datasets(c, run_id: str, data_dir: str | Path, files: dict[str, str], name: str) -> None:
-    """Log data files as the run's dataset inputs, each named `<name>/<file stem>` with its DVC
-    digest (the md5 `dvc.lock` records) and `files[file]` as its context (training, validation,
-    testing). MLflow keeps one input per dataset and context, so a resumed run logs nothing twice."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
+def dataset_entries(data_dir: str | Path, files: dict[str, str], name: str) -> list[dict[str, Any]]:
+    """The dataset inputs of data files, measured now: each named `<name>/<file stem>` with its
+    DVC digest (the md5 `dvc.lock` records), its rows, and `files[file]` as its context."""
     from components.data.parquet import file_md5
 
-    inputs = []
+    out = []
     for f, context in files.items():
         path = Path(data_dir) / f
         rows, md5 = _parquet_rows(path), file_md5(path)
-        ds = Dataset(name=f"{name}/{path.stem}", digest=md5, source_type="dvc",
-                     source=json.dumps({"path": str(path), "md5": md5}),
-                     profile=json.dumps({"num_rows": rows}) if rows is not None else None)
-        inputs.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)]))
-    c.log_inputs(run_id, datasets=inputs)
+        out.append({"name": f"{name}/{path.stem}", "digest": md5, "context": context,
+                    "source": json.dumps({"path": str(path), "md5": md5}),
+                    "profile": json.dumps({"num_rows": rows}) if rows is not None else None})
+    return out
+
+
+def log_dataset_entries(c, run_id: str, entries: list[dict[str, Any]]) -> None:
+    """Log `dataset_entries` as the run's inputs. MLflow keeps one input per dataset and
+    context, so a resumed run (or a replayed journal) logs nothing twice."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    c.log_inputs(run_id, datasets=[
+        DatasetInput(Dataset(name=e["name"], digest=e["digest"], source_type="dvc", source=e["source"],
+                             profile=e["profile"]), tags=[InputTag("mlflow.data.context", e["context"])])
+        for e in entries])
+
+
+def log_datasets(c, run_id: str, data_dir: str | Path, files: dict[str, str], name: str) -> None:
+    """Log data files as the run's dataset inputs (`dataset_entries`, then `log_dataset_entries`)."""
+    log_dataset_entries(c, run_id, dataset_entries(data_dir, files, name))
 
 
 def _parquet_rows(path: Path) -> int | None:

@@ -13,7 +13,7 @@ from components.tracking import runs
 from components.tracking.journal import Writer
 from components.tracking.live import LiveMetrics
 from components.tracking.monitor import system_metrics
-from components.tracking.server import artifact_root, check_login, check_tracking
+from components.tracking.server import TrackingError, artifact_root, check_login, check_tracking
 
 
 @dataclass(frozen=True)
@@ -28,17 +28,27 @@ class Tracking:
         return runs.experiment_id(self.client, name, artifact_root(self.uri))
 
 
-def connect(uri: str) -> Tracking:
+def connect(uri: str, outage_ok: bool = False) -> Tracking:
     """Check that the server at `uri` answers and takes our login (fails before any compute),
     send what the journal kept while it was down, and return a client on it. MLflow's fluent
-    API (`mlflow.start_run`, used to log models) is pointed at `uri` too."""
+    API (`mlflow.start_run`, used to log models) is pointed at `uri` too. `outage_ok`: a stage
+    that only writes to runs that exist (evaluate) goes on when no server answers, its writes
+    journaled; a refused login still stops it."""
     import mlflow
     from mlflow import MlflowClient
 
     from components.cluster.connect import quiet_loggers
 
     quiet_loggers()  # its loggers exist now: filter them as the stage's start did Ray's
-    check_tracking(uri)
+    try:
+        check_tracking(uri)
+    except TrackingError as err:
+        if not outage_ok or "no MLflow server answers" not in str(err):
+            raise
+        print(f"[mlflow] {err}: this stage goes on; its MLflow writes wait in the journal and are sent "
+              "when a stage starts with the server back", flush=True)
+        mlflow.set_tracking_uri(uri)
+        return Tracking(uri, MlflowClient(tracking_uri=uri, registry_uri=uri))
     check_login(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

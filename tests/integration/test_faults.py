@@ -288,24 +288,45 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, log.read_text()[-4000:]
     assert (tmp_path / "b/model.pt").exists() and "writes kept in" in log.read_text()
-    assert _journal_entries(store) >= 3  # some epochs after the first, then the artifact and the status
-    server.start()
+    kept = _journal_entries(store)
+    assert kept >= 3  # some epochs after the first, then the artifact and the status
+
+    # C: still down. evaluate scores and publishes, its writes join the journal; register
+    # refuses to crown anything, saying why, and leaves no output
     out = tmp_path / "b"
+    env = {**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store),
+           "TRAINYARD_MLFLOW_GRACE_S": "1"}
     ev = subprocess.run([sys.executable, "-m", "pipelines.evaluate", "--workload", "char_lm",
                          "--data", "data/char_lm/normalized", "--params", str(out / "params.yaml"),
                          "--model", str(out / "model.pt"),
                          "--metrics", str(out / "eval.json"), "--reports", str(out / "reports")],
-                        cwd=project, capture_output=True, text=True, timeout=600,
-                        env={**project_env(), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store)})
+                        cwd=project, capture_output=True, text=True, timeout=600, env=env)
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
-    assert "writes kept while" in ev.stdout
+    assert "no MLflow server answers" in ev.stdout and (out / "eval.json").exists()
+    assert _journal_entries(store) >= kept + 4  # the numbers, samples.txt, eval.json, the test split
+    register = [sys.executable, "-m", "pipelines.register", "--workload", "char_lm", "--params", str(out / "params.yaml"),
+                "--model", str(out / "model.pt"), "--eval", str(out / "eval.json"),
+                "--data", "data/char_lm/normalized", "--out", str(out / "registered.json")]
+    rg = subprocess.run(register, cwd=project, capture_output=True, text=True, timeout=600, env=env)
+    assert rg.returncode == 1 and "register cannot read char-lm@champion, so it registers and crowns nothing" \
+        in rg.stderr, rg.stdout[-3000:] + rg.stderr[-3000:]
+    assert not (out / "registered.json").exists()
+
+    # D: the server is back: the next stage sends everything kept, in order, then does its work
+    server.start()
+    rg = subprocess.run(register, cwd=project, capture_output=True, text=True, timeout=600, env=env)
+    assert rg.returncode == 0, rg.stdout[-3000:] + rg.stderr[-3000:]
+    assert "writes kept while" in rg.stdout
     assert _val_steps(server, run_id) == [1, 2, 3, 4, 5, 6]
     assert _journal_entries(store) == 0
     from mlflow import MlflowClient
 
-    run = MlflowClient(server.uri).get_run(run_id)
-    assert run.info.status == "FINISHED"
-    assert "curve.csv" in [a.path for a in MlflowClient(server.uri).list_artifacts(run_id)]
+    c = MlflowClient(server.uri)
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED" and "eval_val_loss" in run.data.metrics
+    assert {"testing"} <= {t.value for i in run.inputs.dataset_inputs for t in i.tags}
+    assert "curve.csv" in [a.path for a in c.list_artifacts(run_id)]
+    assert {"evaluation/eval.json", "evaluation/samples.txt"} <= {a.path for a in c.list_artifacts(run_id, "evaluation")}
 
 
 # --- two pipelines register the same model name at the same moment ---
