@@ -57,9 +57,7 @@ def _log(writer: Writer, run_id: str, metrics: dict, reports: Path, data: str, w
         writer.log_artifact(run_id, Path(d) / "eval.json", "evaluation")
     writer.write({"op": "datasets", "run_id": run_id,
                   "entries": runs.dataset_entries(data, {"test.parquet": "testing"}, workload)})
-    if not writer.settle():
-        print(f"[mlflow] {writer.uri} is down: {len(writer.journal)} writes kept in {writer.journal.path}; "
-              "they are sent when the next stage starts with the server back", flush=True)
+    writer.settle_or_report()
 
 
 if __name__ == "__main__":

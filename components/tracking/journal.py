@@ -208,6 +208,14 @@ class Writer:
                 return False
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
+    def settle_or_report(self) -> bool:
+        """`settle`, and when writes are still queued say so in one line; True when none are."""
+        if self.settle():
+            return True
+        print(f"[mlflow] {self.uri} is down: {len(self.journal)} writes kept in {self.journal.path}; "
+              "they are sent when the next stage starts with the server back", flush=True)
+        return False
+
     def log_history(self, run_id: str, rows: list[dict[str, Any]], step_key: str = "epoch") -> bool:
         return self.write({"op": "metrics", "run_id": run_id, "rows": rows, "step_key": step_key})
 

@@ -211,9 +211,13 @@ def verdict(tags: dict[str, str]) -> dict[str, str] | None:
     return json.loads(raw) if raw else None
 
 
-def _record_verdict(c, name: str, version: str, what: str, why: str, who: str) -> None:
+def _need_reason(what: str, why: str) -> None:
     if not why.strip():
         raise ValueError(f"{what[:-1]} needs a reason: --reason '...' is recorded with the verdict")
+
+
+def _record_verdict(c, name: str, version: str, what: str, why: str, who: str) -> None:
+    _need_reason(what, why)
     at = _now()
     c.set_model_version_tag(name, version, VERDICT, json.dumps({"verdict": what, "who": who, "why": why, "at": at}))
     desc = c.get_model_version(name, version).description or ""
@@ -231,8 +235,7 @@ def approve(c, name: str, version: str, why: str, who: str | None = None) -> dic
     if ARCHIVED in mv.tags:
         raise ValueError(f"{name} v{version} is archived ({json.loads(mv.tags[ARCHIVED])['why']}): not approvable")
     who = who or user()
-    if not why.strip():
-        raise ValueError("approve needs a reason: --reason '...' is recorded with the verdict")
+    _need_reason("approved", why)  # before the crown moves
     set_champion(c, name, str(version), who, why)
     _record_verdict(c, name, str(version), "approved", why, who)
     return describe(c, name, str(version))

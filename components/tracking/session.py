@@ -101,6 +101,4 @@ def stage_run(t: Tracking, experiment: str, run_key: str, run_name: str, tags: d
         if monitor is not None:
             monitor.finish()
     writer.finish(run_id)
-    if not writer.settle():
-        print(f"[mlflow] {writer.uri} is down: {len(writer.journal)} writes kept in {writer.journal.path}; "
-              "they are sent when the next stage starts with the server back", flush=True)
+    writer.settle_or_report()

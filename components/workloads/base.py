@@ -158,4 +158,8 @@ class Workload(ABC):
     def adapt(self, p: Any, data: str, out: str) -> str:
         """The optional `adapt` stage (`extra_stages`): fit a model the workload starts from to
         its normalized train data (`data`), written to `out`; the summary line."""
-        raise NotImplementedError(f"workload {self.name} has no adapt stage")
+        from components.config import ParamsError
+
+        raise ParamsError(f"--workload {self.name}: this workload has no adapt stage (extra_stages "
+                          f"{list(self.extra_stages) or 'none'}); it runs for workloads that list it, "
+                          "e.g. text_classifier")

@@ -37,6 +37,14 @@ def test_bad_params_stop_the_stage_before_any_work(tmp_path, params, key):
     assert not out.exists()
 
 
+def test_adapt_for_a_workload_without_that_stage_says_so_in_one_line(tmp_path):
+    p = _stage(tmp_path, "pipelines.adapt", "--workload", "char_lm", "--data", "data", "--out", "lm.pt")
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert lines[0].startswith("error: --workload char_lm: this workload has no adapt stage")
+    assert not (tmp_path / "lm.pt").exists()
+
+
 def test_empty_corpus(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared",
