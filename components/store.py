@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # pyarrow costs a stage ~0.25 s to import: only where a store
     import pyarrow.fs as pafs
 
 
-
 def project_root() -> Path:
     """The project's root: `DVC_ROOT` (DVC sets it for every stage; in `dvc exp run --temp` and
     queued experiments it names the project, not the temporary copy the stage runs in), else
@@ -37,19 +36,16 @@ def store_root() -> str:
     return root if "://" in root else str(in_project(root))
 
 
-
 def params_key(*parts: Any) -> str:
     """A short stable hash of JSON-able parts: the key of a stage's state in the run store."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-
 def stage_storage(workload: str, stage: str) -> str:
     """The run-store folder of a stage (a Ray `storage_path`)."""
     root = store_root()
     return f"{root.rstrip('/')}/{workload}/{stage}" if "://" in root else str(Path(root) / workload / stage)
-
 
 
 def local_state_dir() -> Path:
@@ -59,13 +55,11 @@ def local_state_dir() -> Path:
     return Path(root) if "://" not in root else in_project(".trainyard")
 
 
-
 def store_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem of a run-store path or URI, and the path within it."""
     import pyarrow.fs as pafs
 
     return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
-
 
 
 def write_store_json(uri: str, obj: Any) -> None:
@@ -80,22 +74,31 @@ def write_store_json(uri: str, obj: Any) -> None:
 
 
 
+class DamagedState(Exception):
+    """State in the run store that is there but does not load: cut short by a full disk, an
+    interrupted copy, a bad block. Whoever reads it falls back (to older state, or a fresh
+    start) and says so in one line; a stage never stays broken because of its own leftovers."""
+
+
 def read_store_json(uri: str) -> Any | None:
-    """A JSON file from the run store, or None when there is none."""
+    """A JSON file from the run store, or None when there is none; `DamagedState` when it is
+    there but does not parse."""
     import pyarrow.fs as pafs
 
     fs, path = store_fs(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
     with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
-
+        data = f.read()
+    try:
+        return json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedState(f"{uri} does not load ({len(data)} bytes, {err})") from err
 
 
 def download_cache(workload: str) -> Path:
     """A local folder for downloads, outside DVC's outputs (kept across re-runs)."""
     return local_state_dir() / workload / "downloads"
-
 
 
 def stage_data(files: dict[str, str | Path]) -> dict[str, str]:

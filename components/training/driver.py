@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.cluster.connect import ray_verbose
 from components.cluster.resources import (
@@ -14,6 +14,9 @@ from components.cluster.resources import (
     start_timed_out,
     start_wait_s,
 )
+
+if TYPE_CHECKING:  # torch: only where a checkpoint is read
+    from components.training.checkpoints import Candidate
 
 
 def worker_config(loop_config: dict[str, Any], cpus_per_worker: float,
@@ -32,6 +35,7 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
     from ray.train.torch import TorchTrainer
 
     start_wait_s()  # a bad TRAINYARD_WORKER_START_TIMEOUT_S fails here, before any compute
+    mend_run_folder(storage_path, name)
     return TorchTrainer(
         loop,
         train_loop_config=worker_config(loop_config, cpus_per_worker, select),
@@ -53,6 +57,65 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
             # wrapping) on every trial are noise to a pipeline user; TRAINYARD_RAY_VERBOSE=1 shows them
             logging_config=ray.train.LoggingConfig(log_level="INFO" if ray_verbose() else "WARNING")),
     )
+
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
+
+
+def mend_run_folder(storage_path: str, name: str) -> str | None:
+    """Make a Train run's folder one Ray Train will resume, and say what was done (None: nothing).
+
+    Ray Train refuses to start a run whose checkpoint list (written in place, not renamed
+    into place) does not parse, or names a checkpoint folder that is gone (an interrupted
+    copy of the run store), and would refuse it on every retry. A list naming folders that
+    are gone loses those entries; one that does not parse is set aside
+    (`<list>.damaged-<time>`) and the run starts over."""
+    import time
+
+    import pyarrow.fs as pafs
+
+    from components.store import DamagedState, read_store_json, store_fs, write_store_json
+
+    uri = f"{storage_path.rstrip('/')}/{name}/{SNAPSHOT}"
+    fs, path = store_fs(uri)
+    folder = path.rsplit("/", 1)[0]
+    try:
+        snap = read_store_json(uri)
+        if snap is None:
+            return None
+        results, indices = snap["checkpoint_results"], snap["checkpoint_report_indices"]
+        if len(results) != len(indices):
+            raise DamagedState(f"{uri} lists {len(results)} checkpoints with {len(indices)} report indices")
+        gone = {r["checkpoint_dir_name"] for r in results
+                if fs.get_file_info(f"{folder}/{r['checkpoint_dir_name']}").type != pafs.FileType.Directory}
+    except (DamagedState, KeyError, TypeError) as err:
+        aside = f"{path}.damaged-{int(time.time())}"
+        fs.move(path, aside)
+        said = (f"{err if isinstance(err, DamagedState) else f'{uri} is not a checkpoint list ({err!r})'}; "
+                f"set aside as {aside.rsplit('/', 1)[-1]}: the run starts over")
+    else:
+        if not gone:
+            return None
+        kept = [(r, i) for r, i in zip(results, indices, strict=True) if r["checkpoint_dir_name"] not in gone]
+        snap["checkpoint_results"], snap["checkpoint_report_indices"] = [r for r, _ in kept], [i for _, i in kept]
+        latest = snap.get("latest_checkpoint_result")
+        if latest and latest["checkpoint_dir_name"] in gone:
+            # the list is kept in score order; the latest is the one reported last
+            snap["latest_checkpoint_result"] = max(kept, key=lambda ri: ri[1])[0] if kept else None
+        for key in ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
+                    "failed_validation_checkpoint_dir_names"):
+            snap[key] = [n for n in snap.get(key, []) if n not in gone]
+        write_store_json(uri, snap)
+        said = (f"{uri} lists checkpoint(s) that are gone ({', '.join(sorted(gone))}); dropped from the list: "
+                f"the run goes on from {latest_name(snap) or 'the start'}")
+    print(f"[train] {said}", flush=True)
+    return said
+
+
+def latest_name(snap: dict[str, Any]) -> str | None:
+    """The last checkpoint a Train run's checkpoint list names, or None."""
+    latest = snap.get("latest_checkpoint_result")
+    return latest["checkpoint_dir_name"] if latest else None
 
 
 @dataclass(frozen=True)
@@ -82,7 +145,6 @@ def fit_in_process(loop: Callable[[dict[str, Any]], None], loop_config: dict[str
     restart); the next run with the same key resumes from the last checkpoint."""
     import torch
 
-    from components.training.checkpoints import load_state
     from components.training.session import StageSession, running_in
 
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
@@ -92,21 +154,29 @@ def fit_in_process(loop: Callable[[dict[str, Any]], None], loop_config: dict[str
     last, best = session.latest(), session.best()
     if last is None or best is None:
         raise RuntimeError("training finished without reporting a checkpoint")
+    ranked = [best] + [e for e in reversed(session.entries) if e is not best]
+    return _outcome([(e["dir"], lambda e=e: session.opened(e)) for e in ranked],
+                    (last["dir"], lambda: session.opened(last)), session.run_uri, 1)
 
-    def load(entry: dict[str, Any]) -> dict[str, Any]:
-        with session.opened(entry) as d:
-            return load_state(d)
 
-    state = load(last)
-    return TrainOutcome(state=state, best=state if best is last else load(best), run_path=session.run_uri,
-                        num_workers=1)
+def _outcome(ranked: list[Candidate], last: Candidate, run_path: str, num_workers: int) -> TrainOutcome:
+    """Load the last checkpoint and the best that loads of `ranked` (best first): a best one
+    damaged since it was reported gives way to the next, with one line saying so."""
+    from components.training.checkpoints import fallback_line, first_that_loads, load_state
+
+    label, opened = last
+    with opened() as d:
+        state = load_state(d, label)  # written by this run's last report: damage here is real news
+    best, used, damaged = first_that_loads(ranked)
+    if damaged:
+        print(f"[train] {fallback_line(damaged, used, 'publishing the last checkpoint')}", flush=True)
+    return TrainOutcome(state=state, best=best if best is not None else state, run_path=run_path,
+                        num_workers=num_workers)
 
 
 def fit(trainer, num_workers: int, select: tuple[str, str] | None = None) -> TrainOutcome:
     """Run the trainer; load the last checkpoint it reported and the best by `select`
     (the earliest on a tie)."""
-    from components.training.checkpoints import load_state
-
     try:
         result = trainer.fit()
     except Exception as err:
@@ -119,13 +189,13 @@ def fit(trainer, num_workers: int, select: tuple[str, str] | None = None) -> Tra
         raise
     if result.checkpoint is None:
         raise RuntimeError("training finished without reporting a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        state = load_state(d)
-    best = state
+
+    def named(c) -> Candidate:
+        return c.path.rstrip("/").rsplit("/", 1)[-1], c.as_directory
+
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if select and select[0] in m]
+    ranked = []
     if scored:
         metric, sign = select[0], (1 if select[1] == "min" else -1)
-        checkpoint, _ = min(scored, key=lambda cm: (sign * cm[1][metric], cm[1].get("epoch", 0)))
-        with checkpoint.as_directory() as d:
-            best = load_state(d)
-    return TrainOutcome(state=state, best=best, run_path=result.path, num_workers=num_workers)
+        ranked = [named(c) for c, _ in sorted(scored, key=lambda cm: (sign * cm[1][metric], cm[1].get("epoch", 0)))]
+    return _outcome(ranked or [named(result.checkpoint)], named(result.checkpoint), result.path, num_workers)

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import torch
 
+from components.training.checkpoints import Candidate
+
 
 def ray_node_id() -> str | None:
     """The Ray node this process runs on; None in a process without Ray (the stage's own)."""
@@ -47,8 +49,32 @@ class Session(Protocol):
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None, dir_name: str | None = None) -> None:
         """Hand an epoch's metrics (and rank 0's checkpoint folder) to the runner."""
 
-    def checkpoint_dir(self) -> contextlib.AbstractContextManager[str | None]:
-        """The last reported checkpoint's folder to resume from, or None on a fresh start."""
+    def checkpoints(self) -> list[Candidate]:
+        """The checkpoints to resume from, the last reported first, then older ones still
+        kept (a fallback when the last does not load); empty on a fresh start."""
+
+
+def ray_checkpoints(latest: Any) -> list[Candidate]:
+    """Ray's last reported checkpoint (a `ray.train.Checkpoint`, or None), then the older
+    checkpoints of the same run still in its folder, newest first: Ray hands back only the
+    last, and a run whose last checkpoint is damaged should go on from the one before it.
+    Names sort in report order (`epoch-0003`, `epoch-0003-r1a2b3c`, `checkpoint_000004`)."""
+    if not latest:
+        return []
+    import re
+
+    import pyarrow.fs as pafs
+
+    parent, name = latest.path.rstrip("/").rsplit("/", 1)
+    kind = re.match(r"[A-Za-z]+[-_]", name)
+    try:
+        listed = latest.filesystem.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        listed = []
+    older = sorted((i.base_name for i in listed if i.type == pafs.FileType.Directory and i.base_name < name
+                    and kind and i.base_name.startswith(kind.group())), reverse=True)
+    return [(name, latest.as_directory)] + [
+        (n, type(latest)(path=f"{parent}/{n}", filesystem=latest.filesystem).as_directory) for n in older]
 
 
 class TrainSession:
@@ -77,16 +103,10 @@ class TrainSession:
         # rank 0's metrics are a Train-based trial's result: where the trial ran, for its record
         ray.train.report({**metrics, "node_id": ray_node_id()}, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
 
-    @contextlib.contextmanager
-    def checkpoint_dir(self) -> Iterator[str | None]:
+    def checkpoints(self) -> list[Candidate]:
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
-        if not ckpt:
-            yield None
-            return
-        with ckpt.as_directory() as d:
-            yield d
+        return ray_checkpoints(ray.train.get_checkpoint())
 
 
 class TuneSession:
@@ -111,16 +131,10 @@ class TuneSession:
         tune.report({**metrics, "node_id": ray_node_id()},  # where the trial ran, for its record
                     checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
-    @contextlib.contextmanager
-    def checkpoint_dir(self) -> Iterator[str | None]:
+    def checkpoints(self) -> list[Candidate]:
         from ray import tune
 
-        ckpt = tune.get_checkpoint()
-        if not ckpt:
-            yield None
-            return
-        with ckpt.as_directory() as d:
-            yield d
+        return ray_checkpoints(tune.get_checkpoint())
 
 
 class LocalSession:
@@ -152,7 +166,12 @@ class LocalSession:
 
     @contextlib.contextmanager
     def checkpoint_dir(self) -> Iterator[str | None]:
+        """The last reported checkpoint's folder, or None before the first."""
         yield str(self._last) if self._last else None
+
+    def checkpoints(self) -> list[Candidate]:
+        last = self._last
+        return [(last.name, lambda: contextlib.nullcontext(str(last)))] if last else []
 
     def close(self) -> None:
         """Remove the kept checkpoint."""
@@ -174,10 +193,15 @@ class StageSession:
 
     def __init__(self, run_uri: str, device: torch.device, select: tuple[str, str] | None = None,
                  on_report: Callable[[dict[str, Any]], None] | None = None) -> None:
-        from components.store import read_store_json
+        from components.store import DamagedState, read_store_json
 
         self.run_uri, self._device, self.select, self.on_report = run_uri.rstrip("/"), device, select, on_report
-        self.entries: list[dict[str, Any]] = read_store_json(self._at(INDEX_FILE)) or []
+        try:
+            self.entries: list[dict[str, Any]] = read_store_json(self._at(INDEX_FILE)) or []
+        except DamagedState as err:
+            self.entries = self._relisted()
+            print(f"[train] {err}; listed again from the {len(self.entries)} checkpoint(s) in its folder that load",
+                  flush=True)
 
     def _at(self, name: str) -> str:
         return f"{self.run_uri}/{name}"
@@ -214,6 +238,30 @@ class StageSession:
         if self.on_report is not None:
             self.on_report(copy.deepcopy(metrics))  # a snapshot, as a Train report is: the loop's history grows
 
+    def _relisted(self) -> list[dict[str, Any]]:
+        """The index rebuilt from the checkpoint folders that load (each state's last history
+        row is the metrics its report carried), in report order."""
+        import pyarrow.fs as pafs
+
+        from components.store import DamagedState, store_fs
+        from components.training.checkpoints import load_state
+
+        fs, base = store_fs(self.run_uri)
+        names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+                       if i.type == pafs.FileType.Directory)
+        entries = []
+        for name in names:
+            entry = {"dir": name, "metrics": {}}
+            with self.opened(entry) as d:
+                try:
+                    state = load_state(d, name)
+                except DamagedState:
+                    continue
+            last = (state.get("history") or [{}])[-1]
+            entry["metrics"] = {k: v for k, v in last.items() if isinstance(v, int | float | str)}
+            entries.append(entry)
+        return entries
+
     def latest(self) -> dict[str, Any] | None:
         """The index entry of the last reported checkpoint, or None before the first."""
         return self.entries[-1] if self.entries else None
@@ -244,14 +292,9 @@ class StageSession:
             pafs.copy_files(src, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
             yield tmp
 
-    @contextlib.contextmanager
-    def checkpoint_dir(self) -> Iterator[str | None]:
-        last = self.latest()
-        if last is None:
-            yield None
-            return
-        with self.opened(last) as d:
-            yield d
+    def checkpoints(self) -> list[Candidate]:
+        """The kept checkpoints, the last reported first."""
+        return [(e["dir"], lambda e=e: self.opened(e)) for e in reversed(self.entries)]
 
 
 _current: Session | None = None

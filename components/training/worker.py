@@ -4,6 +4,7 @@ A workload's loop reads top to bottom as its own steps between these."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -15,7 +16,13 @@ from typing import Any
 import torch
 
 from components.training import session
-from components.training.checkpoints import replaying, restore, resumes_after, save_state
+from components.training.checkpoints import (
+    fallback_line,
+    first_that_loads,
+    replaying,
+    resumes_after,
+    save_state,
+)
 
 # The Ray node of each rank, in rank order (None off Ray), gathered when the worker starts:
 # rank 0 keeps it in every checkpoint, so a run records where it trained.
@@ -47,7 +54,7 @@ class Progress:
     """Where a worker's run stands: fresh, or restored from Ray Train's last reported
     checkpoint (after a worker failure, or when the same run is started again)."""
 
-    def __init__(self, state: dict[str, Any] | None) -> None:
+    def __init__(self, state: dict[str, Any] | None, skipped: list[str] | None = None) -> None:
         self.state = state
         self.history: list[dict[str, Any]] = state["history"] if state else []
         self.start_epoch: int = state["epoch"] if state else 0
@@ -55,6 +62,10 @@ class Progress:
         self.train_s: float = state["schedule"]["train_s"] if state else 0.0
         self.resumes = resumes_after(state, self.step)
         self.replay = bool(state)  # the next report carries the restored history
+        # Past a damaged checkpoint, epochs are written under new names: the damaged one's
+        # name stays with it in Ray's checkpoint list, and one name must not mean two folders.
+        # (From what was skipped: the same on every rank, and new for each such restart.)
+        self.suffix = f"-r{hashlib.sha256(repr(skipped).encode()).hexdigest()[:6]}" if skipped else ""
 
 
 @dataclass(frozen=True)
@@ -86,9 +97,26 @@ def plan_steps(tp: dict[str, Any], per_pass: int, max_steps: int | None = None) 
     return StepPlan(per_epoch, total, math.ceil(total / per_epoch))
 
 
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            rank: int = 0) -> tuple[dict[str, Any] | None, list[str]]:
+    """Load model and optimizer from the session's last reported checkpoint (after a worker
+    failure, or when the same run name + storage path is started again); return the whole
+    state for the loop's own parts (None on a fresh start), and the damaged checkpoints it
+    skipped: one that does not load falls back to the one before it, or to a fresh start,
+    and rank 0 says so in one line (every rank reads the same files, so all choose alike)."""
+    state, used, damaged = first_that_loads(session.current().checkpoints())
+    if damaged and rank == 0:
+        print(f"[train] {fallback_line(damaged, used)}", flush=True)
+    if state is None:
+        return None, damaged
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state, damaged
+
+
 def resume(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int) -> Progress:
     """Model and optimizer from the last reported checkpoint, if any, and the run's progress."""
-    progress = Progress(restore(model, opt))
+    progress = Progress(*restore(model, opt, rank))
     if progress.state and rank == 0:
         print(f"[train] resumed from epoch {progress.start_epoch} checkpoint", flush=True)
     return progress
@@ -179,5 +207,5 @@ def checkpoint_and_report(progress: Progress, rank: int, epoch: int, metrics: di
                              "worker_nodes": _placed["nodes"]})
             print(line, flush=True)
         session.current().report(replaying(metrics, progress.history) if progress.replay else metrics,
-                                 checkpoint_dir=tmp if rank == 0 else None, dir_name=f"epoch-{epoch + 1:04d}")
+                                 checkpoint_dir=tmp if rank == 0 else None, dir_name=f"epoch-{epoch + 1:04d}{progress.suffix}")
         progress.replay = False

@@ -3,6 +3,10 @@ order, the search algorithm of each round, and the rounds a sweep has run."""
 
 from __future__ import annotations
 
+import json
+import pickletools
+import re
+import time
 from typing import Any
 
 from components.config import SearchDim, TuneParams
@@ -27,13 +31,87 @@ def search_space(space: dict[str, SearchDim]) -> dict[str, Any]:
 
 def rounds(storage: str, name: str) -> list[str]:
     """The sweep's Tune experiments in order: `name`, then `name-r2`, ... one per raise of
-    `num_samples` (a Tune experiment's trial count is fixed once it starts)."""
+    `num_samples` (a Tune experiment's trial count is fixed once it starts). A round whose
+    state does not load is set aside with every later one (`damaged_round`): those rounds
+    run again."""
     from ray import tune
 
-    found = []
-    while tune.Tuner.can_restore(f"{storage.rstrip('/')}/{name if not found else f'{name}-r{len(found) + 1}'}"):
-        found.append(name if not found else f"{name}-r{len(found) + 1}")
+    found: list[str] = []
+
+    def nth(i: int) -> str:
+        return name if i == 0 else f"{name}-r{i + 1}"
+
+    while tune.Tuner.can_restore(f"{storage.rstrip('/')}/{nth(len(found))}"):
+        found.append(nth(len(found)))
+    for i, round_name in enumerate(found):
+        damage = damaged_round(f"{storage.rstrip('/')}/{round_name}")
+        if damage:
+            stamp = int(time.time())
+            for later in found[i:]:
+                set_aside(f"{storage.rstrip('/')}/{later}", stamp)
+            print(f"[tune] {damage}; round {i + 1}{' and later' if i < len(found) - 1 else ''} set aside "
+                  f"(<round>.damaged-{stamp}) and run again", flush=True)
+            return found[:i]
     return found
+
+
+STATE_FILE = re.compile(r"experiment_state-.*\.json")
+
+
+def damaged_round(path: str) -> str | None:
+    """What in a Tune experiment's folder does not load, or None when it all does.
+
+    Tune writes its state in place (a full disk or a killed copy cuts it short) and refuses a
+    restore on any of it, on every retry. Checked without running any of it: every JSON file
+    parses, every pickle's opcode stream is whole. The newest experiment state that does not
+    parse is set aside and the next newest used, as Tune keeps one per session."""
+    import pyarrow.fs as pafs
+
+    from components.store import store_fs
+
+    fs, base = store_fs(path)
+    files = [i for i in fs.get_file_info(pafs.FileSelector(base)) if i.type == pafs.FileType.File]
+    states = sorted((i.base_name for i in files if STATE_FILE.fullmatch(i.base_name)), reverse=True)
+    skipped: list[str] = []
+    for info in files:
+        with fs.open_input_stream(info.path) as f:
+            data = f.read()
+        problem = _unreadable(info.base_name, data)
+        if problem is None:
+            continue
+        if info.base_name in states and len(states) > len(skipped) + 1:
+            skipped.append(info.base_name)
+            fs.move(info.path, f"{info.path}.damaged-{int(time.time())}")
+            print(f"[tune] {path}/{problem}; set aside: the sweep resumes from its previous state file", flush=True)
+            continue
+        return f"{path}/{problem}"
+    return None
+
+
+def _unreadable(name: str, data: bytes) -> str | None:
+    """Why a Tune state file does not load, or None."""
+    if name.endswith(".json"):
+        try:
+            json.loads(data.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"{name} does not load ({len(data)} bytes, {err})"
+    elif name.endswith(".pkl"):
+        try:
+            for _ in pickletools.genops(data):  # reads opcodes only: nothing is imported or run
+                pass
+        except Exception as err:  # ValueError for a cut stream, others for garbage
+            return f"{name} does not load ({len(data)} bytes, {type(err).__name__}: {err})"
+        if not data.endswith(b"."):
+            return f"{name} does not load ({len(data)} bytes, cut short)"
+    return None
+
+
+def set_aside(path: str, stamp: int) -> None:
+    """Rename a run-store folder to `<path>.damaged-<stamp>`: kept for a person, out of the way."""
+    from components.store import store_fs
+
+    fs, where = store_fs(path)
+    fs.move(where, f"{where}.damaged-{stamp}")
 
 
 def searcher(tp: TuneParams, concurrent: int, done: list[dict[str, Any]], round_index: int):

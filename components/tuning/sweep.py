@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from components.cluster.connect import init_ray
 from components.cluster.resources import TrialPlan, plan_trials, want_gpu
 from components.config import FINAL_ONLY, TuneParams
-from components.store import read_store_json
+from components.store import DamagedState, read_store_json
 from components.training.launch import Launch, runs_here
 from components.tuning.callbacks import done_marker, mlflow_callback, reaper
 from components.tuning.search import planned, rounds, search_space, searcher
@@ -84,7 +84,11 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], tp: TuneParams, data
     from components.training.launch import launch_trial
 
     trial_id = tune.get_context().get_trial_id()
-    done = read_store_json(done_marker(storage, sweep, trial_id))
+    try:
+        done = read_store_json(done_marker(storage, sweep, trial_id))
+    except DamagedState as err:
+        print(f"[tune] {err}; the trial runs again", flush=True)
+        done = None
     if done is not None:
         # Completed before the sweep driver was killed, but after Tune's last snapshot of
         # the sweep: hand back the recorded result instead of training again.

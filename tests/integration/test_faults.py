@@ -172,6 +172,28 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(fault_project):
     assert "resuming the sweep" in again.stdout
 
 
+def test_sweep_state_cut_short_is_set_aside_and_the_sweep_runs_that_round_again(fault_project):
+    """A sweep's Tune state that does not load (a full disk, an interrupted copy) never leaves
+    the tune stage broken: the round is set aside, named in one line, and run again."""
+    project = fault_project
+    best_file = project / "tune/char_lm/best_params.json"
+    if not best_file.exists():  # run alone: a finished sweep first
+        run(["dvc", "repro", "tune@char_lm"], project)
+    sweeps = [d for d in (project / ".trainyard/char_lm/tune").glob("sweep-*") if ".damaged-" not in d.name]
+    assert len(sweeps) == 1, sweeps
+    newest = max(sweeps[0].glob("experiment_state-*.json"))
+    newest.write_bytes(newest.read_bytes()[:200])
+
+    again = run(["dvc", "repro", "--force", "--single-item", "tune@char_lm"], project)
+    said = [line for line in again.stdout.splitlines() if "does not load" in line]
+    assert len(said) == 1 and f"{newest.name} does not load (200 bytes" in said[0] and "set aside" in said[0], \
+        again.stdout[-3000:]
+    assert list(sweeps[0].parent.glob(f"{sweeps[0].name}.damaged-*"))  # kept for a person to look at
+    best = json.loads(best_file.read_text())
+    n = fault_params()["char_lm"]["tune"]["num_samples"]
+    assert best["num_trials"] == n and all(t["val_loss"] is not None for t in best["trials"])
+
+
 def test_killed_train_stage_leaves_last_good_outputs_and_resumes(fault_project, good_train):
     project = fault_project
     lock, good_md5 = good_train["lock"], good_train["md5"]

@@ -207,3 +207,40 @@ def test_worker_sigkill_mid_epoch_resumes_from_the_last_checkpoint(ray_driver, t
     assert [(h["train_loss"], h["val_loss"]) for h in state["history"]] == \
         [(h["train_loss"], h["val_loss"]) for h in ref["history"]]
     assert len(_train_worker_pids(before)) == 0  # the worker group is gone with the run
+
+
+@pytest.mark.faults
+def test_a_train_run_goes_on_past_a_damaged_or_missing_last_checkpoint_and_trains_what_an_undisturbed_run_does(
+        ray_driver, token_data, tmp_path):
+    import shutil
+
+    from components.training.checkpoints import STATE_FILE
+
+    def train(name: str):
+        # no metric selects: Ray keeps the last two checkpoints, the one before the last to fall back to
+        return fit(make_trainer(train_loop_per_worker, {"train": small_train_cfg(epochs=3), "data": token_data},
+                                name=name, storage_path=str(tmp_path), num_workers=2, cpus_per_worker=1,
+                                use_gpu=False, max_failures=0), 2).state
+
+    def same(state: dict) -> bool:
+        return [(h["train_loss"], h["val_loss"]) for h in state["history"]] == \
+            [(h["train_loss"], h["val_loss"]) for h in ref["history"]]
+
+    ref = train("undisturbed")
+    train("damaged")
+    run = tmp_path / "damaged"
+    last = run / "epoch-0003" / STATE_FILE
+    last.write_bytes(last.read_bytes()[:1000])  # cut short, as by a full disk
+    state = train("damaged")
+    # every rank skipped the damaged epoch-3 checkpoint, went on from epoch 2, and trained epoch 3 again
+    assert [r["epoch"] for r in state["resumes"]] == [2] and same(state)
+    # under a new name: one name never means two folders in Ray's list
+    redone = [p.name for p in run.glob("epoch-0003-r*")]
+    assert len(redone) == 1, sorted(p.name for p in run.iterdir())
+
+    # that checkpoint's folder gone (an interrupted copy of the run store): Ray Train would refuse
+    # the run folder on every try; its list is mended. What is left is the damaged epoch 3 (Ray
+    # dropped epoch 2 for the redone one), so the run starts over, and again trains the same run.
+    shutil.rmtree(run / redone[0])
+    again = train("damaged")
+    assert again["resumes"] == [] and same(again)

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from components.data.parquet import TOKEN_ROW_GROUP, write_table
 from components.store import read_store_json
 from components.training.driver import fit_in_process, worker_config
 from components.training.launch import Launch, runs_here
@@ -19,20 +17,8 @@ from components.training.session import (
     current,
     running_in,
 )
-from components.workloads.char_lm.data import tokens_table
 from components.workloads.char_lm.loop import train_loop_per_worker
 from components.workloads.char_lm.params import TrainParams
-
-
-@pytest.fixture
-def tiny_tokens(tmp_path):
-    rng = np.random.default_rng(0)
-    out = {"vocab_size": 12}
-    for split, n in (("train", 6000), ("val", 1500)):
-        ids = rng.integers(0, 12, n)
-        write_table(tmp_path / f"{split}.parquet", tokens_table(ids), row_group_size=TOKEN_ROW_GROUP)
-        out[f"{split}_uri"], out[f"n_{split}"] = str(tmp_path / f"{split}.parquet"), n
-    return out
 
 
 def _cfg(epochs: int) -> dict:
