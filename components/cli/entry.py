@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from components import timings, workloads
-from components.cluster.connect import quiet_loggers
+from components.cluster.connect import lost_head_now, quiet_loggers
 from components.params import load_params
 from components.tracking.server import tracking_uri
 from components.workloads.base import Workload
@@ -92,6 +92,10 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
             traceback.print_exc()
         root = _root_cause(err)
         from components.tracking.server import denied
+
+        if (why := lost_head_now()) is not None:
+            print(f"error: {why}", file=sys.stderr)
+            sys.exit(1)
 
         if (why := denied(root, args.tracking_uri)) is not None:
             print(f"error: {why}", file=sys.stderr)

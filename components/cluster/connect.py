@@ -9,6 +9,8 @@ import os
 import re
 import socket
 import sys
+import threading
+import time
 
 from components import timings
 from components.cluster import local_ray
@@ -20,17 +22,93 @@ from components.cluster.processes import (
 from components.cluster.resources import ResourceError
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a `host:port` or `ray://host:port` address; None for `auto` and the like."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
 def probe_ray_address(address: str, timeout_s: float = 5.0) -> None:
     """Fail at once when `address` (host:port or ray://host:port) does not accept connections;
     `ray.init` would otherwise wait minutes for the GCS before giving up."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
+    hp = _host_port(address)
+    if hp is None:
         return  # "auto" and other forms: left to Ray
+    host, port = hp
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
         raise ResourceError(f"RAY_ADDRESS={address}: no Ray cluster answers ({err.strerror or err})") from None
+
+
+HEAD_LOST_ENV = "TRAINYARD_HEAD_LOST_S"
+
+
+def head_lost_s() -> float:
+    """How long the cluster's head may not answer before a stage gives up (`TRAINYARD_HEAD_LOST_S`,
+    default 20 s; 0: never, and Ray's own handling applies)."""
+    raw = os.environ.get(HEAD_LOST_ENV, "20")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ResourceError(f"{HEAD_LOST_ENV}={raw!r}: not a number of seconds") from None
+    if value < 0:
+        raise ResourceError(f"{HEAD_LOST_ENV}={raw!r}: must be 0 (off) or more")
+    return value
+
+
+def watch_head(address: str, limit_s: float, interval_s: float = 1.0) -> threading.Event | None:
+    """Stop this process, in one line, once the cluster's head (its GCS at `address`) has not
+    accepted a connection for `limit_s`; returns an event that ends the watch.
+
+    Without it a driver whose head node is lost (killed, or restarted as a KubeRay head pod is)
+    waits out Ray's GCS reconnect timeout, then dies in a C++ check with a stack dump, or hangs
+    in a Train poll. Nothing is lost by stopping: outputs are written only at the end, and
+    every reported checkpoint is in the run store, where the next `dvc repro` resumes."""
+    hp = _host_port(address)
+    if hp is None or limit_s <= 0:
+        return None
+    done = threading.Event()
+
+    def watch() -> None:
+        down_since: float | None = None
+        while not done.wait(interval_s):  # ends with the process (a daemon) or when told
+            try:
+                socket.create_connection(hp, timeout=min(2.0, limit_s)).close()
+                down_since = None
+                continue
+            except OSError as err:
+                reason = err.strerror or str(err)
+            down_since = down_since if down_since is not None else time.monotonic()
+            if time.monotonic() - down_since >= limit_s:
+                print(f"error: {head_lost(address, f'has not answered for {limit_s:g} s ({reason})')}",
+                      file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="trainyard-head-watch", daemon=True).start()
+    return done
+
+
+def head_lost(address: str, what: str) -> str:
+    """The one line for a stage whose cluster lost its head node."""
+    return (f"the Ray cluster's head at {address} {what}: its head node was lost. This stage stops; every "
+            f"checkpoint it reported is in the run store, and `dvc repro` resumes from the last once a cluster "
+            f"answers at RAY_ADDRESS ({HEAD_LOST_ENV} sets how long a stage waits for a silent head)")
+
+
+def lost_head_now() -> str | None:
+    """For a stage that failed on a cluster: the head-lost line when the head does not answer
+    now (a Train controller or worker on the lost node fails the run first, with an
+    `ActorUnavailableError` that names neither the node nor what to do), else None."""
+    address = os.environ.get("RAY_ADDRESS")
+    hp = _host_port(address) if address and "ray" in sys.modules else None
+    if hp is None:
+        return None
+    try:
+        socket.create_connection(hp, timeout=2.0).close()
+        return None
+    except OSError as err:
+        return head_lost(address, f"does not answer ({err.strerror or err})")
 
 
 FORWARDED_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PRINT_PATCH", "MLFLOW_TRACKING_URI",
@@ -188,8 +266,10 @@ def init_ray(dashboard: bool = True, shared: bool = False) -> dict[str, float]:
                 # them what the Train controller needs (poll interval, MLflow credentials).
                 # (A `ray job submit` driver already runs in the job's own runtime env.)
                 in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+                limit = head_lost_s()  # a bad value fails here, before connecting
                 ray.init(address=address, log_to_driver=True,
                          runtime_env=None if in_job else {"env_vars": forwarded_env()})
+                watch_head(address, limit)
             else:
                 # A killed stage leaves its private Ray behind (holding CPUs and memory): stop it first.
                 reap_stale_ray()

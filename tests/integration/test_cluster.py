@@ -4,6 +4,7 @@ cluster (`ray start`, token auth) and a PostgreSQL-backed MLflow server with bas
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import subprocess
@@ -294,3 +295,88 @@ def test_train_runs_as_a_ray_job_with_the_working_dir_shipped(two_nodes, tmp_pat
         assert "succeeded" in (p.stdout + p.stderr).lower(), name
     metrics = json.loads((out / "train.json").read_text())
     assert metrics["epochs"] == tiny_params()["char_lm"]["train"]["epochs"] and (out / "model.pt").exists()
+
+
+def _start_cluster(state: Path) -> dict:
+    subprocess.run([sys.executable, str(RAY_SCRIPT), "start", "--nodes", "2", "--cpus", "1", "--state", str(state)],
+                   check=True, env=project_env(), timeout=300, stdout=subprocess.DEVNULL)
+    return json.loads(state.read_text())
+
+
+def _stop_cluster(state: Path) -> None:
+    subprocess.run([sys.executable, str(RAY_SCRIPT), "stop", "--state", str(state)], check=True, env=project_env(),
+                   timeout=120, stdout=subprocess.DEVNULL)
+
+
+def _head_pids(record: dict) -> list[int]:
+    """The head node's processes (its GCS, raylet, dashboard, workers): all that name its temp dir."""
+    head = str(Path(record["temp_dir"]) / "n0")
+    pids = set()
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(head in a for a in (p.info["cmdline"] or [])):
+                pids.add(p.pid)
+                pids.update(c.pid for c in p.children(recursive=True))
+        except psutil.Error:
+            continue
+    return sorted(pids)
+
+
+@pytest.mark.faults
+def test_a_lost_head_node_stops_train_in_one_line_and_the_next_repro_resumes_from_its_checkpoint(tmp_path):
+    import os
+    import signal
+    import time
+
+    from tests.integration.conftest import wait_for
+
+    params = cluster_params()
+    # 2 workers, one a node, long enough to lose the head after the first checkpoint
+    params["char_lm"]["train"].update(num_workers=2, placement="spread", epochs=4, steps_per_epoch=400)
+    project = make_project(tmp_path / "project", params)
+    first = _start_cluster(tmp_path / "first.json")
+    try:
+        env = {**project_env(), **first["env"], "TRAINYARD_HEAD_LOST_S": "10"}
+        run(["dvc", "repro", "tune@char_lm"], project, env=env)
+        store = project / ".trainyard/char_lm/train"
+        log_out, log_err = (tmp_path / "train.out").open("w"), (tmp_path / "train.err").open("w")
+        dvc = subprocess.Popen(["dvc", "repro", "train@char_lm"], cwd=project, env=env, stdout=log_out,
+                               stderr=log_err, start_new_session=True)
+        try:
+            def listed() -> bool:  # Ray Train's checkpoint list names it: the run resumes from it
+                for snap in store.glob("run-*/checkpoint_manager_snapshot.json"):
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        return bool(json.loads(snap.read_text())["latest_checkpoint_result"]["checkpoint_dir_name"])
+                return False
+
+            wait_for(listed, 600, "the first checkpoint in Ray Train's list")
+            assert not list(store.glob("run-*/epoch-0004")), "the run ended before the head was lost"
+            lost_at = time.monotonic()
+            for pid in _head_pids(first):  # the head node goes, as a lost machine or a restarted head pod
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            rc = dvc.wait(timeout=180)
+            took = time.monotonic() - lost_at
+        finally:
+            if dvc.poll() is None:
+                os.killpg(dvc.pid, signal.SIGKILL)
+                dvc.wait(30)
+    finally:
+        _stop_cluster(tmp_path / "first.json")
+    err = (tmp_path / "train.err").read_text()
+    said = [line for line in err.splitlines() if "error:" in line]
+    assert rc != 0 and took < 60, (rc, took, err[-3000:])
+    assert len(said) == 1 and "head at" in said[0] and "dvc repro` resumes" in said[0], err[-3000:]
+    assert not (project / "models/char_lm/model.pt").exists()
+
+    # the cluster started again (a new head, a new address): the same repro goes on from the checkpoint
+    second = _start_cluster(tmp_path / "second.json")
+    try:
+        run(["dvc", "repro", "train@char_lm"], project, env={**project_env(), **second["env"]})
+    finally:
+        _stop_cluster(tmp_path / "second.json")
+    from components.training.checkpoints import load_state
+
+    assert json.loads((project / "metrics/char_lm/train.json").read_text())["epochs"] == 4
+    last = load_state(next(store.glob("run-*/epoch-0004")))
+    assert [r["epoch"] for r in last["resumes"]] in ([1], [2], [3]), last["resumes"]  # not from scratch
