@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from components import timings, workloads
-from components.cluster.connect import lost_head_now, quiet_loggers
+from components.cluster.connect import cause_line, lost_head_now, quiet_loggers, root_cause
 from components.params import load_params
 from components.tracking.server import tracking_uri
 from components.workloads.base import Workload
@@ -46,24 +46,6 @@ def workload(args: argparse.Namespace) -> tuple[Workload, Any]:
     return workloads.get(args.workload), getattr(params(args), args.workload)
 
 
-def _root_cause(err: BaseException) -> BaseException:
-    # Ray wraps worker errors (TrainingFailedError -> WorkerGroupError -> the user's error);
-    # the user wants the innermost message, not three tracebacks.
-    seen = set()
-    while id(err) not in seen:
-        seen.add(id(err))
-        inner = getattr(err, "worker_failures", None)
-        if isinstance(inner, dict) and inner:
-            err = next(iter(inner.values()))
-            continue
-        cause = getattr(err, "cause", None) or err.__cause__
-        if isinstance(cause, BaseException):
-            err = cause
-            continue
-        break
-    return err
-
-
 def main(fn: Callable[[argparse.Namespace], None], description: str,
          add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Run a stage: parse args, resolve the tracking URI once (`args.tracking_uri`), call `fn`,
@@ -90,7 +72,7 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
             import traceback
 
             traceback.print_exc()
-        root = _root_cause(err)
+        root = root_cause(err)
         from components.tracking.server import denied
 
         if (why := lost_head_now()) is not None:
@@ -100,11 +82,8 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
         if (why := denied(root, args.tracking_uri)) is not None:
             print(f"error: {why}", file=sys.stderr)
             sys.exit(1)
-        lines = str(root).strip().splitlines() or [type(root).__name__]
-        # Ray's wrappers end with the useful line (after a traceback); other errors start with it.
-        line = lines[-1] if type(root).__name__.startswith("Ray") else lines[0]
         prefix = "" if _is_ours(root) else f"{type(root).__name__}: "
-        print(f"error: {prefix}{line}", file=sys.stderr)
+        print(f"error: {prefix}{cause_line(root)}", file=sys.stderr)
         sys.exit(1)
 
 

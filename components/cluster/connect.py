@@ -156,12 +156,82 @@ def ray_verbose() -> bool:
     return os.environ.get("TRAINYARD_RAY_VERBOSE", "") not in ("", "0")
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+REPEATED = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
+EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*)$")
+_causes_shown: set[str] = set()
+
+
+def _plain(line: str) -> str:
+    return REPEATED.sub("", ANSI.sub("", line)).strip()
+
+
 def keep_lines(lines: list[str]) -> list[str]:
     """A batch of relayed worker lines without the noise; a batch telling of a trial's Train run
-    torn down with its stopped trial (a traceback ending "owner has died") goes whole."""
+    torn down with its stopped trial (a traceback ending "owner has died") goes whole.
+
+    A worker's failure ("Error in training function:" and its traceback, from each rank, again
+    after each restart) becomes one line, its exception, the first time that cause is seen: the
+    stage's own line (or the sweep's trial line) says it again with what to do."""
     if any(NORMAL_END.search(ln) for ln in lines):
         return []
-    return [ln for ln in lines if not NOISE.search(ln)]
+    kept = [ln for ln in lines if not NOISE.search(ln)]
+    if not any("Error in training function" in ln or "Traceback (most recent call last)" in ln for ln in kept):
+        return kept
+    causes = [m.group(1) for ln in kept if (m := EXCEPTION_LINE.match(_plain(ln)))]
+    if not causes:
+        return kept  # not a traceback we can read: shown whole
+    cause = causes[-1]
+    if cause in _causes_shown:
+        return []
+    _causes_shown.add(cause)
+    return [f"error in the training function: {cause} (TRAINYARD_RAY_VERBOSE=1 shows the traceback)"]
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost error under Ray's wrappers (TrainingFailedError -> WorkerGroupError -> the
+    loop's own error; a task error's cause): the one a user acts on."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "worker_failures", None)
+        if isinstance(inner, dict) and inner:
+            err = next(iter(inner.values()))
+            continue
+        cause = getattr(err, "cause", None) or err.__cause__
+        if isinstance(cause, BaseException):
+            err = cause
+            continue
+        break
+    return err
+
+
+def cause_line(root: BaseException) -> str:
+    """One line for an error: Ray's wrappers end with the useful line (after a traceback); other
+    errors start with it."""
+    lines = str(root).strip().splitlines() or [type(root).__name__]
+    return _plain(lines[-1] if type(root).__name__.startswith("Ray") else lines[0])
+
+
+class _TrialFailureLine(logging.Filter):
+    """Tune logs a failed trial as the whole trial actor's traceback ("Trial task failed for
+    trial X", the workers' traceback inside it): one line with the cause instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.getMessage().startswith("Trial task failed"):
+            cause = error_line(record.exc_info[1])
+            if cause in _causes_shown:  # its worker said it already; Tune's own line names the trial
+                return False
+            _causes_shown.add(cause)
+            record.msg, record.args = f"{record.getMessage()}: {cause}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def error_line(err: BaseException) -> str:
+    """`Type: message` of an error's root cause, in one line."""
+    root = root_cause(err)
+    return f"{type(root).__name__}: {cause_line(root)}"
 
 
 class _NoiseFilter(logging.Filter):
@@ -185,6 +255,9 @@ def quiet_loggers() -> None:
         for target in (logger, *logger.handlers):
             if not any(isinstance(f, _NoiseFilter) for f in target.filters):
                 target.addFilter(_NoiseFilter())
+    tune = logging.getLogger("ray.tune.execution.tune_controller")  # a logger's filters see its own records
+    if "ray" in sys.modules and not any(isinstance(f, _TrialFailureLine) for f in tune.filters):
+        tune.addFilter(_TrialFailureLine())
 
 
 def quiet_ray_logs() -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from components.cluster.connect import init_ray
+from components.cluster.connect import error_line, init_ray
 from components.cluster.resources import TrialPlan, plan_trials, want_gpu
 from components.config import FINAL_ONLY, TuneParams
 from components.store import DamagedState, read_store_json
@@ -107,7 +107,7 @@ def _trials(grid, metric: str) -> list[dict[str, Any]]:
         m = r.metrics or {}
         out.append({"trial_id": m.get("trial_id"), "config": r.config, "epochs": m.get("epoch"),
                     metric: m.get(metric), "train_s": m.get("train_s"), "node_id": m.get("node_id"),
-                    "error": str(r.error) if r.error else None})
+                    "error": error_line(r.error) if r.error else None})
     return out
 
 

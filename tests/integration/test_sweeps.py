@@ -58,3 +58,28 @@ def test_a_reproducible_sweep_picks_the_same_trial_every_time(ray_driver, token_
     assert a.best_params == b.best_params and a.best_metric == b.best_metric
     assert sorted((t["config"]["lr"], t["val_loss"], t["epochs"]) for t in a.trials) == \
         sorted((t["config"]["lr"], t["val_loss"], t["epochs"]) for t in b.trials)
+
+
+@pytest.mark.faults
+def test_two_worker_trials_asha_stops_end_quietly_and_a_failing_one_says_its_cause_once(
+        ray_driver, token_data, tmp_path, capfd):
+    import time
+
+    # Ray Train runs each trial (2 workers); ASHA stops the worse ones after their first epoch
+    out, _ = _sweep(tmp_path, token_data, "two", num_samples=3, epochs=3, workers_per_trial=2, reduction_factor=2,
+                    steps_per_epoch=150)
+    assert any(t["epochs"] < 3 for t in out.trials), out.trials  # some trial was stopped early
+    time.sleep(2)  # Ray relays worker output asynchronously
+    said = capfd.readouterr()
+    for noise in ("Traceback", "SIGABRT", "*** ", "owner has died", "Error in training function"):
+        assert noise not in said.out + said.err, noise
+
+    # a trial whose workers fail: the cause once, in one line; no traceback; the stage's error names it
+    data = {**token_data, "train_uri": str(tmp_path / "gone.parquet")}
+    with pytest.raises(RuntimeError, match=r"every trial failed; first error: FileNotFoundError: .*gone\.parquet"):
+        _sweep(tmp_path, data, "bad", num_samples=1, workers_per_trial=2)
+    time.sleep(2)
+    said = capfd.readouterr()
+    text = said.out + said.err
+    assert "Traceback" not in text and "Error in training function" not in text, text[-3000:]
+    assert len([ln for ln in text.splitlines() if "gone.parquet" in ln]) == 1, text[-3000:]

@@ -112,3 +112,41 @@ def test_rays_internal_noise_is_dropped_and_comes_back_with_one_variable(monkeyp
     assert connect.ray_verbose()
     monkeypatch.setenv("TRAINYARD_RAY_VERBOSE", "0")
     assert not connect.ray_verbose()
+
+
+def test_a_worker_failure_is_one_line_once_and_tunes_trial_traceback_one_line_with_the_cause(monkeypatch):
+    import logging
+    import sys
+
+    from components.cluster import connect
+
+    monkeypatch.setattr(connect, "_causes_shown", set())
+    failed = ["Error in training function:", "Traceback (most recent call last):",
+              '  File "/app/components/data/shards.py", line 22, in open_parquet',
+              "    return pq.ParquetFile(fs.open_input_file(path))",
+              "\x1b[32mFileNotFoundError: [Errno 2] Failed to open local file '/d/train.parquet'\x1b[0m"
+              " [repeated 2x across cluster] (Ray deduplicates logs by default.)", ""]
+    line = "error in the training function: FileNotFoundError: [Errno 2] Failed to open local file '/d/train.parquet'"
+    assert connect.keep_lines(failed) == [f"{line} (TRAINYARD_RAY_VERBOSE=1 shows the traceback)"]
+    assert connect.keep_lines(failed) == []  # the same cause after the worker group's restart: said already
+    other = [*failed[:4], "ValueError: bs must divide by num_workers"]
+    assert "ValueError: bs must divide by num_workers" in connect.keep_lines(other)[0]
+
+    class WorkerGroupError(RuntimeError):
+        def __init__(self, failures):
+            super().__init__("Training failed due to worker errors: ... (3 screens of traceback)")
+            self.worker_failures = failures
+
+    try:
+        try:
+            raise WorkerGroupError({0: FileNotFoundError("Failed to open local file '/d/train.parquet'")})
+        except WorkerGroupError as inner:
+            raise RuntimeError("ray::ImplicitFunc.train() failed") from inner
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("ray.tune.execution.tune_controller", logging.ERROR, __file__, 1,
+                               "Trial task failed for trial %s", ("_trial_0",), exc_info)
+    assert connect._TrialFailureLine().filter(record)
+    assert record.getMessage() == ("Trial task failed for trial _trial_0: FileNotFoundError: "
+                                   "Failed to open local file '/d/train.parquet'")
+    assert record.exc_info is None
