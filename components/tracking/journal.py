@@ -128,23 +128,42 @@ class Writer:
         self.uri = uri
         self.journal = journal if journal is not None else Journal(journal_path(uri))  # an empty one is falsy
         self.c = MlflowClient(tracking_uri=uri)
+        self._ids: dict[tuple[str, str], str] = {}  # (experiment, run key) -> run id
+
+    def _run_id(self, e: dict[str, Any]) -> str:
+        """The run an entry writes to: its id, or the run with its key (`exp_id`, `run_key`), for
+        a run that may have been created while the server was away (a sweep's trial)."""
+        if "run_id" in e:
+            return e["run_id"]
+        key = (e["exp_id"], e["run_key"])
+        if key not in self._ids:
+            run = runs.find_run(self.c, *key)
+            if run is None:
+                raise ValueError(f"journal entry {e['op']!r} for run key {e['run_key']!r}: no such run")
+            self._ids[key] = run.info.run_id
+        return self._ids[key]
 
     def _send(self, e: dict[str, Any]) -> None:
-        if e["op"] == "metrics":
-            runs.log_history(self.c, e["run_id"], e["rows"], e.get("step_key", "epoch"), timestamp=e["time"])
+        if e["op"] == "start":  # a run opened (or reopened) by its key: safe to send twice
+            run_id = runs.start_run(self.c, e["exp_id"], e["run_key"], e["run_name"], e.get("tags"),
+                                    parent_run_id=e.get("parent_run_id"), reopen=e.get("reopen", True))
+            self._ids[(e["exp_id"], e["run_key"])] = run_id
+            runs.log_params(self.c, run_id, e.get("params") or {})
+        elif e["op"] == "metrics":
+            runs.log_history(self.c, self._run_id(e), e["rows"], e.get("step_key", "epoch"), timestamp=e["time"])
         elif e["op"] == "artifact":
-            self.c.log_artifact(e["run_id"], e["file"], e.get("artifact_path"))
+            self.c.log_artifact(self._run_id(e), e["file"], e.get("artifact_path"))
         elif e["op"] == "terminate":
-            self.c.set_terminated(e["run_id"], status=e["status"], end_time=e["time"])
+            self.c.set_terminated(self._run_id(e), status=e["status"], end_time=e["time"])
         elif e["op"] == "tag":
-            self.c.set_tag(e["run_id"], e["key"], e["value"])
+            self.c.set_tag(self._run_id(e), e["key"], e["value"])
         elif e["op"] == "datasets":
-            runs.log_dataset_entries(self.c, e["run_id"], e["entries"])
+            runs.log_dataset_entries(self.c, self._run_id(e), e["entries"])
         elif e["op"] == "sample":  # values at one step: a system-metrics sample, evaluate's numbers
             from mlflow.entities import Metric
 
-            self.c.log_batch(e["run_id"], metrics=[Metric(k, float(v), e["time"], e["step"])
-                                                   for k, v in e["values"].items()])
+            self.c.log_batch(self._run_id(e), metrics=[Metric(k, float(v), e["time"], e["step"])
+                                                       for k, v in e["values"].items()])
         else:
             raise ValueError(f"unknown journal entry {e['op']!r}")
 

@@ -89,21 +89,25 @@ def damaged_round(path: str) -> str | None:
 
 
 def _unreadable(name: str, data: bytes) -> str | None:
-    """Why a Tune state file does not load, or None."""
-    if name.endswith(".json"):
-        try:
-            json.loads(data.decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            return f"{name} does not load ({len(data)} bytes, {err})"
-    elif name.endswith(".pkl"):
-        try:
-            for _ in pickletools.genops(data):  # reads opcodes only: nothing is imported or run
-                pass
-        except Exception as err:  # ValueError for a cut stream, others for garbage
-            return f"{name} does not load ({len(data)} bytes, {type(err).__name__}: {err})"
-        if not data.endswith(b"."):
-            return f"{name} does not load ({len(data)} bytes, cut short)"
-    return None
+    """Why a Tune state file does not load, or None. Tune writes JSON and pickles, not always
+    under the name that says which (`search_gen_state-*.json` is a pickle): either whole will do."""
+    if not name.endswith((".json", ".pkl")):
+        return None
+    try:
+        json.loads(data.decode())
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        as_json = err
+    try:
+        for _ in pickletools.genops(data):  # reads opcodes only: nothing is imported or run
+            pass
+        if data.endswith(b"."):
+            return None
+        as_pickle: Exception = ValueError("cut short")
+    except Exception as err:  # ValueError for a cut stream, others for garbage
+        as_pickle = err
+    why = as_json if data[:1] in (b"{", b"[") or not data else f"{type(as_pickle).__name__}: {as_pickle}"
+    return f"{name} does not load ({len(data)} bytes, {why})"
 
 
 def set_aside(path: str, stamp: int) -> None:

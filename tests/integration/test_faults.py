@@ -351,6 +351,61 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
     assert {"evaluation/eval.json", "evaluation/samples.txt"} <= {a.path for a in c.list_artifacts(run_id, "evaluation")}
 
 
+def test_mlflow_down_mid_sweep_costs_no_trial_and_the_journal_fills_in_every_trial_run(
+        fault_project, mlflow_server, shared_ray, tmp_path):
+    """The tracking server dies while a sweep runs: the trials go on, trial runs opened while it
+    is away are journaled by key, the stage writes best_params.json, and the next stage to
+    connect sends it all: one child run per trial, FINISHED, every epoch, no gap."""
+    from mlflow import MlflowClient
+
+    project, server, store, out = fault_project, mlflow_server, tmp_path / "store", tmp_path / "sweep"
+    out.mkdir()
+    params = fault_params()
+    params["char_lm"]["tune"].update(steps_per_epoch=150)  # long enough to lose the server mid-sweep
+    (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**project_env(shared_ray), "MLFLOW_TRACKING_URI": server.uri, "TRAINYARD_STORE": str(store),
+           "TRAINYARD_MLFLOW_GRACE_S": "1"}
+    log = out / "tune.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.tune", "--workload", "char_lm",
+                                 "--data", "data/char_lm/normalized", "--params", str(out / "params.yaml"),
+                                 "--out", str(out / "best_params.json")], cwd=project, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    c = MlflowClient(server.uri)
+
+    def a_trial_logged() -> bool:
+        exp = c.get_experiment_by_name("char_lm")
+        return bool(exp and c.search_runs([exp.experiment_id], "metrics.val_loss > 0"))
+
+    try:
+        wait_for(a_trial_logged, 300, "a trial's first epoch on the server", every_s=0.5)
+        server.kill()
+        proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    best = json.loads((out / "best_params.json").read_text())
+    n = params["char_lm"]["tune"]["num_samples"]
+    assert best["num_trials"] == n and all(t["val_loss"] is not None for t in best["trials"])
+    assert "writes kept in" in text and _journal_entries(store) > 0
+
+    # the server back: the next stage's connect sends what the sweep kept
+    server.start()
+    subprocess.run([sys.executable, "-c", "from components.tracking.session import connect; import sys; "
+                    "connect(sys.argv[1])", server.uri], cwd=project, env=env, check=True, timeout=300)
+    assert _journal_entries(store) == 0
+    exp = c.get_experiment_by_name("char_lm").experiment_id
+    parent = best["mlflow_parent_run_id"]
+    children = c.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.data.tags["trainyard.trial_id"] for r in children) == sorted(t["trial_id"] for t in best["trials"])
+    assert all(r.info.status == "FINISHED" for r in children) and c.get_run(parent).info.status == "FINISHED"
+    for r in children:
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_loss"))
+        assert steps == list(range(1, len(steps) + 1)) and steps, (r.data.tags["trainyard.trial_id"], steps)
+
+
 # --- two pipelines register the same model name at the same moment ---
 
 def test_concurrent_registers_get_distinct_versions_and_the_better_champion(fault_project, good_train, tmp_path):

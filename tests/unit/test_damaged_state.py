@@ -150,6 +150,7 @@ def test_a_sweep_round_whose_state_is_cut_short_is_found_without_running_any_of_
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(good))
     (tmp_path / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps(good))
     (tmp_path / "tuner.pkl").write_bytes(pickle.dumps({"a": list(range(100))}))
+    (tmp_path / "search_gen_state-2026-01-01_00-00-00.json").write_bytes(pickle.dumps([1, 2]))  # Tune's, so named
     assert damaged_round(str(tmp_path)) is None
     # the newest experiment state cut short: set aside, Tune resumes from the one before
     damage(tmp_path / "experiment_state-2026-01-02_00-00-00.json", "truncated")
