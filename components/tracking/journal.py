@@ -153,8 +153,11 @@ class Writer:
             runs.log_history(self.c, self._run_id(e), e["rows"], e.get("step_key", "epoch"), timestamp=e["time"])
         elif e["op"] == "artifact":
             self.c.log_artifact(self._run_id(e), e["file"], e.get("artifact_path"))
-        elif e["op"] == "terminate":
-            self.c.set_terminated(self._run_id(e), status=e["status"], end_time=e["time"])
+        elif e["op"] == "terminate":  # a run already closed so keeps its end time (a trial reported twice)
+            run_id = self._run_id(e)
+            info = self.c.get_run(run_id).info
+            if not (info.status == e["status"] and info.end_time):
+                self.c.set_terminated(run_id, status=e["status"], end_time=e["time"])
         elif e["op"] == "tag":
             self.c.set_tag(self._run_id(e), e["key"], e["value"])
         elif e["op"] == "datasets":

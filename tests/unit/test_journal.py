@@ -173,3 +173,27 @@ def test_a_writer_keeps_the_journal_it_is_given_even_an_empty_one(tmp_path):
     shared journal of the URI in the local state folder, where tests left entries behind."""
     j = Journal(tmp_path / "j.jsonl")
     assert len(j) == 0 and Writer("http://127.0.0.1:9", j).journal is j
+
+
+def test_runs_by_key_are_opened_on_replay_and_a_closed_run_keeps_its_end_time(tmp_path):
+    """A sweep's trial run opened while the server was away is created when the journal is
+    sent (addressed by its key); a trial reported complete twice (a resumed sweep hands back a
+    done trial's result) leaves its run's end time as it was."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.create_experiment("sweep")
+    w = Writer(uri, Journal(tmp_path / "j.jsonl"))
+    ref = {"exp_id": exp, "run_key": "char_lm/tune/s/t1"}
+    assert w.write({"op": "start", **ref, "run_name": "trial-t1", "tags": {"trainyard.trial_id": "t1"},
+                    "reopen": False, "params": {"lr": 0.01}})
+    assert w.write({"op": "metrics", **ref, "rows": [{"epoch": 1, "val_loss": 2.0}]})
+    assert w.write({"op": "terminate", **ref, "status": "FINISHED", "time": 1_000})
+    run = c.search_runs([exp])[0]
+    assert run.data.params == {"lr": "0.01"} and run.info.end_time == 1_000 and run.info.status == "FINISHED"
+    again = Writer(uri, Journal(tmp_path / "j2.jsonl"))  # a resumed sweep: a new writer, the run found by key
+    assert again.write({"op": "start", **ref, "run_name": "trial-t1", "tags": {}, "reopen": False})
+    assert again.write({"op": "terminate", **ref, "status": "FINISHED", "time": 2_000})
+    run = c.get_run(run.info.run_id)
+    assert run.info.end_time == 1_000 and len(c.search_runs([exp])) == 1
