@@ -80,6 +80,17 @@ class DamagedState(Exception):
     start) and says so in one line; a stage never stays broken because of its own leftovers."""
 
 
+def set_aside(uri: str, stamp: int | None = None) -> str:
+    """Rename a run-store file or folder that does not load to `<uri>.damaged-<time>`: out of
+    the stage's way, kept for a person to look at. Returns the new name (its last part)."""
+    import time
+
+    fs, path = store_fs(uri)
+    aside = f"{path}.damaged-{int(time.time()) if stamp is None else stamp}"
+    fs.move(path, aside)
+    return aside.rsplit("/", 1)[-1]
+
+
 def read_store_json(uri: str) -> Any | None:
     """A JSON file from the run store, or None when there is none; `DamagedState` when it is
     there but does not parse."""

@@ -25,10 +25,13 @@ DIGEST_FILE = "state.sha256"
 def save_state(folder: str | Path, state: dict[str, Any]) -> Path:
     """Write `state` into `folder/state.pt` atomically, and its sha256 into `state.sha256`."""
     path = Path(folder) / STATE_FILE
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)  # a file object keeps the bytes independent of the temp name
+    buf = io.BytesIO()  # serialized once: the same bytes are hashed and written, not read back
+    torch.save(state, buf)
+    data = buf.getbuffer()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     with atomic_path(path.with_name(DIGEST_FILE)) as tmp:
-        tmp.write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+        tmp.write_text(hashlib.sha256(data).hexdigest() + "\n")
     return path
 
 

@@ -70,11 +70,15 @@ def mend_run_folder(storage_path: str, name: str) -> str | None:
     copy of the run store), and would refuse it on every retry. A list naming folders that
     are gone loses those entries; one that does not parse is set aside
     (`<list>.damaged-<time>`) and the run starts over."""
-    import time
-
     import pyarrow.fs as pafs
 
-    from components.store import DamagedState, read_store_json, store_fs, write_store_json
+    from components.store import (
+        DamagedState,
+        read_store_json,
+        set_aside,
+        store_fs,
+        write_store_json,
+    )
 
     uri = f"{storage_path.rstrip('/')}/{name}/{SNAPSHOT}"
     fs, path = store_fs(uri)
@@ -89,10 +93,8 @@ def mend_run_folder(storage_path: str, name: str) -> str | None:
         gone = {r["checkpoint_dir_name"] for r in results
                 if fs.get_file_info(f"{folder}/{r['checkpoint_dir_name']}").type != pafs.FileType.Directory}
     except (DamagedState, KeyError, TypeError) as err:
-        aside = f"{path}.damaged-{int(time.time())}"
-        fs.move(path, aside)
         said = (f"{err if isinstance(err, DamagedState) else f'{uri} is not a checkpoint list ({err!r})'}; "
-                f"set aside as {aside.rsplit('/', 1)[-1]}: the run starts over")
+                f"set aside as {set_aside(uri)}: the run starts over")
     else:
         if not gone:
             return None

@@ -36,6 +36,8 @@ def rounds(storage: str, name: str) -> list[str]:
     run again."""
     from ray import tune
 
+    from components.store import set_aside
+
     found: list[str] = []
 
     def nth(i: int) -> str:
@@ -55,7 +57,7 @@ def rounds(storage: str, name: str) -> list[str]:
     return found
 
 
-STATE_FILE = re.compile(r"experiment_state-.*\.json")
+EXPERIMENT_STATE = re.compile(r"experiment_state-.*\.json")
 
 
 def damaged_round(path: str) -> str | None:
@@ -67,11 +69,11 @@ def damaged_round(path: str) -> str | None:
     parse is set aside and the next newest used, as Tune keeps one per session."""
     import pyarrow.fs as pafs
 
-    from components.store import store_fs
+    from components.store import set_aside, store_fs
 
     fs, base = store_fs(path)
     files = [i for i in fs.get_file_info(pafs.FileSelector(base)) if i.type == pafs.FileType.File]
-    states = sorted((i.base_name for i in files if STATE_FILE.fullmatch(i.base_name)), reverse=True)
+    states = sorted((i.base_name for i in files if EXPERIMENT_STATE.fullmatch(i.base_name)), reverse=True)
     skipped: list[str] = []
     for info in files:
         with fs.open_input_stream(info.path) as f:
@@ -81,7 +83,7 @@ def damaged_round(path: str) -> str | None:
             continue
         if info.base_name in states and len(states) > len(skipped) + 1:
             skipped.append(info.base_name)
-            fs.move(info.path, f"{info.path}.damaged-{int(time.time())}")
+            set_aside(f"{path.rstrip('/')}/{info.base_name}")
             print(f"[tune] {path}/{problem}; set aside: the sweep resumes from its previous state file", flush=True)
             continue
         return f"{path}/{problem}"
@@ -108,14 +110,6 @@ def _unreadable(name: str, data: bytes) -> str | None:
         as_pickle = err
     why = as_json if data[:1] in (b"{", b"[") or not data else f"{type(as_pickle).__name__}: {as_pickle}"
     return f"{name} does not load ({len(data)} bytes, {why})"
-
-
-def set_aside(path: str, stamp: int) -> None:
-    """Rename a run-store folder to `<path>.damaged-<stamp>`: kept for a person, out of the way."""
-    from components.store import store_fs
-
-    fs, where = store_fs(path)
-    fs.move(where, f"{where}.damaged-{stamp}")
 
 
 def searcher(tp: TuneParams, concurrent: int, done: list[dict[str, Any]], round_index: int):
