@@ -176,7 +176,8 @@ def keep_lines(lines: list[str]) -> list[str]:
     if any(NORMAL_END.search(ln) for ln in lines):
         return []
     kept = [ln for ln in lines if not NOISE.search(ln)]
-    if not any("Error in training function" in ln or "Traceback (most recent call last)" in ln for ln in kept):
+    in_loop = any("Error in training function" in ln for ln in kept)
+    if not in_loop and not any("Traceback (most recent call last)" in ln for ln in kept):
         return kept
     causes = [m.group(1) for ln in kept if (m := EXCEPTION_LINE.match(_plain(ln)))]
     if not causes:
@@ -185,7 +186,8 @@ def keep_lines(lines: list[str]) -> list[str]:
     if cause in _causes_shown:
         return []
     _causes_shown.add(cause)
-    return [f"error in the training function: {cause} (TRAINYARD_RAY_VERBOSE=1 shows the traceback)"]
+    where = "in the training function" if in_loop else "in a Ray worker"  # a traceback Ray relays, not the loop's
+    return [f"error {where}: {cause} (TRAINYARD_RAY_VERBOSE=1 shows the traceback)"]
 
 
 def root_cause(err: BaseException) -> BaseException:

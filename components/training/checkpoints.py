@@ -53,6 +53,8 @@ def load_state(folder: str | Path, label: str | None = None) -> dict[str, Any]:
                                f"recorded sha256")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError, MemoryError):
+        raise  # whole bytes naming code that is gone, or no memory: not damage, and not to fall back from
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for a cut file
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise DamagedState(f"checkpoint {name}: {STATE_FILE} ({len(data)} bytes) does not load "
