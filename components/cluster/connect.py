@@ -211,8 +211,10 @@ def root_cause(err: BaseException) -> BaseException:
 def cause_line(root: BaseException) -> str:
     """One line for an error: Ray's wrappers end with the useful line (after a traceback); other
     errors start with it."""
-    lines = str(root).strip().splitlines() or [type(root).__name__]
-    return _plain(lines[-1] if type(root).__name__.startswith("Ray") else lines[0])
+    lines = [ln for ln in str(root).strip().splitlines() if ln.strip()] or [type(root).__name__]
+    # Tune's errors carry the whole traceback as their message: its last line is the cause
+    last_first = type(root).__name__.startswith("Ray") or lines[0].startswith("Traceback")
+    return _plain(lines[-1] if last_first else lines[0])
 
 
 class _TrialFailureLine(logging.Filter):

@@ -150,3 +150,13 @@ def test_a_worker_failure_is_one_line_once_and_tunes_trial_traceback_one_line_wi
     assert record.getMessage() == ("Trial task failed for trial _trial_0: FileNotFoundError: "
                                    "Failed to open local file '/d/train.parquet'")
     assert record.exc_info is None
+
+
+def test_an_error_whose_message_is_a_traceback_is_told_by_its_last_line():
+    from components.cluster.connect import cause_line
+
+    class TuneError(Exception):
+        pass
+
+    err = TuneError("Traceback (most recent call last):\n  File \"x.py\", line 1\n\nValueError: the real cause\n")
+    assert cause_line(err) == "ValueError: the real cause"
