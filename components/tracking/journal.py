@@ -254,7 +254,24 @@ def _busy(err: BaseException) -> bool:
 
 
 def _unreachable(err: BaseException) -> bool:
-    """Whether an MLflow client error means "no server there" (vs. a refused request)."""
+    """Whether an MLflow client error means "no server there" (vs. a refused request): no
+    connection, or one broken mid-answer (a server killed while it replies: `IncompleteRead`,
+    a reset). MLflow wraps the transport's error in an `MlflowException` whose message and
+    context carry it, so both are read."""
+    import http.client
+
+    import requests
+
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:  # the chain of causes, each once
+        seen.add(id(e))
+        if isinstance(e, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                          http.client.HTTPException, ConnectionError, TimeoutError)):
+            return True
+        e = e.__cause__ or e.__context__
     text = f"{type(err).__name__} {err}"
     return any(s in text for s in ("ConnectionError", "Connection refused", "Max retries exceeded",
-                                   "ConnectTimeout", "ReadTimeout", "RemoteDisconnected", "503", "502"))
+                                   "Connection broken", "Connection aborted", "Connection reset",
+                                   "IncompleteRead", "ConnectTimeout", "ReadTimeout", "RemoteDisconnected",
+                                   "503", "502"))

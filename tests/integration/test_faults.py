@@ -353,8 +353,6 @@ def test_mlflow_down_mid_run_is_journaled_and_replayed(fault_project, mlflow_ser
     assert {"evaluation/eval.json", "evaluation/samples.txt"} <= {a.path for a in c.list_artifacts(run_id, "evaluation")}
 
 
-@pytest.mark.xfail(strict=False, reason="known defect: failed once in three runs (CI of 64e4d2d) with the stage "
-                   "ending in `TuneError` while the server was down; cause not yet found")
 def test_mlflow_down_mid_sweep_costs_no_trial_and_the_journal_fills_in_every_trial_run(
         fault_project, mlflow_server, shared_ray, tmp_path):
     """The tracking server dies while a sweep runs: the trials go on, trial runs opened while it

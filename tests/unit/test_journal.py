@@ -197,3 +197,43 @@ def test_runs_by_key_are_opened_on_replay_and_a_closed_run_keeps_its_end_time(tm
     assert again.write({"op": "terminate", **ref, "status": "FINISHED", "time": 2_000})
     run = c.get_run(run.info.run_id)
     assert run.info.end_time == 1_000 and len(c.search_runs([exp])) == 1
+
+
+def test_a_server_that_dies_mid_answer_is_an_outage_the_write_is_journaled(tmp_path):
+    """A server killed while it replies leaves a short body (`IncompleteRead`, wrapped by MLflow
+    in an `MlflowException`): that is an outage like a refused connection, so the write is
+    journaled; a sweep's callback that raised here ended the whole sweep."""
+    import http.server
+    import threading
+
+    class CutShort(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            if self.path.startswith("/health"):
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+                return
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1557")  # promised, never sent: the process died
+            self.end_headers()
+            self.wfile.write(b'{"run": ')
+            self.close_connection = True
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        w = Writer(f"http://127.0.0.1:{srv.server_address[1]}", Journal(tmp_path / "j.jsonl"))
+        assert w.finish("run1") is False
+        assert w.log_history("run1", [{"epoch": 1, "val_loss": 2.0}]) is False
+        assert [e["op"] for e in w.journal.entries()] == ["terminate", "metrics"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
