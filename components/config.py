@@ -92,6 +92,9 @@ class RunParams(Section):
                                                      "process fails at once and the next repro resumes)")
     placement: Literal["pack", "spread"] = knob("pack", "pack | spread: workers fill one node first, "
                                                 "or go one per node")
+    preemption_check_s: Annotated[float, Field(ge=0)] = knob(
+        2.0, "seconds of training between looks for a preemption notice (a node drained with a deadline; each look "
+        "a few ms): on one, a checkpoint is written mid-epoch; 0: never (a restart then loses the epoch so far)")
 
     @model_validator(mode="after")
     def _workers_divide(self) -> RunParams:
@@ -204,7 +207,8 @@ class RegisterParams(Section):
 # `tune`, so these neither reach a trial nor may be searched (and `tune` does not rerun
 # when they change; see `trial_params` in dvc.yaml).
 FINAL_ONLY = ("use_tuned", "epochs", "steps_per_epoch", "max_tokens", "time_budget_s", "num_workers",
-              "cpus_per_worker", "seed", "in_process", "max_failures", "placement", "patience", "bigram_mix")
+              "cpus_per_worker", "seed", "in_process", "max_failures", "placement", "patience", "bigram_mix",
+              "preemption_check_s")
 
 
 def trial_params(train: BaseModel, searched: Iterable[str] = ()) -> dict[str, Any]:

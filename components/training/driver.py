@@ -46,7 +46,9 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
             name=name, storage_path=storage_path,
             # Ray Train restarts the worker group from the last reported checkpoint.
             # and gives up placing its workers after TRAINYARD_WORKER_START_TIMEOUT_S.
-            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+            # A preempted node's restart is counted apart from `max_failures`, and without a
+            # bound: each one goes on from the checkpoint written on its notice, so none is lost.
+            failure_config=ray.train.FailureConfig(max_failures=max_failures, max_preemption_failures=-1,
                                                    controller_failure_limit=start_attempts()),
             # the best checkpoint by `select`, and always the latest (Ray keeps it to resume from)
             checkpoint_config=(ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select[0],
@@ -195,7 +197,9 @@ def fit(trainer, num_workers: int, select: tuple[str, str] | None = None) -> Tra
     def named(c) -> Candidate:
         return c.path.rstrip("/").rsplit("/", 1)[-1], c.as_directory
 
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if select and select[0] in m]
+    # a checkpoint written on a preemption notice is no epoch's (its select metric is NaN)
+    scored = [(c, m) for c, m in (result.best_checkpoints or [])
+              if select and select[0] in m and "preempted_at_step" not in m]
     ranked = []
     if scored:
         metric, sign = select[0], (1 if select[1] == "min" else -1)

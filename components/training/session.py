@@ -1,4 +1,4 @@
-"""Where a worker loop runs, behind the five calls it makes to its runner.
+"""Where a worker loop runs, behind the six calls it makes to its runner.
 
 - `TrainSession` (the default): a Ray Train worker, any number of ranks (`ray.train`).
 - `TuneSession`: the Ray Tune trial's own process, one rank and no worker group. A sweep's
@@ -52,6 +52,11 @@ class Session(Protocol):
     def checkpoints(self) -> list[Candidate]:
         """The checkpoints to resume from, the last reported first, then older ones still
         kept (a fallback when the last does not load); empty on a fresh start."""
+
+    def preemption(self) -> Any | None:
+        """A notice that a node of this run is about to be preempted (Ray's `PreemptionInfo`:
+        the nodes, ranks and deadline), or None. On a Train worker a barrier: every rank calls
+        it alike. Only a Ray Train worker group hears of one; elsewhere always None."""
 
 
 def ray_checkpoints(latest: Any) -> list[Candidate]:
@@ -108,8 +113,20 @@ class TrainSession:
 
         return ray_checkpoints(ray.train.get_checkpoint())
 
+    def preemption(self) -> Any | None:
+        import ray.train
 
-class TuneSession:
+        return ray.train.get_preemption_info()
+
+
+class NoPreemption:
+    """A runner that hears of no preemption: one process, no Ray Train worker group."""
+
+    def preemption(self) -> None:
+        return None
+
+
+class TuneSession(NoPreemption):
     """A Ray Tune function trial running the loop itself: rank 0 of 1."""
 
     def __init__(self, use_gpu: bool = False) -> None:
@@ -137,7 +154,7 @@ class TuneSession:
         return ray_checkpoints(tune.get_checkpoint())
 
 
-class LocalSession:
+class LocalSession(NoPreemption):
     """A plain process: rank 0 of 1 on the CPU; reports kept in `self.reports`, the last
     checkpoint copied into a folder of this session's own (removed by `close`)."""
 
@@ -181,7 +198,7 @@ class LocalSession:
 INDEX_FILE = "checkpoints.json"
 
 
-class StageSession:
+class StageSession(NoPreemption):
     """The train stage's own process running a 1-worker loop: rank 0 of 1 on `device`.
 
     Each reported checkpoint is copied to `<run_uri>/<dir_name>` in the run store (a local

@@ -1,6 +1,7 @@
 """The parts of a Ray Train worker loop that every workload shares: starting the worker,
-resuming from the last reported checkpoint, and checkpoint-and-report at the end of an epoch.
-A workload's loop reads top to bottom as its own steps between these."""
+resuming from the last reported checkpoint, checkpoint-and-report at the end of an epoch, and
+a checkpoint in the middle of one when a preemption notice comes. A workload's loop reads top
+to bottom as its own steps between these."""
 
 from __future__ import annotations
 
@@ -66,6 +67,20 @@ class Progress:
         # name stays with it in Ray's checkpoint list, and one name must not mean two folders.
         # (From what was skipped: the same on every rank, and new for each such restart.)
         self.suffix = f"-r{hashlib.sha256(repr(skipped).encode()).hexdigest()[:6]}" if skipped else ""
+        # A checkpoint written on a preemption notice stops in the middle of epoch `start_epoch`:
+        # where its windows stood, and each rank's own part (state carried between steps, RNG,
+        # the epoch's running sums). Taken once, by the epoch it belongs to.
+        self.mid_epoch: dict[str, Any] | None = state.get("mid_epoch") if state else None
+
+    def take_mid_epoch(self, epoch: int, rank: int, world: int) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        """(the mid-epoch record, this rank's own part) when epoch `epoch` goes on from a
+        checkpoint written on a preemption notice, else None. This rank's part is None when the
+        run now has another number of ranks: its rank-own state then starts fresh."""
+        mid, self.mid_epoch = self.mid_epoch, None
+        if not mid or mid["epoch"] != epoch:
+            return None
+        ranks = mid["ranks"]
+        return mid, (ranks[rank] if len(ranks) == world else None)
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,10 @@ def resume(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int) -> Pro
     """Model and optimizer from the last reported checkpoint, if any, and the run's progress."""
     progress = Progress(*restore(model, opt, rank))
     if progress.state and rank == 0:
-        print(f"[train] resumed from epoch {progress.start_epoch} checkpoint", flush=True)
+        mid = progress.mid_epoch
+        print(f"[train] resumed at step {progress.step}, {mid['steps']} steps into epoch {mid['epoch'] + 1}, from the "
+              "checkpoint written on a preemption notice" if mid else
+              f"[train] resumed from epoch {progress.start_epoch} checkpoint", flush=True)
     return progress
 
 
@@ -209,3 +227,89 @@ def checkpoint_and_report(progress: Progress, rank: int, epoch: int, metrics: di
         session.current().report(replaying(metrics, progress.history) if progress.replay else metrics,
                                  checkpoint_dir=tmp if rank == 0 else None, dir_name=f"epoch-{epoch + 1:04d}{progress.suffix}")
         progress.replay = False
+
+
+CALIBRATE_STEPS = 10  # steps timed before the look's cadence is set
+
+
+class PreemptionWatch:
+    """Looks for a preemption notice about every `every_s` seconds of training
+    (`session.preemption`, a barrier on a Train worker group: every rank calls `notice` after
+    every step alike, and looks at the same steps).
+
+    A cloud gives a preemptible node a notice before it goes (Ray: the node is drained with a
+    deadline); Ray Train keeps the workers running until the deadline, then restarts them on
+    the nodes left from the last reported checkpoint, counted against
+    `FailureConfig.max_preemption_failures`, not `max_failures`. A checkpoint reported on the
+    notice is that last one: the steps lost are at most those trained since the notice.
+
+    The look costs a few milliseconds (a round trip to Ray Train's synchronization actor), so
+    it is made every `every` steps, not every step: `every` is set once from rank 0's time for
+    the first steps, sent to every rank (one broadcast), so all ranks look at the same steps.
+    `every` given: that cadence, no timing (tests)."""
+
+    def __init__(self, every_s: float, device: torch.device | None = None, every: int | None = None) -> None:
+        self.every_s, self.device, self.every = every_s, device or torch.device("cpu"), every
+        self.steps, self.heard, self.t0 = 0, False, 0.0
+
+    def _cadence(self) -> int | None:
+        """Steps between looks, once the first steps are timed (the same on every rank)."""
+        if self.every is None:
+            if self.steps == 1:
+                self.t0 = time.perf_counter()
+            elif self.steps == 1 + CALIBRATE_STEPS:
+                from components.training.steps import rank0_value
+
+                per_step = rank0_value((time.perf_counter() - self.t0) / CALIBRATE_STEPS, self.device)
+                self.every = max(1, round(self.every_s / max(per_step, 1e-6)))
+        return self.every
+
+    def notice(self, can: bool = True) -> Any | None:
+        """After a step: the notice, the first time one is heard (once per worker group).
+        `can`: whether a checkpoint may be written here (not at the step that ends an epoch:
+        that epoch's own checkpoint comes next); the look waits for the next due step."""
+        self.steps += 1
+        if self.heard or self.every_s <= 0:
+            return None
+        every = self._cadence()
+        if not every or self.steps % every or not can:
+            return None
+        info = session.current().preemption()
+        self.heard = info is not None
+        return info
+
+
+def preemption_watch(tp: dict[str, Any], device: torch.device) -> PreemptionWatch:
+    """The run's watch: a look every `train.preemption_check_s` seconds (0: never)."""
+    return PreemptionWatch(float(tp.get("preemption_check_s") or 0), device)
+
+
+def checkpoint_on_notice(progress: Progress, rank: int, epoch: int, info: Any, state: Callable[[], dict[str, Any]],
+                         mid_epoch: dict[str, Any], own: dict[str, Any], select: tuple[str, str] | None) -> None:
+    """On a preemption notice, in the middle of epoch `epoch` (0-based): rank 0 writes a
+    checkpoint (`state()`, the progress, and `mid_epoch`: where the epoch's data stood), with
+    every rank's `own` part (state carried between steps, RNG, running sums) gathered into it;
+    every rank reports it (a barrier). Its report is no epoch's: it has no `epoch` key (no log
+    or feed takes it for one), and its `select` metric is NaN, which Ray's checkpoint list
+    ranks below every real one, so it is kept as the latest to resume from, never the best."""
+    world = session.current().rank_world()[1]
+    owns: list[Any] = [own]
+    if world > 1:
+        import torch.distributed as dist
+
+        owns = [None] * world
+        dist.all_gather_object(owns, own)
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            save_state(tmp, {**state(), "schedule": {"step": progress.step, "train_s": progress.train_s},
+                             "epoch": epoch, "history": progress.history, "resumes": progress.resumes,
+                             "worker_nodes": _placed["nodes"], "mid_epoch": {**mid_epoch, "epoch": epoch, "ranks": owns}})
+            left = (f"{max(0.0, info.deadline_ms / 1000 - time.time()):.0f} s before the deadline"
+                    if info.deadline_ms else "no deadline given")
+            print(f"[train] preemption notice for node(s) {', '.join(n[:12] for n in info.preempted_node_ids)} "
+                  f"(rank(s) {', '.join(map(str, info.preempted_ranks))}; {left}): checkpoint at step {progress.step}, "
+                  f"{mid_epoch['steps']} steps into epoch {epoch + 1}, written; training goes on until the node goes",
+                  flush=True)
+        metrics = {"preempted_at_step": progress.step, **({select[0]: math.nan} if select else {})}
+        session.current().report(metrics, checkpoint_dir=tmp if rank == 0 else None,
+                                 dir_name=f"epoch-{epoch:04d}-step-{progress.step:08d}{progress.suffix}")

@@ -297,8 +297,8 @@ def test_train_runs_as_a_ray_job_with_the_working_dir_shipped(two_nodes, tmp_pat
     assert metrics["epochs"] == tiny_params()["char_lm"]["train"]["epochs"] and (out / "model.pt").exists()
 
 
-def _start_cluster(state: Path) -> dict:
-    subprocess.run([sys.executable, str(RAY_SCRIPT), "start", "--nodes", "2", "--cpus", "1", "--state", str(state)],
+def _start_cluster(state: Path, nodes: int = 2) -> dict:
+    subprocess.run([sys.executable, str(RAY_SCRIPT), "start", "--nodes", str(nodes), "--cpus", "1", "--state", str(state)],
                    check=True, env=project_env(), timeout=300, stdout=subprocess.DEVNULL)
     return json.loads(state.read_text())
 
@@ -308,9 +308,10 @@ def _stop_cluster(state: Path) -> None:
                    timeout=120, stdout=subprocess.DEVNULL)
 
 
-def _head_pids(record: dict) -> list[int]:
-    """The head node's processes (its GCS, raylet, dashboard, workers): all that name its temp dir."""
-    head = str(Path(record["temp_dir"]) / "n0")
+def _head_pids(record: dict, node: str = "n0") -> list[int]:
+    """The head node's processes (its GCS, raylet, dashboard, workers): all that name its temp
+    dir (`node`: another node's, by its temp dir's name)."""
+    head = str(Path(record["temp_dir"]) / node)
     pids = set()
     for p in psutil.process_iter(["cmdline"]):
         try:
@@ -380,3 +381,98 @@ def test_a_lost_head_node_stops_train_in_one_line_and_the_next_repro_resumes_fro
     assert json.loads((project / "metrics/char_lm/train.json").read_text())["epochs"] == 4
     last = load_state(next(store.glob("run-*/epoch-0004")))
     assert [r["epoch"] for r in last["resumes"]] in ([1], [2], [3]), last["resumes"]  # not from scratch
+
+
+def _node_dirs(record: dict) -> dict[str, str]:
+    """Each live node's id -> the name of its temp dir (n0 is the head)."""
+    code = ("import json, ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(json.dumps({n['NodeID']: n['ObjectStoreSocketName'] for n in ray.nodes() if n['Alive']}))")
+    p = subprocess.run([sys.executable, "-c", code, record["address"]], capture_output=True, text=True, timeout=120,
+                       env={**project_env(), **record["env"]}, check=True)
+    root = Path(record["temp_dir"])
+    return {nid: Path(sock).relative_to(root).parts[0] for nid, sock in json.loads(p.stdout.splitlines()[-1]).items()}
+
+
+def _ray_list(store: Path) -> list[str]:
+    """The checkpoint names Ray Train's list holds for the run in `store` (latest last)."""
+    for snap in store.glob("run-*/checkpoint_manager_snapshot.json"):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            d = json.loads(snap.read_text())
+            return [r["checkpoint_dir_name"] for r in d["checkpoint_results"]] + [
+                d["latest_checkpoint_result"]["checkpoint_dir_name"]]
+    return []
+
+
+@pytest.mark.faults
+def test_a_preemption_notice_checkpoints_mid_epoch_and_the_run_goes_on_on_the_nodes_left(tmp_path):
+    """A node of a training run is drained as a cloud's preemption notice arrives (`ray drain-node
+    --reason DRAIN_NODE_REASON_PREEMPTION` with a deadline), then goes: the loop writes a
+    checkpoint within the grace period, Ray Train restarts the workers on the nodes left from
+    it (not counted against `max_failures`, 0 here), and the run ends as an undisturbed one."""
+    import os
+    import signal
+    import time
+
+    from components.training.checkpoints import load_state
+    from tests.integration.conftest import wait_for
+
+    params = cluster_params()
+    # 2 workers, one per node, on 3 nodes: the drained one's worker has somewhere to go
+    params["char_lm"]["train"].update(num_workers=2, placement="spread", epochs=2, steps_per_epoch=1500,
+                                      max_failures=0)
+    project = make_project(tmp_path / "project", params)
+    rec = _start_cluster(tmp_path / "cluster.json", nodes=3)
+    try:
+        env = {**project_env(), **rec["env"]}
+        run(["dvc", "repro", "tune@char_lm"], project, env=env)
+        store = project / ".trainyard/char_lm/train"
+        log_out, log_err = (tmp_path / "train.out").open("w"), (tmp_path / "train.err").open("w")
+        dvc = subprocess.Popen(["dvc", "repro", "train@char_lm"], cwd=project, env=env, stdout=log_out,
+                               stderr=log_err, start_new_session=True)
+        try:
+            wait_for(lambda: "epoch-0001" in _ray_list(store), 600, "epoch 1's checkpoint in Ray Train's list")
+            assert not list(store.glob("run-*/epoch-0002")), "the run ended before the notice"
+            nodes = load_state(next(store.glob("run-*/epoch-0001")))["worker_nodes"]
+            dirs = _node_dirs(rec)
+            victim = next(n for n in nodes if dirs[n] != "n0")  # a worker's node, not the head
+            deadline_s = 12
+            subprocess.run(["ray", "drain-node", "--address", rec["address"], "--node-id", victim, "--reason",
+                            "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot instance reclaimed",
+                            "--deadline-remaining-seconds", str(deadline_s)],
+                           check=True, env=env, capture_output=True, timeout=60)
+            noticed = time.monotonic()
+            wait_for(lambda: any("-step-" in n for n in _ray_list(store)), deadline_s,
+                     "a checkpoint written on the notice, within the grace period")
+            time.sleep(max(0.0, noticed + deadline_s - time.monotonic()))
+            for pid in _head_pids(rec, dirs[victim]):  # the deadline passed: the node goes
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            rc = dvc.wait(timeout=600)
+        finally:
+            if dvc.poll() is None:
+                os.killpg(dvc.pid, signal.SIGKILL)
+                dvc.wait(30)
+        out = (tmp_path / "train.out").read_text() + (tmp_path / "train.err").read_text()
+        assert rc == 0, out[-4000:]
+        said = [line for line in out.splitlines() if "[train] preemption notice" in line]
+        assert len(said) == 1 and "written; training goes on" in said[0], out[-4000:]
+        step = int(said[0].split("checkpoint at step ")[1].split(",")[0])
+        assert step > 1500, said  # in epoch 2, past epoch 1's checkpoint
+        # the restart went on from the notice's checkpoint: the steps lost are at most those since the notice
+        last = load_state(next(store.glob("run-*/epoch-0002")))
+        assert last["resumes"] == [{"epoch": 1, "step": step}], last["resumes"]
+        assert f"resumed at step {step}" in out
+        assert victim not in last["worker_nodes"], (victim, last["worker_nodes"])
+
+        # the same run undisturbed (a store of its own, the nodes left): the same metrics
+        free = tmp_path / "undisturbed"
+        free.mkdir()
+        run([sys.executable, "-m", "pipelines.train", "--workload", "char_lm", "--data", "data/char_lm/normalized",
+             "--tuned", "tune/char_lm/best_params.json", "--model", str(free / "model.pt"), "--metrics", str(free / "train.json"), "--plot", str(free / "curve.csv")],
+            project, env={**env, "TRAINYARD_STORE": str(free / "store")})
+    finally:
+        _stop_cluster(tmp_path / "cluster.json")
+    got = json.loads((project / "metrics/char_lm/train.json").read_text())
+    want = json.loads((free / "train.json").read_text())
+    assert got["epochs"] == want["epochs"] == 2
+    assert abs(got["val_loss"] - want["val_loss"]) <= 1e-4, (got, want)

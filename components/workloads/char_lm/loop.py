@@ -8,11 +8,14 @@ Read top to bottom, `train_loop_per_worker` is:
   5. validation loss summed across ranks, so all report the same    (`validate`)
   6. rank 0 writes the checkpoint; every rank reports (a barrier)   (`checkpoint_and_report`)
   7. stop after `patience` epochs without a better val loss           (`stop_early`)
+On a preemption notice (looked for every `preemption_check_s` seconds) step 4 writes a
+checkpoint mid-epoch, each rank's hidden state in it, and goes on (`checkpoint_on_notice`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +34,14 @@ from components.training.steps import (
 )
 from components.training.worker import (
     EpochMeter,
+    PreemptionWatch,
     Progress,
     StepPlan,
     checkpoint_and_report,
+    checkpoint_on_notice,
     finished_already,
     plan_steps,
+    preemption_watch,
     resume,
     start_worker,
     stop_early,
@@ -58,22 +64,39 @@ class EpochStats:
 
 def train_epoch(model: CharLM, ddp_model: nn.Module, opt: torch.optim.Optimizer, sampler: BpttSampler,
                 streams: torch.Tensor, tp: dict[str, Any], progress: Progress, epoch: int, rank: int,
-                device: torch.device, plan: StepPlan) -> EpochStats:
-    """One epoch of windows; every rank draws the same window lengths from (seed, epoch)."""
+                device: torch.device, plan: StepPlan, watch: PreemptionWatch | None = None,
+                on_notice: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None) -> EpochStats:
+    """One epoch of windows; every rank draws the same window lengths from (seed, epoch).
+    Goes on from the middle when the run resumed from a checkpoint written on a preemption
+    notice; on a notice (`watch`), hands where the epoch stands to `on_notice`."""
     seed_epoch(tp["seed"], epoch, rank)
     budget, use_amp = tp.get("time_budget_s"), device.type == "cuda"
     loss_fn = nn.CrossEntropyLoss()
     ddp_model.train()
     h = model.init_hidden(streams.size(1), device)
     stats, t_epoch = EpochStats(), time.perf_counter()
+    taken = progress.take_mid_epoch(epoch, rank, _world())
+    done = 0  # windows of this epoch already trained before a preemption
+    if taken:
+        mid, own = taken
+        done = mid["steps"]
+        sampler.load_state_dict(mid["sampler"])  # where the epoch's windows began
+        if own is not None:  # the same ranks: each goes on with its own state and RNG
+            h = _to(own["hidden"], device)
+            torch.set_rng_state(own["rng"])
+            stats = EpochStats(own["loss_sum"], own["steps"], own["tokens"])
+            t_epoch -= own["elapsed"]
+    epoch_start = {"sampler": sampler.state_dict(), "step": progress.step - done}
     # a full pass unless the epoch has a set length or the run's max_tokens cuts it short
     # (varied windows make a pass a few windows longer or shorter than planned: the cap is
     # held window by window)
-    remaining = plan.total - progress.step
+    remaining = plan.total - epoch_start["step"]
     full_pass = not tp["steps_per_epoch"] and remaining >= plan.per_epoch
     schedule = plan.schedule_cfg(tp)
     meter = EpochMeter(rank, epoch, plan.epochs, min(remaining, plan.per_epoch), "windows")
-    for start, seq_len in sampler.windows(None if full_pass else min(remaining, plan.per_epoch)):
+    for i, (start, seq_len) in enumerate(sampler.windows(None if full_pass else min(remaining, plan.per_epoch))):
+        if i < done:  # trained before the preemption: the draws replayed, no compute
+            continue
         if progress.step >= plan.total:
             break
         t_step = time.perf_counter()
@@ -105,8 +128,24 @@ def train_epoch(model: CharLM, ddp_model: nn.Module, opt: torch.optim.Optimizer,
             if progress.train_s >= budget:
                 stats.out_of_time = True
                 break
+        if watch is not None and on_notice is not None and (info := watch.notice(progress.step < plan.total)):
+            on_notice(info, {"steps": i + 1, "sampler": epoch_start["sampler"]},
+                      {"hidden": _to(detach_hidden(h), torch.device("cpu")), "rng": torch.get_rng_state(),
+                       "loss_sum": stats.loss_sum, "steps": stats.steps, "tokens": stats.tokens,
+                       "elapsed": time.perf_counter() - t_epoch})
     stats.elapsed = time.perf_counter() - t_epoch
     return stats
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _to(h: Any, device: torch.device) -> Any:
+    """A hidden state (a tensor, or an LSTM's pair) on `device`."""
+    return tuple(t.to(device) for t in h) if isinstance(h, tuple) else h.to(device)
 
 
 def validate(model: CharLM, val_streams: torch.Tensor, stats: EpochStats, tp: dict[str, Any], progress: Progress,
@@ -145,16 +184,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if finished_already(progress, config, rank, plan):
         return
 
+    def state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
+                "train": tp, "vocab_size": data["vocab_size"]}
+
+    watch = preemption_watch(tp, device)
     for epoch in range(progress.start_epoch, plan.epochs):
-        # 4. one epoch of windows
-        stats = train_epoch(model, ddp_model, opt, sampler, train_streams, tp, progress, epoch, rank, device, plan)
+        # 4. one epoch of windows (a checkpoint in the middle on a preemption notice)
+        stats = train_epoch(model, ddp_model, opt, sampler, train_streams, tp, progress, epoch, rank, device, plan,
+                            watch, lambda info, mid, own, epoch=epoch: checkpoint_on_notice(
+                                progress, rank, epoch, info, state, mid, own, config.get("select")))
         # 5. validation summed across ranks
         metrics = validate(model, val_streams, stats, tp, progress, opt, epoch, world, device)
         # 6. rank 0 checkpoints; all ranks report
         checkpoint_and_report(
-            progress, rank, epoch, metrics,
-            lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
-                     "train": tp, "vocab_size": data["vocab_size"]},
+            progress, rank, epoch, metrics, state,
             f"[train] epoch {epoch + 1}/{plan.epochs} train_loss {metrics['train_loss']:.4f} "
             f"val_loss {metrics['val_loss']:.4f} ({stats.elapsed:.1f}s, {progress.train_s:.0f}s training in all)")
         if stats.out_of_time or progress.step >= plan.total or stop_early(progress, config, rank):

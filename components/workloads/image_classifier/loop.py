@@ -8,12 +8,15 @@ Read top to bottom, `train_loop_per_worker` is:
      on every rank (as DistributedSampler pads), the padding counted (`train_epoch`)
   5. validation summed across ranks                                  (`validate`)
   6. rank 0 writes the checkpoint; every rank reports                (`checkpoint_and_report`)
+On a preemption notice (looked for every `preemption_check_s` seconds) step 4 writes a
+checkpoint mid-epoch, each rank's shuffle and RNG state in it, and goes on (`checkpoint_on_notice`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +34,14 @@ from components.training.schedules import multiplier
 from components.training.steps import DivergedError, all_reduce_sum, make_optimizer, optimizer_step
 from components.training.worker import (
     EpochMeter,
+    PreemptionWatch,
     Progress,
     StepPlan,
     checkpoint_and_report,
+    checkpoint_on_notice,
     finished_already,
     plan_steps,
+    preemption_watch,
     resume,
     start_worker,
     stop_early,
@@ -96,8 +102,12 @@ class EpochStats:
 
 def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimizer, x_train: torch.Tensor,
                 y_train: torch.Tensor, tp: dict[str, Any], data: dict[str, Any], progress: Progress, epoch: int,
-                rank: int, device: torch.device, plan: StepPlan, bs_local: int) -> EpochStats:
-    """A seeded permutation of the shard, wrapped to the same step count on every rank."""
+                rank: int, device: torch.device, plan: StepPlan, bs_local: int, world: int = 1,
+                watch: PreemptionWatch | None = None,
+                on_notice: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None) -> EpochStats:
+    """A seeded permutation of the shard, wrapped to the same step count on every rank. Goes on
+    from the middle when the run resumed from a checkpoint written on a preemption notice; on a
+    notice (`watch`), hands where the epoch stands to `on_notice`."""
     mean, std = torch.tensor(data["mean"], device=device), torch.tensor(data["std"], device=device)
     pad = data["shape"][1] // 8 if data["crop"] else 0
     g = torch.Generator().manual_seed(tp["seed"] * 100_003 + epoch * 1009 + rank)
@@ -108,8 +118,15 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
     order = torch.randperm(len(x_train), generator=g).repeat(math.ceil(need / len(x_train)))[:need]
     ddp_model.train()
     stats, t0 = EpochStats(steps=steps), time.perf_counter()
+    first = 0
+    if taken := progress.take_mid_epoch(epoch, rank, world):
+        first, own = taken[0]["steps"], taken[1]
+        if own is not None:  # the same ranks: each goes on with its own augmentation and dropout draws
+            g.set_state(own["gen"])
+            torch.set_rng_state(own["rng"])
+            stats.loss_sum, stats.seen, t0 = own["loss_sum"], own["seen"], t0 - own["elapsed"]
     meter = EpochMeter(rank, epoch, plan.epochs, steps, "steps")
-    for s in range(steps):
+    for s in range(first, steps):
         idx = order[s * bs_local:(s + 1) * bs_local]
         xb = augment(x_train[idx], data["flip"], pad, g).to(device)
         yb = y_train[idx].to(device)
@@ -124,6 +141,10 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
         stats.seen += len(idx)
         progress.step += 1
         meter.update(s + 1, stats.loss_sum / (s + 1))
+        if watch is not None and on_notice is not None and (info := watch.notice(s + 1 < steps)):
+            on_notice(info, {"steps": s + 1}, {"gen": g.get_state(), "rng": torch.get_rng_state(),
+                                               "loss_sum": stats.loss_sum, "seen": stats.seen,
+                                               "elapsed": time.perf_counter() - t0})
     stats.elapsed = time.perf_counter() - t0
     progress.train_s += stats.elapsed
     return stats
@@ -166,16 +187,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if finished_already(progress, config, rank, plan):
         return
 
+    def state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "train": tp}
+
+    watch = preemption_watch(tp, device)
     for epoch in range(progress.start_epoch, plan.epochs):
-        # 4. one epoch over this worker's shard
+        # 4. one epoch over this worker's shard (a checkpoint in the middle on a preemption notice)
         stats = train_epoch(model, ddp_model, opt, x_train, y_train, tp, data, progress, epoch, rank, device,
-                            plan, bs_local)
+                            plan, bs_local, world, watch, lambda info, mid, own, epoch=epoch: checkpoint_on_notice(
+                                progress, rank, epoch, info, state, mid, own, config.get("select")))
         # 5. validation summed across ranks
         metrics = validate(model, x_val, y_val, stats, data, progress, opt, epoch, device)
         # 6. rank 0 checkpoints; all ranks report
         checkpoint_and_report(
-            progress, rank, epoch, metrics, lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                                     "train": tp},
+            progress, rank, epoch, metrics, state,
             f"[train] epoch {epoch + 1}/{plan.epochs} train_loss {metrics['train_loss']:.4f} "
             f"val_loss {metrics['val_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f} ({stats.elapsed:.1f}s)")
         if stop_early(progress, config, rank):  # 7. `patience` epochs without a better val accuracy

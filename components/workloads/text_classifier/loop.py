@@ -9,6 +9,8 @@ Read top to bottom, `train_loop_per_worker` is:
   4. resume from the last reported checkpoint
   5. one epoch: STLR over the whole run, the groups below the unfrozen ones at rate 0
   6. validation summed across ranks; rank 0 checkpoints, every rank reports
+On a preemption notice (looked for every `preemption_check_s` seconds) step 5 writes a
+checkpoint mid-epoch, each rank's shuffle and RNG state in it, and goes on (`checkpoint_on_notice`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from components.training.steps import DivergedError, all_reduce_sum, make_optimi
 from components.training.worker import (
     EpochMeter,
     checkpoint_and_report,
+    checkpoint_on_notice,
     finished_already,
     plan_steps,
+    preemption_watch,
     resume,
     start_worker,
     stop_early,
@@ -114,17 +118,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if finished_already(progress, config, rank, plan):
         return
 
+    def state() -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "train": tp}
+
+    watch = preemption_watch(tp, device)
     for epoch in range(progress.start_epoch, plan.epochs):
         # 5. one epoch: a seeded shuffle of the shard, wrapped to the same steps on every rank
+        # (a checkpoint in the middle on a preemption notice; a resumed run goes on from there)
         g = torch.Generator().manual_seed(tp["seed"] * 100_003 + epoch * 1009 + rank)
         seed_epoch(tp["seed"], epoch, rank)
         steps = plan.steps_in(epoch)
         need = steps * bs_local
         order = torch.randperm(x_train.size(1), generator=g).repeat(math.ceil(need / x_train.size(1)))[:need]
         ddp_model.train()
-        loss_sum, t0 = 0.0, time.perf_counter()
+        loss_sum, t0, first = 0.0, time.perf_counter(), 0
+        if taken := progress.take_mid_epoch(epoch, rank, world):
+            first, own = taken[0]["steps"], taken[1]
+            if own is not None:  # the same ranks: each goes on with its own dropout draws
+                torch.set_rng_state(own["rng"])
+                loss_sum, t0 = own["loss_sum"], t0 - own["elapsed"]
         meter = EpochMeter(rank, epoch, plan.epochs, steps, "steps")
-        for s in range(steps):
+        for s in range(first, steps):
             idx = order[s * bs_local:(s + 1) * bs_local]
             apply_schedule(opt, progress.step, plan.total, epoch, tp["unfreeze_every"], tp["cut_frac"],
                            tp["stlr_ratio"])
@@ -136,6 +150,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss_sum += loss.item()
             progress.step += 1
             meter.update(s + 1, loss_sum / (s + 1))
+            if info := watch.notice(s + 1 < steps):
+                checkpoint_on_notice(progress, rank, epoch, info, state, {"steps": s + 1},
+                                     {"rng": torch.get_rng_state(), "loss_sum": loss_sum,
+                                      "elapsed": time.perf_counter() - t0}, config.get("select"))
         elapsed = time.perf_counter() - t0
         progress.train_s += elapsed
 
@@ -147,8 +165,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "val_accuracy": v_correct / v_n, "lr": opt.param_groups[-1]["lr"],
                    "groups_trained": trained, "epoch_s": elapsed, "train_s": progress.train_s, "step": progress.step}
         checkpoint_and_report(
-            progress, rank, epoch, metrics,
-            lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "train": tp},
+            progress, rank, epoch, metrics, state,
             f"[train] epoch {epoch + 1}/{plan.epochs} train_loss {metrics['train_loss']:.4f} "
             f"val_loss {metrics['val_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f} "
             f"({trained} of {len(opt.param_groups)} layer groups training, {elapsed:.1f}s)")
