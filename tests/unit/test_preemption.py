@@ -71,25 +71,11 @@ def _images(tmp_path, tiny_tokens):
 
 
 def _text(tmp_path, tiny_tokens):
-    import pyarrow as pa
-    import torch
-
-    from components.data.parquet import write_table
-    from components.workloads.char_lm.model import CharLM
     from components.workloads.text_classifier.loop import train_loop_per_worker
     from components.workloads.text_classifier.params import TextTrainParams
+    from tests.unit.conftest import write_tiny_text
 
-    itos = ["<unk>", *"abcdefgh \n"]
-    torch.save({"model": CharLM(len(itos), n_fac=8, n_hidden=16).state_dict(), "vocab": itos}, tmp_path / "lm.pt")
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 64), ("val", 16)):
-        labels = torch.randint(0, 2, (n,), generator=g).tolist()
-        texts = ["".join(itos[1 + 4 * lab + int(i)] for i in torch.randint(0, 4, (40,), generator=g)) for lab in labels]
-        write_table(tmp_path / f"{split}.parquet", pa.table({"text": texts, "label": pa.array(labels, pa.int16())}))
-    data = {"train_uri": str(tmp_path / "train.parquet"), "val_uri": str(tmp_path / "val.parquet"), "n_train": 64,
-            "n_val": 16, "n_classes": 2, "encoder_uri": str(tmp_path / "lm.pt"),
-            "encoder": {"vocab": itos, "vocab_size": len(itos), "arch": "lstm", "n_fac": 8, "n_hidden": 16,
-                        "n_layers": 1}}
+    data, _ = write_tiny_text(tmp_path)
     tp = TextTrainParams().model_dump() | {"epochs": 3, "steps_per_epoch": 4, "bs": 16, "lr": 0.01, "dropout": 0.1,
                                            "head_hidden": 8, "unfreeze_every": 1, "num_workers": 1}
     return train_loop_per_worker, tp, data

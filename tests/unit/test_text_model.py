@@ -56,27 +56,13 @@ def test_discriminative_rates_and_gradual_unfreezing():
 
 
 def test_the_loop_fine_tunes_from_the_char_lm_and_unfreezes_a_group_an_epoch(tmp_path):
-    import pyarrow as pa
-
-    from components.data.parquet import write_table
     from components.training.driver import worker_config
     from components.training.session import LocalSession, running_in
     from components.workloads.text_classifier.loop import train_loop_per_worker
     from components.workloads.text_classifier.params import TextTrainParams
+    from tests.unit.conftest import write_tiny_text
 
-    itos = ["<unk>", *"abcdefgh \n"]
-    lm = CharLM(len(itos), n_fac=8, n_hidden=16)
-    torch.save({"model": lm.state_dict(), "vocab": itos}, tmp_path / "lm.pt")
-    rng = torch.Generator().manual_seed(0)
-    for split, n in (("train", 64), ("val", 16)):
-        labels = torch.randint(0, 2, (n,), generator=rng).tolist()
-        # class 0 writes a-d, class 1 e-h: easy enough to learn in a few steps
-        texts = ["".join(itos[1 + 4 * lab + int(i)] for i in torch.randint(0, 4, (40,), generator=rng)) for lab in labels]
-        write_table(tmp_path / f"{split}.parquet", pa.table({"text": texts, "label": pa.array(labels, pa.int16())}))
-    data = {"train_uri": str(tmp_path / "train.parquet"), "val_uri": str(tmp_path / "val.parquet"), "n_train": 64,
-            "n_val": 16, "n_classes": 2, "encoder_uri": str(tmp_path / "lm.pt"),
-            "encoder": {"vocab": itos, "vocab_size": len(itos), "arch": "lstm", "n_fac": 8, "n_hidden": 16,
-                        "n_layers": 1}}
+    data, lm = write_tiny_text(tmp_path)
     # the params.yaml defaults, shrunk: the loop reads every key a real run has
     tp = TextTrainParams().model_dump() | {"epochs": 3, "steps_per_epoch": 8, "bs": 16, "lr": 0.01, "dropout": 0.1,
                                            "head_hidden": 8, "unfreeze_every": 1, "num_workers": 1}
