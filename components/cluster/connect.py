@@ -57,6 +57,16 @@ def head_lost_s() -> float:
     return value
 
 
+_watching: list[threading.Event] = []  # the head watches of this process, for `stop_head_watch`
+
+
+def stop_head_watch() -> None:
+    """End this process's head watch: its Ray work is done (a Train run or a sweep returned),
+    and what is left (publishing, logging) needs no cluster; a head lost now stops nothing."""
+    while _watching:
+        _watching.pop().set()
+
+
 def watch_head(address: str, limit_s: float, interval_s: float = 1.0) -> threading.Event | None:
     """Stop this process, in one line, once the cluster's head (its GCS at `address`) has not
     accepted a connection for `limit_s`; returns an event that ends the watch.
@@ -86,6 +96,7 @@ def watch_head(address: str, limit_s: float, interval_s: float = 1.0) -> threadi
                 os._exit(1)
 
     threading.Thread(target=watch, name="trainyard-head-watch", daemon=True).start()
+    _watching.append(done)
     return done
 
 

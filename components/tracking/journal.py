@@ -51,7 +51,8 @@ class Journal:
         return FileLock(str(self.path) + ".lock", timeout=60)
 
     def entries(self) -> list[dict[str, Any]]:
-        """Entries in write order; a torn last line (a writer killed mid-append) is ignored."""
+        """Entries in write order. A torn line (a writer killed mid-append: an entry never
+        acknowledged) is skipped, wherever it is: the entries appended after it are kept."""
         if not self.path.exists():
             return []
         out = []
@@ -59,7 +60,7 @@ class Journal:
             try:
                 out.append(json.loads(line))
             except ValueError:
-                break
+                continue
         return out
 
     def _size(self) -> int:
@@ -78,10 +79,17 @@ class Journal:
                 copy.parent.mkdir(parents=True)
                 shutil.copy2(file, copy)
                 entry = {**entry, "file": str(copy)}
+            torn = self.path.exists() and self.path.stat().st_size and not self._ends_a_line()
             with open(self.path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+                # after a torn line, a newline first: the new entry must not be glued onto it
+                f.write(("\n" if torn else "") + json.dumps(entry) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+
+    def _ends_a_line(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
 
     def __len__(self) -> int:
         return len(self.entries())

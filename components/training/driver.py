@@ -181,8 +181,11 @@ def _outcome(ranked: list[Candidate], last: Candidate, run_path: str, num_worker
 def fit(trainer, num_workers: int, select: tuple[str, str] | None = None) -> TrainOutcome:
     """Run the trainer; load the last checkpoint it reported and the best by `select`
     (the earliest on a tie)."""
+    from components.cluster.connect import stop_head_watch
+
     try:
         result = trainer.fit()
+        stop_head_watch()  # the checkpoints are in the run store: publishing needs no cluster
     except Exception as err:
         if start_timed_out(err):
             scaling = trainer.scaling_config

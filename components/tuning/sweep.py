@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from components.cluster.connect import error_line, init_ray
+from components.cluster.connect import error_line, init_ray, stop_head_watch
 from components.cluster.resources import TrialPlan, plan_trials, want_gpu
 from components.config import FINAL_ONLY, TuneParams
 from components.store import DamagedState, read_store_json
@@ -191,6 +191,7 @@ def run_sweep(tp: TuneParams, base_train: dict[str, Any], data: dict[str, Any], 
                                       failure_config=tune.FailureConfig(max_failures=1 if in_process(tp) else 0)),
         )
         trials += _trials(tuner.fit(), tp.metric)
+    stop_head_watch()  # the trials' results are in hand: writing them needs no cluster
     ok = [t for t in trials if t[tp.metric] is not None]
     if not ok:
         raise RuntimeError(f"every trial failed; first error: {trials[0]['error'] if trials else 'no trials'}")

@@ -43,6 +43,30 @@ def test_a_silent_head_stops_the_process_in_one_line_within_the_limit(tmp_path):
     assert "not stopped" not in out
 
 
+def test_a_stopped_watch_lets_the_process_go_on_when_the_head_goes_later(tmp_path):
+    """Once the Ray work is done (`stop_head_watch`, after a Train run or a sweep returns), a head
+    lost while the stage publishes stops nothing."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from components.cluster.connect import stop_head_watch, watch_head
+        watch_head("127.0.0.1:{port}", 1.0, interval_s=0.2)
+        stop_head_watch()
+        print("stopped the watch", flush=True)
+        sys.stdin.readline()  # the head is gone now
+        time.sleep(3)  # publishing: three times the watch's limit
+        print("published", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "stopped the watch"
+    listener.close()
+    out, err = proc.communicate("\n", timeout=30)
+    assert proc.returncode == 0 and "published" in out, (proc.returncode, out, err)
+
+
 @pytest.mark.parametrize("raw", ["soon", "-1"])
 def test_a_bad_head_wait_is_one_error_naming_it(monkeypatch, raw):
     monkeypatch.setenv("TRAINYARD_HEAD_LOST_S", raw)

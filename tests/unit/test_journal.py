@@ -7,13 +7,19 @@ import pytest
 from components.tracking.journal import Journal, JournalFull, Writer
 
 
-def test_entries_keep_order_and_a_torn_last_line_is_ignored(tmp_path):
+def test_entries_keep_order_and_a_torn_line_is_skipped_and_what_follows_it_kept(tmp_path):
     j = Journal(tmp_path / "j.jsonl")
     for i in range(3):
         j.append({"op": "tag", "i": i})
     with open(j.path, "a") as f:
         f.write('{"op": "tag", "i"')  # a writer killed mid-append
     assert [e["i"] for e in j.entries()] == [0, 1, 2]
+    # the next writer appends after the torn line: nothing it writes is lost, nor glued onto it
+    j.append({"op": "tag", "i": 3})
+    j.append({"op": "tag", "i": 4})
+    assert [e["i"] for e in j.entries()] == [0, 1, 2, 3, 4]
+    sent = []
+    assert j.drain(lambda e: sent.append(e["i"])) == 5 and sent == [0, 1, 2, 3, 4] and not j.path.exists()
 
 
 def test_bound_on_entries_and_bytes(tmp_path):
