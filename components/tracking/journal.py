@@ -154,7 +154,8 @@ class Writer:
     def _send(self, e: dict[str, Any]) -> None:
         if e["op"] == "start":  # a run opened (or reopened) by its key: safe to send twice
             run_id = runs.start_run(self.c, e["exp_id"], e["run_key"], e["run_name"], e.get("tags"),
-                                    parent_run_id=e.get("parent_run_id"), reopen=e.get("reopen", True))
+                                    parent_run_id=e.get("parent_run_id"), reopen=e.get("reopen", True),
+                                    start_time=e.get("time"))  # when it began, not when it was sent
             self._ids[(e["exp_id"], e["run_key"])] = run_id
             runs.log_params(self.c, run_id, e.get("params") or {})
         elif e["op"] == "metrics":

@@ -39,7 +39,9 @@ def _probes() -> list[Any]:
 def next_step(c, run_id: str) -> int:
     """The step after the run's last system metric (a reopened run goes on where it stopped)."""
     try:
-        steps = [m.step for m in c.get_run(run_id).data._metric_objs if m.key.startswith(PREFIX)]
+        # every sample logs all system metrics at one step: one metric's history says where they are
+        key = next((k for k in c.get_run(run_id).data.metrics if k.startswith(PREFIX)), None)
+        steps = [m.step for m in c.get_metric_history(run_id, key)] if key else []
     except Exception:  # noqa: BLE001 - unreadable now: start at 0 rather than fail the stage
         return 0
     return max(steps) + 1 if steps else 0

@@ -85,15 +85,16 @@ def find_run(c, exp_id: str, run_key: str):
 
 
 def start_run(c, exp_id: str, run_key: str, run_name: str, tags: dict[str, str] | None = None,
-              parent_run_id: str | None = None, reopen: bool = True) -> str:
+              parent_run_id: str | None = None, reopen: bool = True, start_time: int | None = None) -> str:
     """Reuse the run with this key, or create it; returns its id. The run is RUNNING after,
-    unless `reopen` is false and it had ended (a finished sweep trial stays as it was)."""
+    unless `reopen` is false and it had ended (a finished sweep trial stays as it was).
+    `start_time` (ms): when the run began, for one created late from a journal."""
     run = find_run(c, exp_id, run_key)
     all_tags = {RUN_KEY: run_key, **source_tags(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     if run is None:
-        run = c.create_run(exp_id, run_name=run_name, tags=all_tags)
+        run = c.create_run(exp_id, run_name=run_name, tags=all_tags, start_time=start_time)
     else:
         for k, v in all_tags.items():
             c.set_tag(run.info.run_id, k, v)

@@ -181,23 +181,25 @@ def test_a_writer_keeps_the_journal_it_is_given_even_an_empty_one(tmp_path):
     assert len(j) == 0 and Writer("http://127.0.0.1:9", j).journal is j
 
 
-def test_runs_by_key_are_opened_on_replay_and_a_closed_run_keeps_its_end_time(tmp_path):
+def test_runs_by_key_are_opened_on_replay_and_a_closed_run_keeps_its_end_time(tmp_path, monkeypatch):
     """A sweep's trial run opened while the server was away is created when the journal is
     sent (addressed by its key); a trial reported complete twice (a resumed sweep hands back a
     done trial's result) leaves its run's end time as it was."""
     from mlflow import MlflowClient
 
+    monkeypatch.chdir(tmp_path)  # the store's artifacts (./mlruns) go there
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = MlflowClient(tracking_uri=uri)
     exp = c.create_experiment("sweep")
     w = Writer(uri, Journal(tmp_path / "j.jsonl"))
     ref = {"exp_id": exp, "run_key": "char_lm/tune/s/t1"}
     assert w.write({"op": "start", **ref, "run_name": "trial-t1", "tags": {"trainyard.trial_id": "t1"},
-                    "reopen": False, "params": {"lr": 0.01}})
+                    "reopen": False, "params": {"lr": 0.01}, "time": 500})  # sent late: it began at 500
     assert w.write({"op": "metrics", **ref, "rows": [{"epoch": 1, "val_loss": 2.0}]})
     assert w.write({"op": "terminate", **ref, "status": "FINISHED", "time": 1_000})
     run = c.search_runs([exp])[0]
     assert run.data.params == {"lr": "0.01"} and run.info.end_time == 1_000 and run.info.status == "FINISHED"
+    assert run.info.start_time == 500
     again = Writer(uri, Journal(tmp_path / "j2.jsonl"))  # a resumed sweep: a new writer, the run found by key
     assert again.write({"op": "start", **ref, "run_name": "trial-t1", "tags": {}, "reopen": False})
     assert again.write({"op": "terminate", **ref, "status": "FINISHED", "time": 2_000})
@@ -243,3 +245,19 @@ def test_a_server_that_dies_mid_answer_is_an_outage_the_write_is_journaled(tmp_p
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_system_metrics_of_a_reopened_run_go_on_after_its_last_step(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # the store's artifacts (./mlruns) go there
+    from mlflow.entities import Metric
+
+    from components.tracking.monitor import PREFIX, next_step
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = c.create_run(c.create_experiment("x")).info.run_id
+    assert next_step(c, run) == 0
+    c.log_batch(run, metrics=[Metric("val_loss", 1.0, 0, 9)] + [
+        Metric(f"{PREFIX}{k}", 1.0, 0, step) for step in range(4) for k in ("cpu_utilization_percentage", "memory")])
+    assert next_step(c, run) == 4  # not the training metric's step 9
