@@ -213,6 +213,13 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _run_state(progress: Progress, epochs_done: int) -> dict[str, Any]:
+    """What every checkpoint holds besides the workload's own state: the schedule's position,
+    the epochs done and their history, the run's resumes and where its ranks trained."""
+    return {"schedule": {"step": progress.step, "train_s": progress.train_s}, "epoch": epochs_done,
+            "history": progress.history, "resumes": progress.resumes, "worker_nodes": _placed["nodes"]}
+
+
 def checkpoint_and_report(progress: Progress, rank: int, epoch: int, metrics: dict[str, Any],
                           state: Callable[[], dict[str, Any]], line: str) -> None:
     """Record the epoch; rank 0 writes the checkpoint (`state()` plus the progress) and prints
@@ -220,9 +227,7 @@ def checkpoint_and_report(progress: Progress, rank: int, epoch: int, metrics: di
     progress.history.append(metrics)
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
-            save_state(tmp, {**state(), "schedule": {"step": progress.step, "train_s": progress.train_s},
-                             "epoch": epoch + 1, "history": progress.history, "resumes": progress.resumes,
-                             "worker_nodes": _placed["nodes"]})
+            save_state(tmp, {**state(), **_run_state(progress, epoch + 1)})
             print(line, flush=True)
         session.current().report(replaying(metrics, progress.history) if progress.replay else metrics,
                                  checkpoint_dir=tmp if rank == 0 else None, dir_name=f"epoch-{epoch + 1:04d}{progress.suffix}")
@@ -301,9 +306,8 @@ def checkpoint_on_notice(progress: Progress, rank: int, epoch: int, info: Any, s
         dist.all_gather_object(owns, own)
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
-            save_state(tmp, {**state(), "schedule": {"step": progress.step, "train_s": progress.train_s},
-                             "epoch": epoch, "history": progress.history, "resumes": progress.resumes,
-                             "worker_nodes": _placed["nodes"], "mid_epoch": {**mid_epoch, "epoch": epoch, "ranks": owns}})
+            save_state(tmp, {**state(), **_run_state(progress, epoch),
+                             "mid_epoch": {**mid_epoch, "epoch": epoch, "ranks": owns}})
             left = (f"{max(0.0, info.deadline_ms / 1000 - time.time()):.0f} s before the deadline"
                     if info.deadline_ms else "no deadline given")
             print(f"[train] preemption notice for node(s) {', '.join(n[:12] for n in info.preempted_node_ids)} "

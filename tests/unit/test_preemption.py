@@ -123,58 +123,42 @@ def test_a_checkpoint_on_a_preemption_notice_resumes_mid_epoch_to_what_an_undist
         preempted.close()
 
 
+class Looks:
+    """A runner (all the watch asks of one) that records at which of the watch's steps it was
+    asked, and answers `answer`."""
+
+    def __init__(self, watch: PreemptionWatch, answer=None) -> None:
+        self.watch, self.answer, self.at = watch, answer, []
+
+    def preemption(self):
+        self.at.append(self.watch.steps)
+        return self.answer
+
+
 def test_the_notice_is_looked_for_every_n_steps_and_heard_once():
-    class Runner(LocalSession):
-        looks = 0
-
-        def preemption(self):
-            self.looks += 1
-            return NOTICE
-
-    r = Runner()
-    with running_in(r):
-        w = PreemptionWatch(1.0, every=5)
+    w = PreemptionWatch(1.0, every=5)
+    with running_in(Looks(w, NOTICE)) as r:
         heard = [s for s in range(1, 21) if w.notice() is not None]
-        assert heard == [5] and r.looks == 1
+        assert heard == [5] and r.at == [5]
         off = PreemptionWatch(0.0)
-        assert all(off.notice() is None for _ in range(10)) and r.looks == 1
-    r.close()
+        assert all(off.notice() is None for _ in range(10)) and r.at == [5]
 
 
 def test_no_look_at_an_epochs_last_step_it_waits_for_the_next_due_one():
-    class Runner(LocalSession):
-        looks = 0
-
-        def preemption(self):
-            self.looks += 1
-            return None
-
-    r = Runner()
-    with running_in(r):
-        w = PreemptionWatch(1.0, every=2)
+    w = PreemptionWatch(1.0, every=2)
+    with running_in(Looks(w)) as r:
         for step in range(1, 9):
             w.notice(can=step % 4 != 0)  # steps 4 and 8 end an epoch
-        assert r.looks == 2  # steps 2 and 6
-    r.close()
+        assert r.at == [2, 6]
 
 
 def test_the_cadence_is_set_from_the_first_steps_time(monkeypatch):
     """Steps of 0.25 s and a look every 2 s: every 8 steps, counted from the first step."""
     from components.training import worker
 
+    w = PreemptionWatch(2.0)
     monkeypatch.setattr(worker.time, "perf_counter", lambda: w.steps * 0.25)  # a clock of steps
-
-    class Runner(LocalSession):
-        looks: list = []
-
-        def preemption(self):
-            self.looks.append(w.steps)
-            return None
-
-    r = Runner()
-    with running_in(r):
-        w = PreemptionWatch(2.0)
+    with running_in(Looks(w)) as r:
         for _ in range(40):
             w.notice()
-        assert w.every == 8 and r.looks == [16, 24, 32, 40]
-    r.close()
+        assert w.every == 8 and r.at == [16, 24, 32, 40]
