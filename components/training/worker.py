@@ -72,15 +72,21 @@ class Progress:
         # the epoch's running sums). Taken once, by the epoch it belongs to.
         self.mid_epoch: dict[str, Any] | None = state.get("mid_epoch") if state else None
 
-    def take_mid_epoch(self, epoch: int, rank: int, world: int) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    def take_mid_epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
         """(the mid-epoch record, this rank's own part) when epoch `epoch` goes on from a
-        checkpoint written on a preemption notice, else None. This rank's part is None when the
-        run now has another number of ranks: its rank-own state then starts fresh."""
+        checkpoint written on a preemption notice, else None; called after the epoch's
+        `seed_epoch`, it puts back this rank's dropout RNG as it stood at the notice. This
+        rank's part is None when the run now has another number of ranks: its rank-own state
+        (and RNG) then starts fresh."""
         mid, self.mid_epoch = self.mid_epoch, None
         if not mid or mid["epoch"] != epoch:
             return None
+        rank, world = session.current().rank_world()
         ranks = mid["ranks"]
-        return mid, (ranks[rank] if len(ranks) == world else None)
+        own = ranks[rank] if len(ranks) == world else None
+        if own is not None:
+            torch.set_rng_state(own["rng"])
+        return mid, own
 
 
 @dataclass(frozen=True)
@@ -293,11 +299,13 @@ def checkpoint_on_notice(progress: Progress, rank: int, epoch: int, info: Any, s
                          mid_epoch: dict[str, Any], own: dict[str, Any], select: tuple[str, str] | None) -> None:
     """On a preemption notice, in the middle of epoch `epoch` (0-based): rank 0 writes a
     checkpoint (`state()`, the progress, and `mid_epoch`: where the epoch's data stood), with
-    every rank's `own` part (state carried between steps, RNG, running sums) gathered into it;
+    every rank's `own` part (state carried between steps, running sums) and dropout RNG gathered
+    into it;
     every rank reports it (a barrier). Its report is no epoch's: it has no `epoch` key (no log
     or feed takes it for one), and its `select` metric is NaN, which Ray's checkpoint list
     ranks below every real one, so it is kept as the latest to resume from, never the best."""
     world = session.current().rank_world()[1]
+    own = {**own, "rng": torch.get_rng_state()}  # put back by `Progress.take_mid_epoch`
     owns: list[Any] = [own]
     if world > 1:
         import torch.distributed as dist

@@ -75,15 +75,14 @@ def train_epoch(model: CharLM, ddp_model: nn.Module, opt: torch.optim.Optimizer,
     ddp_model.train()
     h = model.init_hidden(streams.size(1), device)
     stats, t_epoch = EpochStats(), time.perf_counter()
-    taken = progress.take_mid_epoch(epoch, rank, _world())
+    taken = progress.take_mid_epoch(epoch)
     done = 0  # windows of this epoch already trained before a preemption
     if taken:
         mid, own = taken
         done = mid["steps"]
         sampler.load_state_dict(mid["sampler"])  # where the epoch's windows began
-        if own is not None:  # the same ranks: each goes on with its own state and RNG
+        if own is not None:  # the same ranks: each goes on with its own state
             h = _to(own["hidden"], device)
-            torch.set_rng_state(own["rng"])
             stats = EpochStats(own["loss_sum"], own["steps"], own["tokens"])
             t_epoch -= own["elapsed"]
     epoch_start = {"sampler": sampler.state_dict(), "step": progress.step - done}
@@ -130,17 +129,11 @@ def train_epoch(model: CharLM, ddp_model: nn.Module, opt: torch.optim.Optimizer,
                 break
         if watch is not None and on_notice is not None and (info := watch.notice(progress.step < plan.total)):
             on_notice(info, {"steps": i + 1, "sampler": epoch_start["sampler"]},
-                      {"hidden": _to(detach_hidden(h), torch.device("cpu")), "rng": torch.get_rng_state(),
+                      {"hidden": _to(detach_hidden(h), torch.device("cpu")),
                        "loss_sum": stats.loss_sum, "steps": stats.steps, "tokens": stats.tokens,
                        "elapsed": time.perf_counter() - t_epoch})
     stats.elapsed = time.perf_counter() - t_epoch
     return stats
-
-
-def _world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _to(h: Any, device: torch.device) -> Any:

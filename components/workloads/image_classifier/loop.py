@@ -102,7 +102,7 @@ class EpochStats:
 
 def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimizer, x_train: torch.Tensor,
                 y_train: torch.Tensor, tp: dict[str, Any], data: dict[str, Any], progress: Progress, epoch: int,
-                rank: int, device: torch.device, plan: StepPlan, bs_local: int, world: int = 1,
+                rank: int, device: torch.device, plan: StepPlan, bs_local: int,
                 watch: PreemptionWatch | None = None,
                 on_notice: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None) -> EpochStats:
     """A seeded permutation of the shard, wrapped to the same step count on every rank. Goes on
@@ -119,11 +119,10 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
     ddp_model.train()
     stats, t0 = EpochStats(steps=steps), time.perf_counter()
     first = 0
-    if taken := progress.take_mid_epoch(epoch, rank, world):
+    if taken := progress.take_mid_epoch(epoch):
         first, own = taken[0]["steps"], taken[1]
-        if own is not None:  # the same ranks: each goes on with its own augmentation and dropout draws
+        if own is not None:  # the same ranks: each goes on with its own augmentation draws
             g.set_state(own["gen"])
-            torch.set_rng_state(own["rng"])
             stats.loss_sum, stats.seen, t0 = own["loss_sum"], own["seen"], t0 - own["elapsed"]
     meter = EpochMeter(rank, epoch, plan.epochs, steps, "steps")
     for s in range(first, steps):
@@ -142,8 +141,7 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
         progress.step += 1
         meter.update(s + 1, stats.loss_sum / (s + 1))
         if watch is not None and on_notice is not None and (info := watch.notice(s + 1 < steps)):
-            on_notice(info, {"steps": s + 1}, {"gen": g.get_state(), "rng": torch.get_rng_state(),
-                                               "loss_sum": stats.loss_sum, "seen": stats.seen,
+            on_notice(info, {"steps": s + 1}, {"gen": g.get_state(), "loss_sum": stats.loss_sum, "seen": stats.seen,
                                                "elapsed": time.perf_counter() - t0})
     stats.elapsed = time.perf_counter() - t0
     progress.train_s += stats.elapsed
@@ -194,7 +192,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(progress.start_epoch, plan.epochs):
         # 4. one epoch over this worker's shard (a checkpoint in the middle on a preemption notice)
         stats = train_epoch(model, ddp_model, opt, x_train, y_train, tp, data, progress, epoch, rank, device,
-                            plan, bs_local, world, watch, lambda info, mid, own, epoch=epoch: checkpoint_on_notice(
+                            plan, bs_local, watch, lambda info, mid, own, epoch=epoch: checkpoint_on_notice(
                                 progress, rank, epoch, info, state, mid, own, config.get("select")))
         # 5. validation summed across ranks
         metrics = validate(model, x_val, y_val, stats, data, progress, opt, epoch, device)

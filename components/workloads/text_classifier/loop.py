@@ -132,10 +132,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         order = torch.randperm(x_train.size(1), generator=g).repeat(math.ceil(need / x_train.size(1)))[:need]
         ddp_model.train()
         loss_sum, t0, first = 0.0, time.perf_counter(), 0
-        if taken := progress.take_mid_epoch(epoch, rank, world):
+        if taken := progress.take_mid_epoch(epoch):  # the dropout RNG put back too
             first, own = taken[0]["steps"], taken[1]
-            if own is not None:  # the same ranks: each goes on with its own dropout draws
-                torch.set_rng_state(own["rng"])
+            if own is not None:  # the same ranks
                 loss_sum, t0 = own["loss_sum"], t0 - own["elapsed"]
         meter = EpochMeter(rank, epoch, plan.epochs, steps, "steps")
         for s in range(first, steps):
@@ -152,7 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meter.update(s + 1, loss_sum / (s + 1))
             if info := watch.notice(s + 1 < steps):
                 checkpoint_on_notice(progress, rank, epoch, info, state, {"steps": s + 1},
-                                     {"rng": torch.get_rng_state(), "loss_sum": loss_sum,
+                                     {"loss_sum": loss_sum,
                                       "elapsed": time.perf_counter() - t0}, config.get("select"))
         elapsed = time.perf_counter() - t0
         progress.train_s += elapsed
