@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
 # The default test tier leaves out the tiers named here (markers in pyproject.toml); test-all runs them.
-EXTENDED := cluster or corpora or faults or serve or plugin or container or changes or gpu or ui
+EXTENDED := cluster or corpora or faults or serve or plugin or container or changes or gpu or ui or data
 
 .PHONY: run test test-all test-fast lint ray-up ray-down mlflow-up mlflow-down clean
 

@@ -104,6 +104,25 @@ class RunParams(Section):
         return self
 
 
+class PartParams(Section):
+    """How a normalized split is stored: a folder of Parquet part files of bounded size."""
+
+    part_mb: PositiveInt = knob(192, "each split is a folder of Parquet part files of at most about this many MB "
+                                "(DVC tracks a few large files, not one per row group)")
+
+
+class LoaderParams(Section):
+    """How a worker reads its rows: a window of row groups at a time, a few batches ahead. Memory
+    per worker is about (shuffle_groups row groups + prefetch batches), whatever the data's size."""
+
+    shuffle_groups: PositiveInt = knob(4, "row groups shuffled together: each epoch visits this rank's row groups "
+                                       "in a seeded order, this many at a time, rows shuffled among them "
+                                       "(more: a better shuffle, more memory)")
+    prefetch: PositiveInt = knob(2, "batches read, decoded and augmented ahead of training, on a background "
+                                 "thread")
+    eval_bs: PositiveInt = knob(256, "rows per batch when scoring val (each epoch) and val / test (evaluate)")
+
+
 class OptimParams(RunParams):
     """RunParams and the learning-rate schedules in components/training/schedules.py."""
 

@@ -112,11 +112,17 @@ def download_cache(workload: str) -> Path:
     return local_state_dir() / workload / "downloads"
 
 
-def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
+def verified_cache() -> Path:
+    """Where `check_table` notes the data files whose sha256 it checked (per file and stat)."""
+    return local_state_dir() / "verified"
+
+
+def stage_data(files: dict[str, str | Path], digests: dict[str, str] | None = None) -> dict[str, str]:
     """Make data files readable from every Ray node; return name -> path or URI.
 
     With a local store, nodes share this filesystem: absolute paths. With a URI store the
-    files are copied once into `<store>/data/<content hash>/` and workers read them there.
+    files are copied once into `<store>/data/<content hash>/` and workers read them there;
+    `digests` (name -> sha256, from a checked manifest) saves hashing them again.
     """
     root = store_root()
     if "://" not in root:
@@ -128,7 +134,7 @@ def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
     fs, base = pafs.FileSystem.from_uri(root)
     out = {}
     for name, path in files.items():
-        digest = file_sha256(path)[:16]
+        digest = ((digests or {}).get(name) or file_sha256(path))[:16]
         dest = f"{base.rstrip('/')}/data/{digest}/{Path(path).name}"
         if fs.get_file_info(dest).type == pafs.FileType.NotFound:
             fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
@@ -137,11 +143,20 @@ def stage_data(files: dict[str, str | Path]) -> dict[str, str]:
     return out
 
 
-def checked_and_staged(folder: Path, schema: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """Check train / val against the manifest (schema, rows, sha256), then stage them for workers."""
-    from components.data.parquet import check_table, load_manifest
+def checked_and_staged(folder: Path, schema: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Check the train and val splits' parts against the manifest (`open_split`: each part's footer,
+    size and rows; its sha256 once per file and stat, `verified_cache`), then stage them for
+    workers: a start costs O(parts), not O(data), once the files have been checked. Each split
+    as workers get it: `{"uris": [...], "rows": [...]}`."""
+    from components.data.dataset import open_split
+    from components.data.parquet import load_manifest
 
     manifest = load_manifest(folder)
-    for split in ("train", "val"):
-        check_table(folder / f"{split}.parquet", schema, manifest["files"][f"{split}.parquet"])
-    return manifest, stage_data({"train": folder / "train.parquet", "val": folder / "val.parquet"})
+    out = {}
+    for name in ("train", "val"):
+        split = open_split(folder, name, manifest, schema, cache=verified_cache())
+        parts = manifest["files"][name]["parts"]
+        staged = stage_data({p["file"]: u for p, u in zip(parts, split.uris, strict=True)},
+                            {p["file"]: p["sha256"] for p in parts})
+        out[name] = {"uris": [staged[p["file"]] for p in parts], "rows": list(split.part_rows)}
+    return manifest, out

@@ -56,7 +56,7 @@ def _log(writer: Writer, run_id: str, metrics: dict, reports: Path, data: str, w
         (Path(d) / "eval.json").write_text(json.dumps(metrics, indent=2))
         writer.log_artifact(run_id, Path(d) / "eval.json", "evaluation")
     writer.write({"op": "datasets", "run_id": run_id,
-                  "entries": runs.dataset_entries(data, {"test.parquet": "testing"}, workload)})
+                  "entries": runs.dataset_entries(data, {"test": "testing"}, workload)})
     writer.settle_or_report()
 
 

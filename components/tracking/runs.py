@@ -104,14 +104,14 @@ def start_run(c, exp_id: str, run_key: str, run_name: str, tags: dict[str, str] 
 
 
 def dataset_entries(data_dir: str | Path, files: dict[str, str], name: str) -> list[dict[str, Any]]:
-    """The dataset inputs of data files, measured now: each named `<name>/<file stem>` with its
-    DVC digest (the md5 `dvc.lock` records), its rows, and `files[file]` as its context."""
-    from components.data.parquet import file_md5
+    """The dataset inputs of data splits (or files): each named `<name>/<split>` with its DVC digest
+    (the md5 `dvc.lock` records), its rows, and `files[split]` as its context."""
+    from components.data.dataset import data_digest
 
     out = []
     for f, context in files.items():
         path = Path(data_dir) / f
-        rows, md5 = _parquet_rows(path), file_md5(path)
+        md5, rows = data_digest(data_dir, f)  # a split folder's from its manifest: no data read
         out.append({"name": f"{name}/{path.stem}", "digest": md5, "context": context,
                     "source": json.dumps({"path": str(path), "md5": md5}),
                     "profile": json.dumps({"num_rows": rows}) if rows is not None else None})
@@ -132,15 +132,6 @@ def log_dataset_entries(c, run_id: str, entries: list[dict[str, Any]]) -> None:
 def log_datasets(c, run_id: str, data_dir: str | Path, files: dict[str, str], name: str) -> None:
     """Log data files as the run's dataset inputs (`dataset_entries`, then `log_dataset_entries`)."""
     log_dataset_entries(c, run_id, dataset_entries(data_dir, files, name))
-
-
-def _parquet_rows(path: Path) -> int | None:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, ValueError):
-        return None
 
 
 def log_params(c, run_id: str, params: dict[str, Any]) -> None:

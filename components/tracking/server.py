@@ -27,7 +27,11 @@ def tracking_uri() -> str:
 
 
 def artifact_root(uri: str) -> str | None:
-    """Artifacts of the embedded store go to `mlartifacts` in the project; a server decides its own."""
+    """Where a new experiment's artifacts go: `TRAINYARD_ARTIFACTS` (an object store, say
+    `s3://bucket/mlartifacts`, beside the data and the DVC remote), else `mlartifacts` in the
+    project for the embedded store; a server decides its own (`--default-artifact-root`)."""
+    if where := os.environ.get("TRAINYARD_ARTIFACTS"):
+        return where
     return in_project("mlartifacts").as_uri() if uri.startswith("sqlite:") else None
 
 

@@ -103,8 +103,9 @@ class Workload(ABC):
 
     @property
     def data_files(self) -> tuple[str, ...]:
-        """Normalized files whose md5s tag a registered version (the files train reads)."""
-        return ("train.parquet", "val.parquet", self.data_meta)
+        """Normalized data whose md5s tag a registered version (what train reads: the train and val
+        split folders, and the metadata file)."""
+        return ("train", "val", self.data_meta)
 
     def floor(self, metrics: dict[str, Any]) -> tuple[str, float] | None:
         """The best baseline in `metrics` (evaluate's) on val, as (name, value), by the register

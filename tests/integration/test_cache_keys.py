@@ -11,6 +11,7 @@ import shutil
 import pytest
 import yaml
 
+from components.data.dataset import data_digest
 from components.data.parquet import file_md5
 from components.fingerprint import code_fingerprint, import_closure
 from components.workloads import stage_code
@@ -107,13 +108,13 @@ def test_editing_a_local_corpus_in_place_reruns_prepare_and_all_after(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "repro", "normalize@char_lm"], project)
     assert not {"prepare@char_lm", "normalize@char_lm"} & set(_status(project))
-    normalized = {f: file_md5(project / "data/char_lm/normalized" / f) for f in ("train.parquet", "val.parquet")}
+    normalized = {f: data_digest(project / "data/char_lm/normalized", f)[0] for f in ("train", "val")}
 
     with corpus.open("a") as f:  # edited in place: same path, same params
         f.write("".join(f"LINE {i}: A NEW VERSE.\n" for i in range(500)))
     assert "prepare@char_lm" in _status(project)
     run(["dvc", "repro", "normalize@char_lm"], project)
-    assert all(file_md5(project / "data/char_lm/normalized" / f) != md5 for f, md5 in normalized.items())
+    assert all(data_digest(project / "data/char_lm/normalized", f)[0] != md5 for f, md5 in normalized.items())
     st = _status(project)
     for stage in ("tune@char_lm", "train@char_lm", "evaluate@char_lm", "register@char_lm"):
-        assert "data/char_lm/normalized/val.parquet" in _changed_deps(st[stage]), (stage, st.get(stage))
+        assert "data/char_lm/normalized/val" in _changed_deps(st[stage]), (stage, st.get(stage))

@@ -35,7 +35,7 @@ def test_the_entrypoint_pulls_reproduces_and_pushes(tmp_path):
     two = _image(tmp_path, "two", params)
     again = run(["infra/entrypoint.sh", *STAGES], two, env=env, timeout=600)
     assert "restored dvc.lock" in again.stdout and "Running stage" not in again.stdout, again.stdout[-3000:]
-    assert (two / "data/image_classifier/normalized/train.parquet").is_file()
+    assert (two / "data/image_classifier/normalized/train/part-00000.parquet").is_file()
 
     # a normalize knob changed: prepare's output is pulled, normalize alone reruns and is pushed
     params["image_classifier"]["normalize"]["batch_size"] = 128

@@ -31,7 +31,7 @@ def test_push_then_pull_in_a_clone_skips_every_stage(tiny_project, tmp_path):
     assert not (clone / "models").exists()
     run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], clone)
     run(["dvc", "pull"], clone)
-    assert (clone / "models/char_lm/model.pt").is_file() and (clone / "data/char_lm/normalized/train.parquet").is_file()
+    assert (clone / "models/char_lm/model.pt").is_file() and (clone / "data/char_lm/normalized/train/part-00000.parquet").is_file()
     again = run(["dvc", "repro"], clone)
     assert "Running stage" not in again.stdout, again.stdout
     assert run(["dvc", "status"], clone).stdout.strip().endswith("up to date.")

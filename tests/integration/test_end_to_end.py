@@ -126,7 +126,7 @@ def test_registry_has_champion_with_lineage_matching_dvc(tiny_project):
     assert "champion" in reg["aliases"] and "challenger" in reg["aliases"]
     lock = yaml.safe_load((tiny_project / "dvc.lock").read_text())
     deps = {d["path"]: d["md5"] for d in lock["stages"]["register@char_lm"]["deps"]}
-    for f in ("train.parquet", "val.parquet", "vocab.json"):
+    for f in ("train", "val", "vocab.json"):  # split folders: DVC's .dir md5, from the manifest
         path = f"data/char_lm/normalized/{f}"
         assert reg["tags"][f"trainyard.data.{path}"] == deps[path]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tiny_project, capture_output=True, text=True).stdout.strip()
@@ -207,7 +207,7 @@ def test_image_classifier_registered_beside_the_char_lm(tiny_project):
     tr = json.loads((tiny_project / "metrics/image_classifier/train.json").read_text())
     assert tr["num_workers"] == 2 and tr["samples_padded"] >= 0
     # every train image once per epoch across the 2 workers, padding counted
-    n_train = m["files"]["train.parquet"]["rows"]
+    n_train = m["files"]["train"]["rows"]
     assert tr["samples_padded"] == 64 * -(-((n_train + 1) // 2) // 32) - n_train
     # the run records where its workers trained: both ranks on the project's one-node Ray; and
     # each trial of its sweep where it ran (the two-node placement: test_cluster.py)
@@ -220,7 +220,7 @@ def test_image_classifier_registered_beside_the_char_lm(tiny_project):
         from components.workloads.image_classifier.data import decode
         mlflow.set_tracking_uri('sqlite:///mlflow.db')
         m = mlflow.pyfunc.load_model('models:/image-classifier@champion')
-        t = pq.read_table('data/image_classifier/normalized/test.parquet').combine_chunks()
+        t = pq.read_table('data/image_classifier/normalized/test').combine_chunks()
         out = m.predict(decode(t.to_batches()[0])[:20])
         print(float((out['class_id'].to_numpy() == t.column('label').to_numpy()[:20]).mean()))
     """)
@@ -233,7 +233,7 @@ def test_image_classifier_registered_beside_the_char_lm(tiny_project):
     """)
     info = json.loads(out.strip().splitlines()[-1])
     assert info["arch"] == "resnet" and "evaluation/cam.png" in info["arts"]
-    assert (tiny_project / "data/char_lm/normalized/train.parquet").is_file()
+    assert (tiny_project / "data/char_lm/normalized/train/part-00000.parquet").is_file()
     # changing an image_classifier param leaves every char_lm stage current
     with edited_params(tiny_project, lambda p: p["image_classifier"]["prepare"].update(seed=1)):
         st = json.loads(run(["dvc", "status", "--json"], tiny_project).stdout)
@@ -390,8 +390,8 @@ def test_mlflow_runs_carry_source_tags_datasets_system_metrics_and_model_metrics
     t = info["tags"]
     assert t["mlflow.source.git.commit"] == head and t["mlflow.user"] and t["mlflow.source.name"] == "dvc stage train@char_lm"
     inputs = {(name, digest): ctx for name, digest, ctx in info["ds"]}
-    assert inputs[("char_lm/train", md5["data/char_lm/normalized/train.parquet"])] == ["training"]
-    assert inputs[("char_lm/val", md5["data/char_lm/normalized/val.parquet"])] == ["validation"]
+    assert inputs[("char_lm/train", md5["data/char_lm/normalized/train"])] == ["training"]
+    assert inputs[("char_lm/val", md5["data/char_lm/normalized/val"])] == ["validation"]
     assert any(name == "char_lm/test" and ctx == ["testing"] for (name, _), ctx in inputs.items())  # from evaluate
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(info["system"])
     on_model = {tuple(m) for m in info["model_metrics"]}
@@ -427,17 +427,17 @@ def test_registry_cli_archives_and_traces_versions_to_data_and_commits(tiny_proj
     reg = json.loads((tiny_project / "registry/char_lm/registered.json").read_text())
     v = reg["version"]
     lock = yaml.safe_load((tiny_project / "dvc.lock").read_text())
-    md5 = {d["path"]: d["md5"] for d in lock["stages"]["register@char_lm"]["deps"]}["data/char_lm/normalized/val.parquet"]
+    md5 = {d["path"]: d["md5"] for d in lock["stages"]["register@char_lm"]["deps"]}["data/char_lm/normalized/val"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tiny_project, capture_output=True, text=True).stdout.strip()
-    for how in (["--md5", md5[:8]], ["--data", "data/char_lm/normalized/val.parquet"],
+    for how in (["--md5", md5[:8]], ["--data", "data/char_lm/normalized/val"],
                 ["--data", "data/char_lm/normalized"], ["--commit", head[:10]]):
         out = run([*cli, "trace", *how], tiny_project).stdout
         assert re.search(rf"^v{v}\s", out, re.M), (how, out)
     assert "0 version(s)" in run([*cli, "trace", "--md5", "0123456789"], tiny_project).stdout
     back = run([*cli, "trace", "--version", v], tiny_project).stdout
-    assert head in back and reg["run_id"] in back and f"data/char_lm/normalized/val.parquet  md5 {md5}" in back
+    assert head in back and reg["run_id"] in back and f"data/char_lm/normalized/val  md5 {md5}" in back
     # dvc.lock is not committed in this project: a revision without it is one clear error
-    p = run([*cli, "trace", "--data", "data/char_lm/normalized/val.parquet", "--rev", "HEAD"], tiny_project, check=False)
+    p = run([*cli, "trace", "--data", "data/char_lm/normalized/val", "--rev", "HEAD"], tiny_project, check=False)
     assert p.returncode == 1 and "no dvc.lock at HEAD" in p.stderr
     # archive, on the review model of the CLI test above (v1 champion, v2 demoted)
     review = [*cli, "--name", "cli-review"]
@@ -470,7 +470,7 @@ def test_text_classifier_fine_tuned_from_the_registered_char_lm(tiny_project):
     # whole plays held out: no document in two splits
     docs = run([sys.executable, "-c", textwrap.dedent("""
         import json, pyarrow.parquet as pq
-        print(json.dumps({s: sorted(set(pq.read_table(f'data/text_classifier/normalized/{s}.parquet',
+        print(json.dumps({s: sorted(set(pq.read_table(f'data/text_classifier/normalized/{s}',
               columns=['document']).column('document').to_pylist())) for s in ('train', 'val', 'test')}))
     """)], tiny_project).stdout.strip().splitlines()[-1]
     docs = {k: set(v) for k, v in json.loads(docs).items()}

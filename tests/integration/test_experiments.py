@@ -28,8 +28,8 @@ def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_pro
     base = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     # with dvc.lock committed, `trace` finds the versions built from a data path at that commit
     traced = run([sys.executable, "-m", "components.cli.registry", "trace", "--data",
-                  "data/char_lm/normalized/val.parquet", "--rev", "HEAD"], project).stdout
-    assert re.search(r"^char-lm: [1-9]\d* version\(s\) built from data/char_lm/normalized/val.parquet at HEAD",
+                  "data/char_lm/normalized/val", "--rev", "HEAD"], project).stdout
+    assert re.search(r"^char-lm: [1-9]\d* version\(s\) built from data/char_lm/normalized/val at HEAD",
                      traced, re.M) and re.search(r"^v\d+\s", traced, re.M), traced
     # final-run keys (a shorter run): train, evaluate and register rerun, the sweep does not;
     # the char-LM's stages only (a new char-LM would also retrain the text classifier built on

@@ -474,7 +474,7 @@ def test_concurrent_registers_get_distinct_versions_and_the_better_champion(faul
 def test_damaged_parquet_between_stages_stops_train_naming_the_file(fault_project, tmp_path, damage):
     data = tmp_path / "normalized"
     shutil.copytree(fault_project / "data/char_lm/normalized", data)
-    f = data / "train.parquet"
+    f = data / "train/part-00000.parquet"
     raw = bytearray(f.read_bytes())
     if damage == "truncated":
         raw = raw[: len(raw) // 2]
@@ -489,7 +489,7 @@ def test_damaged_parquet_between_stages_stops_train_naming_the_file(fault_projec
             fault_project, timeout=300, check=False)
     assert p.returncode == 1
     last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "train.parquet" in last, p.stderr[-2000:]
+    assert last.startswith("error: ") and "train/part-00000.parquet" in last, p.stderr[-2000:]
     assert not out.exists()  # nothing published
 
 

@@ -53,7 +53,7 @@ def test_every_stage_ran_and_the_model_learned(project):
     assert tuned["num_trials"] == 2 and set(tuned["params"]) == {"lr"}
     import pyarrow.parquet as pq
 
-    y = pq.read_table(project / "data/regression/normalized/val.parquet").column("y").to_numpy()
+    y = pq.read_table(project / "data/regression/normalized/val").column("y").to_numpy()
     metrics = json.loads((project / "metrics/regression/eval.json").read_text())
     # far below predicting the mean: the workers learned the linear map
     assert metrics["val_loss"] < 0.05 * y.var(), (metrics, y.var())
@@ -69,7 +69,7 @@ def test_the_registry_holds_it_as_champion_and_it_serves(project):
             "v = c.get_model_version_by_alias('regression-test', 'champion')\n"
             "exp = c.get_experiment_by_name('regression')\n"
             "runs = c.search_runs([exp.experiment_id])\n"
-            "t = pq.read_table('data/regression/normalized/test.parquet').to_pandas()\n"
+            "t = pq.read_table('data/regression/normalized/test').to_pandas()\n"
             "pred = mlflow.pyfunc.load_model('models:/regression-test@champion').predict(t.drop(columns='y').values)\n"
             "print(json.dumps({'version': str(v.version), 'stages': sorted(r.data.tags.get('trainyard.stage', 'trial')"
             " for r in runs), 'mse': float(np.mean((pred - t['y'].values) ** 2))}))\n")

@@ -55,6 +55,7 @@ def test_image_baselines_majority_and_linear():
     y = np.array([0] * 60 + [1] * 30 + [2] * 10)
     x = (rng.random((100, 4, 4, 1)) * 40).astype(np.uint8)
     x[:, :2, :, 0] = (y * 100).astype(np.uint8)[:, None, None]  # pixels give the class away: linear gets it
-    out = image_baselines(x, y, {"val": (x, y)})
+    x = x.transpose(0, 3, 1, 2)  # (N, C, H, W), as the stage reads them
+    out = image_baselines(x, y, y, {"val": [(x[:64], y[:64]), (x[64:], y[64:])]})
     assert out["baseline_majority_val_accuracy"] == pytest.approx(0.6)
     assert out["baseline_linear_val_accuracy"] > 0.95

@@ -83,7 +83,7 @@ def test_folder_with_a_corrupt_image_is_skipped_and_counted(png_folder, tmp_path
     assert p.returncode == 0, p.stderr
     m = json.loads((tmp_path / "prepared/manifest.json").read_text())
     assert m["rows"] == 60 and m["skipped"] == 1 and m["skipped_files"][0].endswith("broken.png")
-    t = pq.read_table(tmp_path / "prepared/images.parquet")
+    t = pq.read_table(tmp_path / "prepared/images")
     got = decode(t.to_batches()[0])
     # the decoded pixels are the digits we wrote, class by class
     classes = json.loads((tmp_path / "prepared/classes.json").read_text())["classes"]
@@ -93,7 +93,7 @@ def test_folder_with_a_corrupt_image_is_skipped_and_counted(png_folder, tmp_path
         assert matches
 
 
-@pytest.mark.parametrize("source, batch", [("digits", 100), ("rgb", 7)])
+@pytest.mark.parametrize("source, batch", [("digits", 1), ("rgb", 1)])
 def test_channel_stats_match_float64_numpy(tmp_path, source, batch):
     if source == "rgb":
         from PIL import Image
@@ -108,10 +108,10 @@ def test_channel_stats_match_float64_numpy(tmp_path, source, batch):
     prepare = {"source": source, "inputs": str(tmp_path / "imgs")}
     assert _stage(tmp_path, "pipelines.prepare", "--out", "prepared", prepare=prepare).returncode == 0
     p = _stage(tmp_path, "pipelines.normalize", "--src", "prepared", "--out", "normalized",
-               prepare=prepare, normalize={"batch_size": batch})
+               prepare=prepare, normalize={"batch_mb": batch})
     assert p.returncode == 0, p.stderr
     stats = json.loads((tmp_path / "normalized/stats.json").read_text())
-    train = pq.read_table(tmp_path / "normalized/train.parquet")
+    train = pq.read_table(tmp_path / "normalized/train")
     x = decode(train.combine_chunks().to_batches()[0]).astype(np.float64) / 255.0
     x = x.reshape(-1, x.shape[-1])
     np.testing.assert_allclose(stats["mean"], x.mean(axis=0), rtol=0, atol=1e-6)
@@ -119,7 +119,7 @@ def test_channel_stats_match_float64_numpy(tmp_path, source, batch):
     assert stats["pixels"] == x.shape[0]
     # train statistics only: val and test rows are not in them
     m = json.loads((tmp_path / "normalized/manifest.json").read_text())
-    assert m["files"]["train.parquet"]["rows"] == train.num_rows < sum(f["rows"] for f in m["files"].values())
+    assert m["files"]["train"]["rows"] == train.num_rows < sum(f["rows"] for f in m["files"].values())
 
 
 def test_streaming_merge_equals_one_pass():
@@ -188,3 +188,96 @@ def test_fashion_mnist_download_checked_against_md5(http_dir, tmp_path):  # noqa
 def test_download_without_network_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="download of .* failed .*is there a network"):
         load_images("cifar10", tmp_path, mirror=[("http://127.0.0.1:9/cifar-10-python.tar.gz", "0" * 32)])
+
+
+def _photo(rng, h: int, w: int, mode: str):
+    from PIL import Image
+
+    im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return im.convert(mode)
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Photos as people have them: four formats, many sizes, grey, RGB, RGBA and palette images."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    kinds = [(".jpg", "RGB", "JPEG"), (".png", "RGBA", "PNG"), (".webp", "RGB", "WEBP"), (".bmp", "L", "BMP"),
+             (".png", "P", "PNG"), (".jpeg", "L", "JPEG")]
+    for c in range(3):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(8):
+            ext, mode, fmt = kinds[(c + i) % len(kinds)]
+            h, w = int(rng.integers(20, 90)), int(rng.integers(20, 90))
+            _photo(rng, h, w, mode).save(root / f"class{c}" / f"{i}{ext}", fmt)
+    return root
+
+
+def test_a_folder_of_mixed_sizes_and_modes_is_brought_to_one_size(mixed_folder, tmp_path):
+    prepare = {"source": str(mixed_folder), "inputs": str(mixed_folder), "val_frac": 0.2, "test_frac": 0.2}
+    p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared", prepare=prepare)
+    assert p.returncode == 1 and "not_there" not in p.stderr
+    assert "differs from the first image's" in p.stderr and "image_size" in p.stderr, p.stderr
+    assert not (tmp_path / "prepared").exists()
+    p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared", prepare=prepare | {"image_size": 24})
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "prepared/manifest.json").read_text())
+    assert m["shape"] == [24, 24, 3] and m["rows"] == 24 and m["resize"] == "center_crop"
+    sizes = m["source_sizes"]
+    assert sizes["images"] == 24 and sizes["distinct_sizes"] > 10 and set(sizes["modes"]) == {"RGB", "RGBA", "L", "P"}
+    assert 20 <= sizes["height"]["min"] <= sizes["height"]["median"] <= sizes["height"]["max"] < 90
+    t = pq.read_table(tmp_path / "prepared/images")
+    assert set(t.column("height").to_pylist()) == {24} and set(t.column("channels").to_pylist()) == {3}
+    assert "from " in p.stdout and "sizes" in p.stdout  # the summary line says the sizes were many
+    p = _stage(tmp_path, "pipelines.prepare", "--out", "grey", prepare=prepare | {"image_size": [16, 20],
+                                                                                  "resize": "plain", "channels": 1})
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "grey/manifest.json").read_text())["shape"] == [16, 20, 1]
+
+
+def test_fit_image_crops_the_centre_or_resizes_plainly():
+    from components.workloads.image_classifier.data import fit_image
+
+    img = np.zeros((20, 60, 3), np.uint8)
+    img[:, 20:40] = 255  # a white band in the middle third
+    crop = fit_image(img, (10, 10), "center_crop", 3)
+    assert crop.shape == (10, 10, 3) and crop.min() > 200  # the centre is the band
+    plain = fit_image(img, (10, 10), "plain", 3)
+    assert plain.shape == (10, 10, 3) and plain[:, 0].max() < 50 and plain[:, 5].min() > 200  # squeezed, not cut
+    grey = fit_image(img, None, "center_crop", 1)
+    assert grey.shape == (20, 60, 1) and grey[0, 30, 0] == 255
+    assert fit_image(grey, None, "plain", 3).shape == (20, 60, 3)
+
+
+def test_an_image_whose_pixels_are_cut_short_is_named_or_skipped(mixed_folder, tmp_path):
+    good = (mixed_folder / "class0" / "0.jpg").read_bytes()
+    (mixed_folder / "class1" / "cut.jpg").write_bytes(good[: len(good) // 3])  # the header reads; the pixels do not
+    prepare = {"source": str(mixed_folder), "inputs": str(mixed_folder), "image_size": 16}
+    p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared", prepare=prepare)
+    assert p.returncode == 1 and "cut.jpg: unreadable image" in p.stderr.splitlines()[-1], p.stderr
+    assert not (tmp_path / "prepared").exists()
+    p = _stage(tmp_path, "pipelines.prepare", "--out", "prepared", prepare=prepare | {"on_bad_image": "skip"})
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "prepared/manifest.json").read_text())
+    assert m["rows"] == 24 and m["skipped"] == 1 and m["skipped_files"][0].endswith("cut.jpg")
+
+
+def test_prepare_holds_a_batch_of_pixels_not_the_set(mixed_folder, tmp_path, monkeypatch):
+    """Rows reach the Parquet writer a batch at a time: no batch is bigger than batch_mb."""
+    import pyarrow.parquet as pq_mod
+
+    from components.workloads.image_classifier.params import ImagePrepareParams
+    from components.workloads.image_classifier.staging import prepare_images
+
+    seen: list[int] = []
+    real = pq_mod.ParquetWriter.write_table
+
+    def spy(self, table, *a, **kw):
+        seen.append(table.num_rows)
+        return real(self, table, *a, **kw)
+
+    monkeypatch.setattr(pq_mod.ParquetWriter, "write_table", spy)
+    monkeypatch.setenv("TRAINYARD_STORE", str(tmp_path / "store"))
+    p = ImagePrepareParams(source=str(mixed_folder), image_size=64, batch_mb=1)  # 1 MB: 85 images of 64 x 64 x 3
+    prepare_images(p.model_copy(update={"batch_mb": 1}), tmp_path / "out")
+    assert sum(seen) == 24 and max(seen) <= 2**20 // (64 * 64 * 3)

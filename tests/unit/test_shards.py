@@ -19,8 +19,12 @@ def test_workers_split_the_streams_exactly(token_file):
     uri, ids = token_file
     bs, length = 8, len(ids) // 8
     full = torch.from_numpy(ids[: bs * length].astype(np.int64)).view(bs, length).t()  # (L, bs)
-    parts = [worker_streams(uri, len(ids), bs, r, 2) for r in range(2)]
-    assert [p.shape for p in parts] == [(length, 4), (length, 4)]
+    lazy = [worker_streams(uri, len(ids), bs, r, 2, chunk=1000) for r in range(2)]
+    assert [p.shape for p in lazy] == [(length, 4), (length, 4)]
+    # read a window at a time, as training does: the same tokens as the whole grid
+    for a in (0, 990, 13_000, length - 40):
+        assert torch.equal(lazy[1][a:a + 33], full[a:a + 33, 4:]) and lazy[1].hi - lazy[1].lo <= 1001
+    parts = [p[:] for p in lazy]
     assert torch.equal(torch.cat(parts, dim=1), full)
     # each column is one contiguous piece of the corpus
     assert torch.equal(parts[1][:, 0], full[:, 4])

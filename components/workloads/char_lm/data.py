@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from components.data.parquet import TOKEN_ROW_GROUP, TOKENS_SCHEMA, write_table
+from components.data.parquet import TOKEN_ROW_GROUP, tokens_schema, write_table
 
 UNK = "<unk>"
 
@@ -29,10 +29,29 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.itos)
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The smallest unsigned integer type that holds every id."""
+        return token_dtype(len(self.itos))
+
     def encode(self, text: str) -> np.ndarray:
-        """Text -> uint16 ids, unknown characters -> 0."""
-        stoi = self.stoi
-        return np.fromiter((stoi.get(c, 0) for c in text), dtype=np.uint16, count=len(text))
+        """Text -> ids in `dtype`, unknown characters -> 0 (vectorised: code points looked up
+        in the sorted characters after `<unk>`)."""
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        known = self._points
+        at = np.searchsorted(known, points)
+        hit = (at < len(known)) & (known[np.minimum(at, len(known) - 1)] == points) if len(known) else \
+            np.zeros(len(points), bool)
+        return np.where(hit, at + 1, 0).astype(self.dtype)
+
+    @property
+    def _points(self) -> np.ndarray:
+        # `build` sorts the characters, so their code points are sorted too (checked: a vocabulary
+        # read from an older file might not be, and is then looked up through its sorted order)
+        pts = np.array([ord(c) for c in self.itos[1:]], dtype=np.uint32)
+        if len(pts) > 1 and not (np.diff(pts.astype(np.int64)) > 0).all():
+            raise ValueError("vocabulary characters are not in code point order")
+        return pts
 
     def decode(self, ids) -> str:
         """Ids -> text (`<unk>` shown as U+FFFD)."""
@@ -48,8 +67,17 @@ class Vocab:
     @classmethod
     def build(cls, text: str, min_count: int = 1) -> Vocab:
         """Sorted characters of `text` seen at least `min_count` times, after `<unk>`."""
-        counts = Counter(text)
+        return cls.from_counts(Counter(text), min_count)
+
+    @classmethod
+    def from_counts(cls, counts: Counter, min_count: int = 1) -> Vocab:
+        """The vocabulary of characters counted at least `min_count` times (counted in a stream)."""
         return cls((UNK, *sorted(c for c, n in counts.items() if n >= min_count)))
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint8 for up to 256 symbols, uint16 up to 65,536, else uint32: a token costs what its vocabulary needs."""
+    return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
 def join_documents(texts: list[str]) -> str:
@@ -71,9 +99,15 @@ def split_text(text: str, val_frac: float, test_frac: float) -> dict[str, str]:
     }
 
 
-def tokens_table(ids: np.ndarray) -> pa.Table:
-    """uint16 token ids as a one-column table, in corpus order."""
-    return pa.Table.from_arrays([pa.array(ids, type=pa.uint16())], schema=TOKENS_SCHEMA)
+def token_schema_of(manifest: dict) -> pa.Schema:
+    """The schema of a normalized folder's token files (uint16 for folders written before the dtype was recorded)."""
+    return tokens_schema(manifest.get("dtype", "uint16"))
+
+
+def tokens_table(ids: np.ndarray, dtype: np.dtype | str = "uint16") -> pa.Table:
+    """Token ids as a one-column table of `dtype`, in corpus order."""
+    return pa.Table.from_arrays([pa.array(np.asarray(ids).astype(dtype), type=pa.from_numpy_dtype(np.dtype(dtype)))],
+                                schema=tokens_schema(str(np.dtype(dtype))))
 
 
 def write_token_splits(text: str, folder: Path, val_frac: float, test_frac: float) -> dict[str, Any]:
@@ -85,7 +119,7 @@ def write_token_splits(text: str, folder: Path, val_frac: float, test_frac: floa
     out: dict[str, Any] = {"vocab_size": len(vocab)}
     for split in ("train", "val"):
         ids = vocab.encode(parts[split])
-        write_table(folder / f"{split}.parquet", tokens_table(ids), row_group_size=TOKEN_ROW_GROUP)
+        write_table(folder / f"{split}.parquet", tokens_table(ids, vocab.dtype), row_group_size=TOKEN_ROW_GROUP)
         out[f"{split}_uri"], out[f"n_{split}"] = str(folder / f"{split}.parquet"), len(ids)
     return out
 

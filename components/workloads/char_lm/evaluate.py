@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from components.data.parquet import TOKENS_SCHEMA, check_table
-from components.workloads.char_lm.data import Vocab
+from components.data.dataset import Split, open_split
+from components.data.shards import LazyStreams, TokenFile
+from components.store import verified_cache
+from components.workloads.char_lm.data import Vocab, token_schema_of
 from components.workloads.char_lm.model import CharLM, generate, stream_loss
 
 EVAL_STREAMS = 32  # parallel streams when scoring: state carried within each stream
@@ -31,24 +34,65 @@ def stream_grid(ids: torch.Tensor, streams: int = EVAL_STREAMS) -> torch.Tensor:
     return ids[: streams * length].view(streams, length).t().contiguous()
 
 
-def fit_mixture(lm: CharLM, train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> dict[str, Any]:
+def fit_mixture(lm: CharLM, train: torch.Tensor | Callable[[int, int], Iterable[np.ndarray]],
+                val: torch.Tensor | LazyStreams, vocab_size: int, n_train: int | None = None) -> dict[str, Any]:
     """The count bigram of `train` and the char-LM's weight in the mixture, chosen on `val`
-    read as `score_ids` reads it: the `mix` entry of the model file (with both val losses)."""
+    read as `score_ids` reads it: the `mix` entry of the model file (with both val losses).
+    Streamed: `train` may be a chunk reader (`read(start, stop)`, with `n_train`) and `val` the
+    split's streams (`split_streams`); memory is a window and the bigram's pairs."""
     from components.workloads.char_lm.baselines import BigramTable
-    from components.workloads.char_lm.model import choose_lambda, target_probs
+    from components.workloads.char_lm.model import MixtureLoss, window_probs
 
-    table = BigramTable.fit(train.numpy(), vocab_size)
-    p_lm, prev, nxt = target_probs(lm, stream_grid(val), 128)
-    p_bi = table.probs(prev, nxt)
-    lam = choose_lambda(p_lm, p_bi)
-    return {"bigram": table.state(), "lambda": lam, "lm_val_loss": float(-np.log(p_lm).mean()),
-            "val_loss": float(-np.log(lam * p_lm + (1.0 - lam) * p_bi).mean())}
+    if callable(train):
+        table = BigramTable.fit_stream(train, n_train, vocab_size)
+    else:
+        table = BigramTable.fit(train.numpy(), vocab_size)
+    grid = stream_grid(val) if isinstance(val, torch.Tensor) else val
+    m = MixtureLoss()
+    for p_lm, prev, nxt in window_probs(lm, grid, 128):
+        m.add(p_lm, table.probs(prev, nxt))
+    lam = m.best
+    return {"bigram": table.state(), "lambda": lam, "lm_val_loss": -m.lm_sum / max(m.count, 1),
+            "val_loss": m.loss(lam)}
+
+
+def open_tokens(folder: str | Path, split: str, manifest: dict[str, Any]) -> Split:
+    """A checked token split (its parts' footers, sizes and rows; sha256 once per file and stat)."""
+    return open_split(folder, split, manifest, token_schema_of(manifest), cache=verified_cache())
 
 
 def read_split(folder: str | Path, split: str, manifest: dict[str, Any]) -> torch.Tensor:
-    """A checked token split as an int64 tensor."""
-    pf = check_table(Path(folder) / f"{split}.parquet", TOKENS_SCHEMA, manifest["files"][f"{split}.parquet"])
-    return torch.from_numpy(pf.read().column("id").to_numpy().astype("int64"))
+    """A whole checked token split as an int64 tensor (small inputs; the stages stream `split_streams`)."""
+    tokens = TokenFile(open_tokens(folder, split, manifest).uris)
+    return torch.from_numpy(tokens.read(0, tokens.rows).astype("int64"))
+
+
+def split_streams(folder: str | Path, split: str, manifest: dict[str, Any], streams: int = EVAL_STREAMS,
+                  mapping: np.ndarray | None = None) -> LazyStreams:
+    """A checked split laid out as `stream_grid` lays it out, read a window at a time (`mapping`:
+    old id -> new id, another vocabulary's numbering)."""
+    s = open_tokens(folder, split, manifest)
+    streams = max(1, min(streams, s.rows // 2))
+    return LazyStreams(s.uris, 0, streams, s.rows // streams, mapping=mapping)
+
+
+def split_reader(folder: str | Path, split: str, manifest: dict[str, Any],
+                 chunk: int = 1 << 20) -> Callable[[int, int], Iterator[np.ndarray]]:
+    """`read(start, stop)`: a split's ids [start, stop) in chunks (the baselines' way in)."""
+    tokens = TokenFile(open_tokens(folder, split, manifest).uris)
+
+    def read(start: int, stop: int) -> Iterator[np.ndarray]:
+        for a in range(start, stop, chunk):
+            yield tokens.read(a, min(stop, a + chunk)).astype(np.int64)
+
+    return read
+
+
+def score_split(model: CharLM, folder: str | Path, split: str, manifest: dict[str, Any], bptt: int = 128,
+                mapping: np.ndarray | None = None) -> float:
+    """`score_ids` of a split, streamed: its windows are read as they are scored."""
+    total, count = stream_loss(model, split_streams(folder, split, manifest, mapping=mapping), bptt)
+    return total / max(1, count)
 
 
 def loss_metrics(prefix: str, loss: float) -> dict[str, float]:

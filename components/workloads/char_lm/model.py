@@ -7,6 +7,7 @@ model still sees the whole history through the state.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,9 +107,30 @@ class BigramMixture(nn.Module):
 def choose_lambda(p_lm: np.ndarray, p_bi: np.ndarray, grid: int = 20) -> float:
     """The weight of the char-LM (a multiple of 1/grid) that minimises the mixture's loss on
     these targets' probabilities."""
-    lams = np.linspace(0.0, 1.0, grid + 1)
-    losses = [-np.mean(np.log(lam * p_lm + (1.0 - lam) * p_bi)) for lam in lams]
-    return round(float(lams[int(np.argmin(losses))]), 4)
+    m = MixtureLoss(grid)
+    m.add(p_lm, p_bi)
+    return m.best
+
+
+class MixtureLoss:
+    """The mixture's loss at every weight of the char-LM (multiples of 1/grid), summed as the
+    targets' probabilities stream past: the weight is chosen on a whole split, held a window at a time."""
+
+    def __init__(self, grid: int = 20) -> None:
+        self.lams = np.linspace(0.0, 1.0, grid + 1)
+        self.sums, self.lm_sum, self.count = np.zeros(grid + 1), 0.0, 0
+
+    def add(self, p_lm: np.ndarray, p_bi: np.ndarray) -> None:
+        self.sums += np.log(self.lams[:, None] * p_lm + (1.0 - self.lams[:, None]) * p_bi).sum(axis=1)
+        self.lm_sum += float(np.log(p_lm).sum())
+        self.count += len(p_lm)
+
+    @property
+    def best(self) -> float:
+        return round(float(self.lams[int(np.argmin(-self.sums / max(self.count, 1)))]), 4)
+
+    def loss(self, lam: float) -> float:
+        return float(-self.sums[int(np.argmin(np.abs(self.lams - lam)))] / max(self.count, 1))
 
 
 def detach_hidden(h: Hidden) -> Hidden:
@@ -155,18 +177,21 @@ def stream_loss(model: CharLM, streams: torch.Tensor, bptt: int, device: torch.d
 
 
 @torch.no_grad()
-def target_probs(model: CharLM, streams: torch.Tensor, bptt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model's probability of every next-character target of `streams` (L, bs), read as
-    `stream_loss` reads them, with each target's previous and next id (all flat, CPU)."""
+def window_probs(model: CharLM, streams: torch.Tensor, bptt: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Window by window, the model's probability of every next-character target of `streams`
+    (L, bs), read as `stream_loss` reads them, with each target's previous and next id (flat, CPU)."""
     model.eval()
-    p, prev, nxt = [], [], []
     h = model.init_hidden(streams.size(1))
     for x, y in _windows(streams, bptt):
         logits, h = model(x, h)
-        p.append(torch.softmax(logits.float(), -1).gather(-1, y.unsqueeze(-1)).flatten())
-        prev.append(x.flatten())
-        nxt.append(y.flatten())
-    return tuple(torch.cat(t).numpy() for t in (p, prev, nxt))
+        yield (torch.softmax(logits.float(), -1).gather(-1, y.unsqueeze(-1)).flatten().numpy(),
+               x.flatten().numpy(), y.flatten().numpy())
+
+
+def target_probs(model: CharLM, streams: torch.Tensor, bptt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`window_probs` of every window, concatenated (small inputs; the stages stream)."""
+    parts = list(zip(*window_probs(model, streams, bptt), strict=True))
+    return tuple(np.concatenate(t) for t in parts)
 
 
 @torch.no_grad()

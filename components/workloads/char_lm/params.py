@@ -11,6 +11,7 @@ from components.config import (
     HeldOut,
     ModelName,
     OptimParams,
+    PartParams,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -43,7 +44,7 @@ class PrepareParams(Section):
         return self
 
 
-class NormalizeParams(HeldOut):
+class NormalizeParams(HeldOut, PartParams):
     """Contiguous splits (the last fractions of the text, never shuffled) and a train-only vocabulary."""
 
     min_train: ClassVar[float] = 0.5

@@ -35,13 +35,17 @@ class ImageClassifier(Workload):
         from components.workloads.image_classifier.staging import prepare_images
 
         m = prepare_images(p.prepare, out)
-        return f"{m['rows']} images {tuple(m['shape'])}, splits {m['splits']}, {m['skipped']} skipped -> {out}"
+        src = m["source_sizes"]
+        sizes = "" if src["distinct_sizes"] == 1 else (
+            f" from {src['distinct_sizes']} sizes (height {src['height']['min']}-{src['height']['max']}, width "
+            f"{src['width']['min']}-{src['width']['max']}; {m['resize']})")
+        return f"{m['rows']} images {tuple(m['shape'])}{sizes}, splits {m['splits']}, {m['skipped']} skipped -> {out}"
 
     def normalize(self, p: ImageClassifierParams, src: str, out: str) -> str:
         from components.workloads.image_classifier.staging import normalize_images
 
         m = normalize_images(src, out, p.normalize)
-        rows = {k.split(".")[0]: v["rows"] for k, v in m["files"].items()}
+        rows = {k: v["rows"] for k, v in m["files"].items()}
         return (f"{rows}; train mean {[round(x, 4) for x in m['mean']]}, "
                 f"std {[round(x, 4) for x in m['std']]} -> {out}")
 
@@ -64,18 +68,23 @@ class ImageClassifier(Workload):
 
     def evaluate(self, p: ImageClassifierParams, data: str, model: str,
                  reports: Path, state: Path) -> tuple[dict[str, Any], list[str]]:
+        import numpy as np
+
         from components.data.parquet import load_manifest
         from components.evaluation import classification_metrics, plot_confusion
-        from components.workloads.image_classifier.baselines import baselines
-        from components.workloads.image_classifier.evaluate import plot_cams, predict, read_images
+        from components.workloads.image_classifier.baselines import baselines, sample_rows
+        from components.workloads.image_classifier.evaluate import (
+            plot_cams,
+            predict_split,
+            split_batches,
+        )
         from components.workloads.image_classifier.model import load_model
 
         net, blob = load_model(model)
         manifest, classes = load_manifest(data), blob["classes"]
         metrics: dict[str, Any] = {}
-        for split in ("val", "test"):
-            x, y = read_images(data, split, manifest)
-            probs = predict(net, blob, x)
+        for split in ("val", "test"):  # streamed: a batch of pixels at a time
+            probs, y = predict_split(net, blob, data, split, manifest, p.evaluate.bs)
             m, conf = classification_metrics(split, probs, y, classes)
             metrics |= m
             acc = m["accuracy" if split == "val" else "test_accuracy"]
@@ -85,33 +94,46 @@ class ImageClassifier(Workload):
                 (reports / "confusion.csv").write_text("actual,predicted\n" + "".join(
                     f"{classes[a]},{classes[b]}\n" for a, b in zip(y.tolist(), pred.tolist(), strict=True)))
                 if hasattr(net, "features"):
-                    plot_cams(reports / "cam.png", net, blob, x[:p.evaluate.n_cam], y[:p.evaluate.n_cam])
-        # the floor a model must beat, from the same splits (register will not crown one that does not)
-        x_train, y_train = read_images(data, "train", manifest)
-        metrics |= baselines(x_train.numpy(), y_train.numpy(),
-                             {s: tuple(t.numpy() for t in read_images(data, s, manifest)) for s in ("val", "test")})
+                    x0, y0 = next(split_batches(data, "val", manifest, p.evaluate.n_cam))
+                    plot_cams(reports / "cam.png", net, blob, x0, y0)
+        # the floor a model must beat, from the same splits (register will not crown one that does not):
+        # the linear model fits on a seeded sample of train, read a batch at a time
+        n_train = manifest["files"]["train"]["rows"]
+        keep, xs, ys, ys_all, at = sample_rows(n_train), [], [], [], 0
+        for x, y in split_batches(data, "train", manifest, p.evaluate.bs):
+            rows = np.arange(at, at + len(y))
+            sel = np.isin(rows, keep) if keep is not None else slice(None)
+            xs.append(x.numpy()[sel])
+            ys.append(y.numpy()[sel])
+            ys_all.append(y.numpy())
+            at += len(y)
+        metrics |= baselines(np.concatenate(xs), np.concatenate(ys), np.concatenate(ys_all),
+                             {s: ((x.numpy(), y.numpy()) for x, y in split_batches(data, s, manifest, p.evaluate.bs))
+                              for s in ("val", "test")})
         return metrics, [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test)",
                          f"baselines on val: linear {metrics['baseline_linear_val_accuracy']:.4f}, majority "
                          f"{metrics['baseline_majority_val_accuracy']:.4f}"]
 
     def registration(self, data: str, model: str) -> Registration:
-        from components.data.parquet import check_table, load_manifest
+        from components.data.dataset import iter_batches, open_split
+        from components.data.parquet import load_manifest
         from components.model_file import read_metadata
+        from components.store import verified_cache
         from components.workloads.image_classifier.data import IMAGES_SCHEMA, decode
         from components.workloads.image_classifier.pyfunc import log_model
 
         manifest = load_manifest(data)
         # the serving example without torch: register imports it only to re-score a champion
-        first = check_table(Path(data) / "val.parquet", IMAGES_SCHEMA, manifest["files"]["val.parquet"])
-        example = decode(first.read_row_group(0).to_batches(max_chunksize=1)[0])[0]
+        val = open_split(data, "val", manifest, IMAGES_SCHEMA, verified_cache())
+        example = decode(next(iter_batches(val.uris[:1], 1)))[0]
 
         def rescore(model_file: str) -> float:
-            from components.workloads.image_classifier.evaluate import predict, read_images
+            from components.workloads.image_classifier.evaluate import predict_split
             from components.workloads.image_classifier.model import load_model
 
-            x, y = read_images(data, "val", manifest)
             net, own = load_model(model_file)
-            return float((predict(net, own, x).argmax(1) == y).float().mean())
+            probs, y = predict_split(net, own, data, "val", manifest)  # streamed
+            return float((probs.argmax(1) == y).float().mean())
 
         return Registration(read_metadata(model), rescore, lambda: log_model(model, example).model_uri)
 

@@ -9,6 +9,7 @@ Images are stored as uint8 HWC bytes with their shape, so every source shares on
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import tarfile
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from components.data.remote import is_remote, join, kind, listdir, open_input
 from components.data.sources import SourceError
 
 if TYPE_CHECKING:
@@ -28,7 +30,8 @@ IMAGES_SCHEMA = pa.schema([
     ("image", pa.binary()), ("label", pa.int16()), ("height", pa.int16()), ("width", pa.int16()),
     ("channels", pa.int16()), ("split", pa.string()),
 ])
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+GREY_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I", "F", "LA")  # read as one channel
 
 # The official archives and their md5 sums (as torchvision lists them).
 DOWNLOADS = {
@@ -51,6 +54,22 @@ class ImageSet:
     labels: np.ndarray
     classes: list[str]
     skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """(N, 2) height, width of each image (one size: an array source)."""
+        return np.tile(np.asarray(self.images.shape[1:3], dtype=np.int64), (len(self.labels), 1))
+
+    @property
+    def modes(self) -> dict[str, int]:
+        return {"L" if self.images.shape[3] == 1 else "RGB": len(self.labels)}
+
+    def read(self, i: int, target: tuple[int, int] | None = None, channels: int | None = None) -> np.ndarray:
+        """Image `i` as uint8 HWC (`FolderSource.read`'s signature; nothing to decode here)."""
+        return self.images[i]
 
 
 def digits() -> ImageSet:
@@ -123,51 +142,149 @@ def read_fashion_mnist(files: list[Path]) -> ImageSet:
     return ImageSet(imgs, np.concatenate([tr_y, te_y]).astype(np.int64), list(FASHION_CLASSES))
 
 
-def read_folder(root: Path, on_bad_image: str = "error") -> ImageSet:
-    """One subfolder per class; every png/jpg decoded to uint8 HWC. A file that does not decode
-    stops with its name, or is skipped and counted when `on_bad_image` is 'skip'."""
+class BadImage(SourceError):
+    """An image file that does not decode (its header, or its pixels)."""
+
+
+def _native(im) -> np.ndarray:
+    """A PIL image as uint8 HWC in its own channels: grey for grey modes, RGB otherwise."""
+    arr = np.asarray(im.convert("L" if im.mode in GREY_MODES else "RGB"), dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+@dataclass
+class FolderSource:
+    """A folder with one subfolder per class, read lazily: the index (file names, labels, each
+    file's size and mode, from its header) is listed up front, a few dozen bytes an image; pixels
+    are decoded only when `read` asks for them, a batch at a time."""
+
+    root: Path | str  # a folder, or an object-store URI (`components.data.remote`)
+    classes: list[str]
+    files: list[str]  # relative to root
+    labels: np.ndarray
+    sizes: np.ndarray  # (N, 2) height, width of each file as it is
+    modes: dict[str, int]
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, i: int, target: tuple[int, int] | None = None, channels: int | None = None) -> np.ndarray:
+        """Image `i` as uint8 HWC, in `channels` (else its own) and drafted near `target`
+        (a JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the target: less work)."""
+        from PIL import Image, UnidentifiedImageError
+
+        path = join(self.root, *self.files[i].split("/"))
+        try:
+            with Image.open(_readable(path)) as im:
+                if target is not None and im.format == "JPEG":
+                    im.draft("L" if channels == 1 else "RGB", (target[1], target[0]))
+                im.load()
+                if channels is None:
+                    return _native(im)
+                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+                return arr[..., None] if arr.ndim == 2 else arr
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise BadImage(f"{path}: unreadable image ({err})") from None
+
+
+
+def _readable(path: Path | str, head: int | None = None) -> Path | io.BytesIO:
+    """A local path as it is; an object's bytes (the first `head` of them: a header) in memory."""
+    if isinstance(path, Path):
+        return path
+    with open_input(path) as f:
+        return io.BytesIO(f.read(head) if head else f.read())
+
+
+def _entries(root: Path | str) -> list[tuple[str, bool]]:
+    """(name, is a folder) of what is directly in `root`, sorted."""
+    if isinstance(root, Path):
+        return sorted((p.name, p.is_dir()) for p in root.iterdir())
+    return listdir(root)
+
+
+def read_folder(root: Path | str, on_bad_image: str = "error", threads: int = 4) -> FolderSource:
+    """List a folder with one subfolder per class: every png / jpg / webp / bmp file's header is
+    read (size and mode; a thread pool, headers only), so a file that does not open stops with
+    its name, or is skipped and counted when `on_bad_image` is 'skip'. A file whose pixels turn
+    out to be damaged is found when prepare decodes it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if (kind(root) if isinstance(root, str) else ("dir" if root.is_dir() else "missing")) != "dir":
+        raise SourceError(f"source {root}: not 'digits', 'cifar10', 'fashion_mnist' or a folder")
+    classes = [name for name, is_dir in _entries(root) if is_dir and not name.startswith(".")]
     if not classes:
         raise SourceError(f"source {root}: no class subfolders")
-    imgs, labels, skipped, shape = [], [], [], None
+    listed: list[tuple[str, int]] = []
     for label, cls in enumerate(classes):
-        for f in sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                with Image.open(f) as im:
-                    im.load()
-                    arr = np.asarray(im.convert("L" if im.mode in ("L", "1", "P", "I;16") else "RGB"), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        listed += [(f"{cls}/{name}", label) for name, is_dir in _entries(join(root, cls))
+                   if not is_dir and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+
+    def header(rel: str) -> tuple[int, int, str] | str:
+        path = join(root, *rel.split("/"))
+        try:
+            with Image.open(_readable(path, head=1 << 18)) as im:  # the header: size and mode, no pixels
+                return im.height, im.width, im.mode
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            return f"{path}: unreadable image ({err})"
+
+    files, labels, sizes, modes, skipped = [], [], [], {}, []
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:
+        for (rel, label), h in zip(listed, ex.map(header, [r for r, _ in listed]), strict=True):
+            if isinstance(h, str):
                 if on_bad_image == "skip":
-                    skipped.append(str(f))
+                    skipped.append(str(root / rel))
                     continue
-                raise SourceError(f"{f}: unreadable image ({err}); set image_classifier.prepare.on_bad_image: skip to skip it") from None
-            arr = arr[..., None] if arr.ndim == 2 else arr
-            if shape is None:
-                shape = arr.shape
-            elif arr.shape != shape:
-                raise SourceError(f"{f}: shape {arr.shape} differs from the first image's {shape}")
-            imgs.append(arr)
+                raise SourceError(f"{h}; set image_classifier.prepare.on_bad_image: skip to skip it")
+            files.append(rel)
             labels.append(label)
-    if not imgs:
-        raise SourceError(f"source {root}: no readable images")
-    return ImageSet(np.stack(imgs), np.asarray(labels, dtype=np.int64), classes, skipped)
+            sizes.append(h[:2])
+            modes[h[2]] = modes.get(h[2], 0) + 1
+    if not files:
+        raise SourceError(f"source {root}: no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return FolderSource(root, classes, files, np.asarray(labels, dtype=np.int64),
+                        np.asarray(sizes, dtype=np.int64).reshape(-1, 2), modes, skipped)
 
 
 def load_images(source: str, cache: Path, on_bad_image: str = "error",
-                mirror: list[tuple[str, str]] | None = None) -> ImageSet:
-    """The image set named by `source`: digits, cifar10, fashion_mnist, or a folder path."""
+                mirror: list[tuple[str, str]] | None = None) -> ImageSet | FolderSource:
+    """The image set named by `source`: digits, cifar10, fashion_mnist (arrays of a known, fixed
+    size), or a folder path (read lazily, `FolderSource`)."""
     if source == "digits":
         return digits()
     if source == "cifar10":
         return read_cifar10(download("cifar10", cache, mirror)[0])
     if source == "fashion_mnist":
         return read_fashion_mnist(download("fashion_mnist", cache, mirror))
-    path = Path(source)
-    if not path.is_dir():
-        raise SourceError(f"source {source}: not 'digits', 'cifar10', 'fashion_mnist' or a folder")
-    return read_folder(path, on_bad_image)
+    return read_folder(source if is_remote(source) else Path(source), on_bad_image)
+
+
+def fit_image(img: np.ndarray, size: tuple[int, int] | None, resize: str, channels: int) -> np.ndarray:
+    """uint8 HWC brought to `channels` (grey <-> RGB) and to `size` (H, W): `center_crop` scales the
+    image so that it covers `size` (its shorter side, for a square) and crops the centre, as
+    torchvision's Resize + CenterCrop; `plain` resizes to `size` exactly, as Resize((h, w))."""
+    from PIL import Image
+
+    if img.shape[2] != channels:
+        img = img.mean(axis=2, keepdims=True).round().astype(np.uint8) if channels == 1 else np.repeat(img, 3, axis=2)
+    if size is None or tuple(img.shape[:2]) == tuple(size):
+        return img
+    th, tw = size
+    h, w = img.shape[:2]
+    im = Image.fromarray(img[..., 0] if channels == 1 else img)
+    if resize == "plain":
+        im = im.resize((tw, th), Image.BILINEAR)
+    else:
+        scale = max(th / h, tw / w)
+        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+        im = im.resize((nw, nh), Image.BILINEAR)
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        im = im.crop((left, top, left + tw, top + th))
+    out = np.asarray(im, dtype=np.uint8)
+    return out[..., None] if out.ndim == 2 else out
 
 
 def stratified_split(labels: np.ndarray, val_frac: float, test_frac: float, seed: int) -> np.ndarray:
@@ -227,16 +344,25 @@ class ChannelStats:
         self.m2 = self.m2 + m2_b + delta**2 * self.count * n_b / n
         self.count = n
 
+    def update_uint8(self, images: np.ndarray, chunk: int = 1 << 20) -> None:
+        """Add (n, H, W, C) uint8 images, scaled to [0, 1] a chunk of `chunk` pixels at a time
+        (a float64 copy of a whole batch is 8 times its bytes)."""
+        flat = images.reshape(-1, images.shape[-1])
+        for i in range(0, len(flat), chunk):
+            self.update(flat[i:i + chunk] / 255.0)
+
     @property
     def std(self) -> np.ndarray:
         return np.sqrt(self.m2 / self.count)
 
 
-def iter_split(pf, split: str, batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
-    """Record batches of one split from a prepared images file."""
+def iter_split(uris: list[str] | tuple[str, ...], split: str, batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+    """Record batches of one split from the prepared images' parts, `batch_size` rows at a time."""
     import pyarrow.compute as pc
 
-    for batch in pf.iter_batches(batch_size=batch_size):
+    from components.data.dataset import iter_batches
+
+    for batch in iter_batches(uris, batch_size):
         sel = batch.filter(pc.equal(batch.column("split"), split))
         if sel.num_rows:
             yield sel

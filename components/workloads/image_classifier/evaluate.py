@@ -3,23 +3,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from components.data.parquet import check_table
+from components.data.dataset import iter_batches, open_split
+from components.store import verified_cache
 from components.workloads.image_classifier.data import IMAGES_SCHEMA, decode, normalize
 from components.workloads.image_classifier.model import cam, class_probs
 
 
+def split_batches(folder: str | Path, split: str, manifest: dict[str, Any],
+                  bs: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A checked split, `bs` rows at a time in file order: uint8 (n, C, H, W) images and int64 labels."""
+    for batch in iter_batches(open_split(folder, split, manifest, IMAGES_SCHEMA, verified_cache()).uris, bs):
+        x = decode(batch).transpose(0, 3, 1, 2)
+        yield torch.from_numpy(x.copy()), torch.from_numpy(batch.column("label").to_numpy().astype(np.int64))
+
+
 def read_images(folder: str | Path, split: str, manifest: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A checked split: uint8 (N, C, H, W) images and int64 labels."""
-    pf = check_table(Path(folder) / f"{split}.parquet", IMAGES_SCHEMA, manifest["files"][f"{split}.parquet"])
-    t = pf.read().combine_chunks()
-    x = decode(t.to_batches()[0]).transpose(0, 3, 1, 2)
-    return torch.from_numpy(x.copy()), torch.from_numpy(t.column("label").to_numpy().astype(np.int64))
+    """A whole checked split in memory (benches and small sets; the stages stream `split_batches`)."""
+    xs, ys = zip(*split_batches(folder, split, manifest), strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, blob: dict[str, Any], folder: str | Path, split: str,
+                  manifest: dict[str, Any], bs: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities (N, n_classes) and labels of a split, streamed `bs` images at a time:
+    memory is a batch of pixels and the probabilities, not the split's images."""
+    probs, labels = [], []
+    for x, y in split_batches(folder, split, manifest, bs):
+        probs.append(predict(model, blob, x, bs))
+        labels.append(y)
+    return torch.cat(probs), torch.cat(labels)
 
 
 @torch.no_grad()

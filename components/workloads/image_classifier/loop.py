@@ -1,32 +1,35 @@
 """The per-worker training function for image classifiers (runs inside each Ray Train worker).
 
 Read top to bottom, `train_loop_per_worker` is:
-  1. read only this worker's contiguous row shard of train and val  (`load_shard`)
+  1. this worker's contiguous row shard of train and val, as row groups (`rank_blocks`)
   2. build the model, same seed on every rank, and wrap it in DDP
   3. resume from the last reported checkpoint                        (`resume`)
-  4. one epoch: a seeded shuffle of the shard, padded by wrapping to the same number of steps
+  4. one epoch: the shard in a seeded block-shuffled order, read and augmented on a background
+     thread a few batches ahead (`batches`), padded by wrapping to the same number of steps
      on every rank (as DistributedSampler pads), the padding counted (`train_epoch`)
-  5. validation summed across ranks                                  (`validate`)
+  5. validation streamed, summed across ranks                        (`validate`)
   6. rank 0 writes the checkpoint; every rank reports                (`checkpoint_and_report`)
 On a preemption notice (looked for every `preemption_check_s` seconds) step 4 writes a
-checkpoint mid-epoch, each rank's shuffle and RNG state in it, and goes on (`checkpoint_on_notice`).
+checkpoint mid-epoch (the step: the order and the augmentation follow from it; each rank's RNG
+and running sums), and goes on (`checkpoint_on_notice`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from components.data.shards import read_rows, row_shard
+from components.data.stream import BatchStream, Block, EpochOrder, rank_blocks
 from components.training.checkpoints import (
     seed_epoch,
 )
@@ -51,15 +54,29 @@ from components.workloads.image_classifier.data import decode, normalize
 from components.workloads.image_classifier.model import build, class_probs, tta_shift
 
 
-def load_shard(uri: str, n_rows: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This worker's images (n, C, H, W) uint8 and labels (n,) int64."""
-    start, stop = row_shard(n_rows, rank, world)
-    t = read_rows(uri, start, stop)
-    if t.num_rows == 0:
-        raise ValueError(f"{uri}: worker {rank} of {world} has no rows ({n_rows} in all)")
-    imgs = decode(t.combine_chunks().to_batches()[0])  # (n, H, W, C)
-    return (torch.from_numpy(imgs.transpose(0, 3, 1, 2).copy()),  # decode gives a read-only buffer
-            torch.from_numpy(t.column("label").to_numpy().astype(np.int64)))
+def batches(data: dict[str, Any], split: str, order: EpochOrder, bs: int, steps: int | None, first: int = 0,
+            augment_with: tuple[bool, int, int] | None = None, prefetch: int = 2) -> BatchStream:
+    """This rank's batches of `split` in `order`, decoded (and augmented, when `augment_with` is
+    (flip, pad, seed)) on a background thread: (uint8 images (n, C, H, W), int64 labels (n,)).
+    A batch's augmentation draws come from (seed, epoch, rank, step) alone: a run resumed at a
+    step draws what the first run drew there."""
+
+    def make(table: pa.Table, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(decode(table).transpose(0, 3, 1, 2).copy())  # decode gives a read-only buffer
+        y = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
+        if augment_with is not None:
+            flip, pad, seed = augment_with
+            g = torch.Generator().manual_seed(step_seed(seed, order.epoch, order.rank, step))
+            x = augment(x, flip, pad, g)
+        return x, y
+
+    return BatchStream(data[f"{split}_uri"], order, bs, steps, make, first=first, prefetch=prefetch,
+                       pad=augment_with is not None)
+
+
+def step_seed(seed: int, epoch: int, rank: int, step: int) -> int:
+    """A batch's own seed (its augmentation draws): from where it is in the run, not from what came before."""
+    return int(np.random.SeedSequence([seed, epoch, rank, step]).generate_state(1)[0])
 
 
 def augment(x: torch.Tensor, flip: bool, pad: int, g: torch.Generator) -> torch.Tensor:
@@ -76,18 +93,19 @@ def augment(x: torch.Tensor, flip: bool, pad: int, g: torch.Generator) -> torch.
 
 
 @torch.no_grad()
-def evaluate_batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, device, shift: int = 0,
-                     bs: int = 512):
-    """(summed loss, correct, count) over uint8 images x, scored as the published model predicts
-    (averaged over the test-time shifts), so the epoch picked by val loss is the one served."""
+def evaluate_batches(model: nn.Module, stream: Iterable[tuple[torch.Tensor, torch.Tensor]], mean, std, device,
+                     shift: int = 0) -> tuple[float, int, int]:
+    """(summed loss, correct, count) over batches of uint8 images, scored as the published model
+    predicts (averaged over the test-time shifts), so the epoch picked by val loss is the one served."""
     model.eval()
-    loss, correct = 0.0, 0
-    for i in range(0, len(x), bs):
-        probs = class_probs(model, x[i:i + bs].to(device), mean, std, shift)
-        yy = y[i:i + bs].to(device)
+    loss, correct, n = 0.0, 0, 0
+    for x, y in stream:
+        probs = class_probs(model, x.to(device), mean, std, shift)
+        yy = y.to(device)
         loss += F.nll_loss(torch.log(probs.clamp_min(1e-12)), yy, reduction="sum").item()
         correct += int((probs.argmax(1) == yy).sum())
-    return loss, correct, len(x)
+        n += len(y)
+    return loss, correct, n
 
 
 @dataclass
@@ -100,35 +118,32 @@ class EpochStats:
     elapsed: float = 0.0
 
 
-def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimizer, x_train: torch.Tensor,
-                y_train: torch.Tensor, tp: dict[str, Any], data: dict[str, Any], progress: Progress, epoch: int,
+def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimizer, shard: list[Block],
+                tp: dict[str, Any], data: dict[str, Any], progress: Progress, epoch: int,
                 rank: int, device: torch.device, plan: StepPlan, bs_local: int,
                 watch: PreemptionWatch | None = None,
                 on_notice: Callable[[Any, dict[str, Any], dict[str, Any]], None] | None = None) -> EpochStats:
-    """A seeded permutation of the shard, wrapped to the same step count on every rank. Goes on
-    from the middle when the run resumed from a checkpoint written on a preemption notice; on a
-    notice (`watch`), hands where the epoch stands to `on_notice`."""
+    """This rank's shard in the epoch's seeded order (`EpochOrder`), wrapped to the same step
+    count on every rank, streamed a window of row groups at a time. Goes on from the middle when
+    the run resumed from a checkpoint written on a preemption notice; on a notice (`watch`),
+    hands where the epoch stands to `on_notice`."""
     mean, std = torch.tensor(data["mean"], device=device), torch.tensor(data["std"], device=device)
     pad = data["shape"][1] // 8 if data["crop"] else 0
-    g = torch.Generator().manual_seed(tp["seed"] * 100_003 + epoch * 1009 + rank)
     seed_epoch(tp["seed"], epoch, rank)
     steps = plan.steps_in(epoch)
     schedule = plan.schedule_cfg(tp)
-    need = steps * bs_local
-    order = torch.randperm(len(x_train), generator=g).repeat(math.ceil(need / len(x_train)))[:need]
     ddp_model.train()
     stats, t0 = EpochStats(steps=steps), time.perf_counter()
     first = 0
     if taken := progress.take_mid_epoch(epoch):
         first, own = taken[0]["steps"], taken[1]
-        if own is not None:  # the same ranks: each goes on with its own augmentation draws
-            g.set_state(own["gen"])
+        if own is not None:  # the same ranks: each goes on with its own sums
             stats.loss_sum, stats.seen, t0 = own["loss_sum"], own["seen"], t0 - own["elapsed"]
+    order = EpochOrder(shard, tp["seed"], epoch, rank, tp["shuffle_groups"])
     meter = EpochMeter(rank, epoch, plan.epochs, steps, "steps")
-    for s in range(first, steps):
-        idx = order[s * bs_local:(s + 1) * bs_local]
-        xb = augment(x_train[idx], data["flip"], pad, g).to(device)
-        yb = y_train[idx].to(device)
+    stream = batches(data, "train", order, bs_local, steps, first, (data["flip"], pad, tp["seed"]), tp["prefetch"])
+    for s, (xb, yb) in enumerate(stream, start=first):
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         for grp in opt.param_groups:
             grp["lr"] = tp["lr"] * multiplier(schedule, progress.step / plan.total)
         loss = F.cross_entropy(ddp_model(normalize(xb, mean, std)), yb)
@@ -137,22 +152,25 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
                                 f"try a lower learning rate (lr={tp['lr']})")
         optimizer_step(model, opt, loss, tp["clip"])
         stats.loss_sum += loss.item()
-        stats.seen += len(idx)
+        stats.seen += len(yb)
         progress.step += 1
         meter.update(s + 1, stats.loss_sum / (s + 1))
         if watch is not None and on_notice is not None and (info := watch.notice(s + 1 < steps)):
-            on_notice(info, {"steps": s + 1}, {"gen": g.get_state(), "loss_sum": stats.loss_sum, "seen": stats.seen,
+            on_notice(info, {"steps": s + 1}, {"loss_sum": stats.loss_sum, "seen": stats.seen,
                                                "elapsed": time.perf_counter() - t0})
     stats.elapsed = time.perf_counter() - t0
     progress.train_s += stats.elapsed
     return stats
 
 
-def validate(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, stats: EpochStats, data: dict[str, Any],
-             progress: Progress, opt: torch.optim.Optimizer, epoch: int, device: torch.device) -> dict[str, Any]:
-    """This worker's val shard scored, every sum taken across ranks: the epoch's metrics."""
+def validate(model: nn.Module, val_shard: list[Block], stats: EpochStats, tp: dict[str, Any], data: dict[str, Any],
+             progress: Progress, opt: torch.optim.Optimizer, epoch: int, rank: int,
+             device: torch.device) -> dict[str, Any]:
+    """This worker's val shard scored, streamed in file order; every sum taken across ranks: the epoch's metrics."""
     mean, std = torch.tensor(data["mean"], device=device), torch.tensor(data["std"], device=device)
-    v_loss, v_correct, v_n = evaluate_batches(model, x_val, y_val, mean, std, device,
+    stream = batches(data, "val", EpochOrder(val_shard, 0, 0, rank, shuffle=False), tp["eval_bs"], None,
+                     prefetch=tp["prefetch"])
+    v_loss, v_correct, v_n = evaluate_batches(model, stream, mean, std, device,
                                               tta_shift(data["shape"], data["tta"]))
     tot, n_steps, seen, v_loss, v_correct, v_n = all_reduce_sum(
         [stats.loss_sum, stats.steps, stats.seen, v_loss, v_correct, v_n], device)
@@ -168,9 +186,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world, device = start_worker(config)
     tp, data = config["train"], config["data"]
 
-    # 1. this worker's rows only
-    x_train, y_train = load_shard(data["train_uri"], data["n_train"], rank, world)
-    x_val, y_val = load_shard(data["val_uri"], data["n_val"], rank, world)
+    # 1. this worker's rows only: its shard's row groups, read as training reaches them
+    shard, n_shard = rank_blocks(data["train_uri"], data["n_train"], rank, world)
+    val_shard, n_val = rank_blocks(data["val_uri"], data["n_val"], rank, world)
+    if not n_shard or not n_val:
+        raise ValueError(f"worker {rank} of {world} has no rows ({data['n_train']} train, {data['n_val']} val in all)")
     bs_local = tp["bs"] // world
     plan = plan_steps(tp, math.ceil(math.ceil(data["n_train"] / world) / bs_local))
 
@@ -191,11 +211,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     watch = preemption_watch(tp, device)
     for epoch in range(progress.start_epoch, plan.epochs):
         # 4. one epoch over this worker's shard (a checkpoint in the middle on a preemption notice)
-        stats = train_epoch(model, ddp_model, opt, x_train, y_train, tp, data, progress, epoch, rank, device,
+        stats = train_epoch(model, ddp_model, opt, shard, tp, data, progress, epoch, rank, device,
                             plan, bs_local, watch, lambda info, mid, own, epoch=epoch: checkpoint_on_notice(
                                 progress, rank, epoch, info, state, mid, own, config.get("select")))
         # 5. validation summed across ranks
-        metrics = validate(model, x_val, y_val, stats, data, progress, opt, epoch, device)
+        metrics = validate(model, val_shard, stats, tp, data, progress, opt, epoch, rank, device)
         # 6. rank 0 checkpoints; all ranks report
         checkpoint_and_report(
             progress, rank, epoch, metrics, state,

@@ -7,8 +7,10 @@ from typing import Literal
 from components.config import (
     Fraction,
     HeldOut,
+    LoaderParams,
     ModelName,
     OptimParams,
+    PartParams,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -36,20 +38,32 @@ class ImagePrepareParams(HeldOut):
     `fashion_mnist` (the real archives, downloaded with torchvision's downloader and
     md5-checked); or a folder with one subfolder per class of png/jpg images, under `inputs`."""
 
-    source: str = knob("digits", "digits | cifar10 | fashion_mnist | a folder with one subfolder per class")
+    source: str = knob("digits", "digits | cifar10 | fashion_mnist | a folder with one subfolder per class "
+                       "(png, jpg, webp, bmp; any size and mode)")
     inputs: str = knob("inputs/image_classifier", "what prepare depends on in dvc.yaml: a local source must be in it")
     mirror: list[Mirror] | None = knob(None, "[{url: ..., md5: ...}, ...] to download from elsewhere")
     on_bad_image: Literal["error", "skip"] = knob("error", "error: stop naming the file; skip: leave it out "
                                                   "and count it")
+    image_size: PositiveInt | tuple[PositiveInt, PositiveInt] | None = knob(
+        None, "every image brought to this size: N (N x N) or [height, width]; null: the source's own size, "
+        "which must then be one size (a folder of mixed sizes needs a value)")
+    resize: Literal["center_crop", "plain"] = knob(
+        "center_crop", "center_crop: scale to cover image_size (the shorter side, for a square) and crop the "
+        "centre, as torchvision's Resize + CenterCrop; plain: resize to image_size exactly, as Resize((h, w))")
+    channels: Literal["auto", 1, 3] = knob("auto", "1 (grey) or 3 (RGB); auto: 1 when every image is grey, else 3")
+    batch_mb: PositiveInt = knob(32, "decoded pixels held at once (MB): bounds prepare's memory, whatever the "
+                                 "source's size; also the Parquet row group")
+    threads: PositiveInt = knob(4, "threads decoding images (PIL releases the GIL while it decodes)")
     val_frac: Fraction = knob(0.1, "stratified by class, fixed by seed")
     test_frac: Fraction = knob(0.2, "stratified by class, fixed by seed")
     seed: Seed = knob(0, "the split and the row order")
 
 
-class ImageNormalizeParams(Section):
+class ImageNormalizeParams(PartParams):
     """Per-channel statistics of the train pixels, streamed; one Parquet file per split."""
 
-    batch_size: PositiveInt = knob(1024, "images per streamed batch: bounds normalize's memory")
+    batch_mb: PositiveInt = knob(32, "pixels read at once (MB, as stored): bounds normalize's memory; also the "
+                                 "row group of each split's file, the unit a worker reads")
 
 
 class ImageTuneParams(TuneParams):
@@ -68,7 +82,7 @@ class ImageTuneParams(TuneParams):
         "train keys to search: {type: choice|grid, values: [...]} or {type: uniform|loguniform|randint, low, high}")
 
 
-class ImageTrainParams(OptimParams):
+class ImageTrainParams(LoaderParams, OptimParams):
     """A convnet, data parallel: each worker reads only its row shard, reshuffled every epoch."""
 
     arch: Literal["simplenet", "convnet", "convbnnet", "resnet", "resnet18"] = knob(
@@ -93,6 +107,7 @@ class ImageEvaluateParams(Section):
     """Accuracy, per-class accuracy, confusion matrices and class activation maps."""
 
     n_cam: PositiveInt = knob(8, "validation images shown with their class activation maps")
+    bs: PositiveInt = knob(256, "images scored at once: val and test are read a batch at a time")
 
 
 class ImageRegisterParams(RegisterParams):

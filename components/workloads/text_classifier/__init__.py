@@ -46,15 +46,15 @@ class TextClassifier(Workload):
         from components.workloads.text_classifier.staging import normalize_texts
 
         m = normalize_texts(src, out, p.normalize, p.prepare.seed)
-        rows = {k.split(".")[0]: v["rows"] for k, v in m["files"].items()}
+        rows = {k: v["rows"] for k, v in m["files"].items()}
         return f"{rows}, classes {m['classes']} -> {out}"
 
     def adapt(self, p: TextClassifierParams, data: str, out: str) -> str:
         from components.workloads.text_classifier.lm import fine_tune
-        from components.workloads.text_classifier.staging import train_texts
+        from components.workloads.text_classifier.staging import train_passages
 
         a = p.adapt
-        texts = train_texts(data)  # the train books only: never val or test
+        texts = train_passages(data, a.steps, a.bs, a.seed)  # the train books only, streamed: never val or test
         s = fine_tune(a.base_model, texts, out, steps=a.steps, bs=a.bs, lr=a.lr, lr_factor=a.lr_factor,
                       cut_frac=a.cut_frac, stlr_ratio=a.stlr_ratio, weight_decay=a.weight_decay, seed=a.seed)
         return (f"{a.base_model} fine-tuned on the {s['passages']} train passages, {s['steps']} steps of {a.bs}: "
@@ -86,36 +86,40 @@ class TextClassifier(Workload):
         from components.evaluation import classification_metrics, plot_confusion
         from components.workloads.text_classifier.evaluate import (
             majority_baseline,
-            read_split,
+            predict_split,
+            split_batches,
             tfidf_baseline,
+            train_sample,
             train_twin,
         )
-        from components.workloads.text_classifier.model import load_model, predict_texts
+        from components.workloads.text_classifier.model import load_model
 
         net, blob = load_model(model)
         manifest, classes = load_manifest(data), blob["classes"]
-        splits = {s: read_split(data, s, manifest) for s in ("train", "val", "test")}
 
         def score(net, blob, prefix: str) -> dict[str, Any]:
             out: dict[str, Any] = {}
-            for split in ("val", "test"):
-                texts, y = splits[split]
-                m, conf = classification_metrics(split, predict_texts(net, blob, texts), y, classes)
+            for split in ("val", "test"):  # streamed: a batch of passages at a time
+                probs, y = predict_split(net, blob, data, split, manifest)
+                m, conf = classification_metrics(split, probs, y, classes)
                 out |= {f"{prefix}{k}": v for k, v in m.items()}
+                labels[split] = y
                 if not prefix:
                     acc = m["accuracy" if split == "val" else "test_accuracy"]
                     plot_confusion(reports / f"confusion_{split}.png", conf, classes, f"{split} (unseen documents): "
                                    f"accuracy {acc:.4f}")
             return out
 
+        labels: dict[str, Any] = {}
         metrics = score(net, blob, "")
-        metrics |= majority_baseline(splits["train"][1], {s: splits[s][1] for s in ("val", "test")})
+        sample, y_sample, y_train = train_sample(data, manifest, p.prepare.seed)
+        metrics |= majority_baseline(y_train, labels)
         lines = [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test, unseen documents)",
                  f"majority baseline: {metrics['baseline_majority_val_accuracy']:.4f} (val), "
                  f"{metrics['baseline_majority_test_accuracy']:.4f} (test)"]
-        metrics |= tfidf_baseline(splits["train"], {s: splits[s] for s in ("val", "test")}, p.prepare.seed)
-        lines.append(f"TF-IDF + logistic regression: {metrics['tfidf_val_accuracy']:.4f} (val), "
-                     f"{metrics['tfidf_test_accuracy']:.4f} (test)")
+        metrics |= tfidf_baseline((sample, y_sample), {s: split_batches(data, s, manifest, 1024) for s in ("val", "test")},
+                                  p.prepare.seed)
+        del sample
         lm = blob.get("fine_tuned_from") or {}
         twins = {"scratch": (None, p.evaluate.scratch, "from scratch"),
                  "general": ((lm.get("base") or {}).get("file"), p.evaluate.general,
@@ -135,23 +139,25 @@ class TextClassifier(Workload):
         return metrics, lines
 
     def registration(self, data: str, model: str) -> Registration:
-        from components.data.parquet import check_table, load_manifest
+        from components.data.dataset import iter_batches, open_split
+        from components.data.parquet import load_manifest
         from components.model_file import read_metadata
+        from components.store import verified_cache
         from components.workloads.text_classifier.pyfunc import log_model
         from components.workloads.text_classifier.staging import SPLIT_SCHEMA
 
         manifest, blob = load_manifest(data), read_metadata(model)
         # the serving example without torch: register imports it only to re-score a champion
-        val = check_table(Path(data) / "val.parquet", SPLIT_SCHEMA, manifest["files"]["val.parquet"])
-        example = val.read_row_group(0, columns=["text"]).column("text")[0].as_py()
+        val = open_split(data, "val", manifest, SPLIT_SCHEMA, verified_cache())
+        example = next(iter_batches(val.uris[:1], 1, ["text"])).column("text")[0].as_py()
 
         def rescore(model_file: str) -> float:
-            from components.workloads.text_classifier.evaluate import read_split
-            from components.workloads.text_classifier.model import load_model, predict_texts
+            from components.workloads.text_classifier.evaluate import predict_split
+            from components.workloads.text_classifier.model import load_model
 
-            texts, y = read_split(data, "val", manifest)
             net, own = load_model(model_file)
-            return float((predict_texts(net, own, texts).argmax(1) == y).float().mean())
+            probs, y = predict_split(net, own, data, "val", manifest)  # streamed
+            return float((probs.argmax(1) == y).float().mean())
 
         return Registration(blob, rescore, lambda: log_model(model, example).model_uri, base_lineage(blob))
 

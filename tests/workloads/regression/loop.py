@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.data.shards import read_rows, row_shard
+from components.data.dataset import read_range
+from components.data.stream import row_shard
 from components.training.schedules import multiplier
 from components.training.steps import all_reduce_sum, make_optimizer, optimizer_step
 from components.training.worker import (
@@ -21,8 +22,8 @@ from components.training.worker import (
 )
 
 
-def _shard(uri: str, n: int, d: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    t = read_rows(uri, *row_shard(n, rank, world))
+def _shard(split: dict, n: int, d: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = read_range(split, *row_shard(n, rank, world))
     x = np.stack([t.column(f"x{i}").to_numpy() for i in range(d)], 1).astype(np.float32)
     return torch.from_numpy(x), torch.from_numpy(t.column("y").to_numpy().astype(np.float32))
 

@@ -1,0 +1,175 @@
+"""Data of any size, and data where it lives: a generated photo set many times a worker's memory
+knobs goes through `dvc repro` with every stage's memory bounded, and a project whose corpus,
+run store, MLflow artifacts and DVC remote are on an S3-protocol server (moto's, on loopback)
+reads from it and pushes to it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.integration.conftest import (
+    free_port,
+    make_project,
+    merged,
+    project_env,
+    run,
+    run_bounded,
+    tiny_params,
+)
+from tests.rss import run_sampled
+
+pytestmark = [pytest.mark.slow, pytest.mark.data]
+
+BUCKET = "trainyard"
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """moto's S3 server on 127.0.0.1 (a bucket made), and the environment that points the AWS
+    tools at it: credentials and endpoint from the environment, as a user's would be."""
+    port = free_port()
+    log = open(tmp_path / "moto.log", "w")  # noqa: SIM115 - the server's lifetime
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    try:
+        import boto3
+        from botocore.config import Config
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                                  aws_access_key_id="testing", aws_secret_access_key="testing",
+                                  config=Config(retries={"max_attempts": 1}))
+                s3.create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"moto server did not start: {(tmp_path / 'moto.log').read_text()[-2000:]}") from None
+                time.sleep(0.3)
+        yield env, s3
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def _keys(s3, prefix: str) -> list[str]:
+    out, token = [], None
+    while True:
+        page = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix, **({"ContinuationToken": token} if token else {}))
+        out += [o["Key"] for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return out
+        token = page["NextContinuationToken"]
+
+
+def test_a_project_on_an_object_store_reads_its_data_there_and_pushes_there(s3_server, tmp_path):
+    env_s3, s3 = s3_server
+    corpus = "".join(f"LINE {i}: now is the winter of our discontent made glorious summer.\n" for i in range(6000))
+    s3.put_object(Bucket=BUCKET, Key="inputs/corpus.txt", Body=corpus.encode())
+    source = f"s3://{BUCKET}/inputs/corpus.txt"
+    params = merged(tiny_params(), {"char_lm": {"prepare": {"source": source, "inputs": source},
+                                                "tune": {"num_samples": 2, "epochs": 1}}})
+    project = make_project(tmp_path / "project", params)
+    env = project_env() | env_s3 | {"TRAINYARD_STORE": f"s3://{BUCKET}/store",
+                                    "TRAINYARD_ARTIFACTS": f"s3://{BUCKET}/mlartifacts"}
+    run(["dvc", "repro", "register@char_lm"], project, timeout=1200, env=env)
+    m = json.loads((project / "data/char_lm/prepared/manifest.json").read_text())
+    assert m["source"] == source and m["chars"] == len(corpus)
+    # the corpus was read where it lives, and DVC tracks it there (an external dependency: its ETag)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert any(d["path"] == source and d.get("etag") for d in lock["stages"]["prepare@char_lm"]["deps"])
+    # the workers read the data from the store (copied there once, by content), checkpoints went there too
+    staged = _keys(s3, "store/data/")
+    parts = json.loads((project / "data/char_lm/normalized/manifest.json").read_text())["files"]["train"]["parts"]
+    assert f"store/data/{parts[0]['sha256'][:16]}/{parts[0]['file']}" in staged
+    assert any("/state.pt" in k for k in _keys(s3, "store/char_lm/train/"))
+    # MLflow's artifacts (the registered pyfunc among them) on the store
+    assert any(k.endswith("MLmodel") for k in _keys(s3, "mlartifacts/"))
+    # and the DVC remote: pushed there, and a clone pulls the data and model back from it
+    run(["dvc", "remote", "add", "-d", "store", f"s3://{BUCKET}/dvc"], project, env=env)
+    run(["dvc", "push"], project, timeout=600, env=env)
+    assert _keys(s3, "dvc/files/md5/")
+    status = run(["dvc", "status", "--cloud", "--json"], project, env=env).stdout
+    assert json.loads(status or "{}") == {}
+    run(["git", "add", "-A"], project, env=env)
+    run(["git", "commit", "-qm", "results"], project, env=env)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path, env=env)
+    run(["dvc", "pull", "models/char_lm/model.pt", "data/char_lm/normalized"], clone, timeout=600, env=env)
+    assert (clone / "data/char_lm/normalized/train" / parts[0]["file"]).is_file()
+
+
+def test_an_object_store_that_refuses_the_credentials_is_one_line(s3_server, tmp_path):
+    env_s3, s3 = s3_server
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"image_classifier": {"prepare": {"source": f"s3://{BUCKET}/photos", "inputs": "inputs"}}}))
+    env = project_env() | env_s3 | {"TRAINYARD_STORE": str(tmp_path / "store"),
+                                    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # nothing answers there
+    p = run_bounded([sys.executable, "-m", "pipelines.prepare", "--workload", "image_classifier", "--params",
+                     "params.yaml", "--out", "prepared"], tmp_path, env, timeout=300)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 1 and last.startswith(f"error: source s3://{BUCKET}/photos: ") and "AWS_ENDPOINT_URL" in last, \
+        p.stderr[-2000:]
+    assert not (tmp_path / "prepared").exists()
+
+
+def _photos(root: Path, n: int, side: int = 320) -> int:
+    """`n` JPEGs of about `side` px in 5 classes; the bytes of their decoded pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    total = 0
+    for i in range(n):
+        c = i % 5
+        h, w = side + int(rng.integers(-40, 41)), side + int(rng.integers(-40, 41))
+        yy, xx = np.mgrid[0:h, 0:w] / side
+        img = np.stack([np.sin(xx * (c + 1) * 4), np.cos(yy * (c + 2) * 3), np.sin((xx - yy) * (c + 3))], -1)
+        img = ((img * 0.5 + 0.5) * 220 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / f"class{c}" / f"{i:05d}.jpg", quality=85)
+        total += img.nbytes
+    return total
+
+
+def test_a_photo_set_many_times_the_memory_knobs_goes_through_dvc_repro_in_bounded_memory(tmp_path):
+    """3,000 photos (about 0.9 GB of decoded pixels) against knobs of 4 MB (prepare's and
+    normalize's batches, so a worker's window of 2 row groups is 8 MB): the whole repro, every
+    stage with its Ray, stays well under the pixels it reads."""
+    photos = tmp_path / "project/inputs/image_classifier/photos"
+    decoded = _photos(photos, 3000)
+    assert decoded > 4 * (4 + 2 * 4) * 2**20 * 10
+    params = merged(tiny_params(), {"image_classifier": {
+        "prepare": {"source": "inputs/image_classifier/photos", "image_size": 96, "batch_mb": 4},
+        "normalize": {"batch_mb": 4},
+        "tune": {"num_samples": 1, "epochs": 1, "steps_per_epoch": 5},
+        "train": {"arch": "convnet", "epochs": 1, "steps_per_epoch": 30, "bs": 32, "num_workers": 1,
+                  "shuffle_groups": 2, "tta": False},
+    }})
+    project = make_project(tmp_path / "project", params)
+    env = project_env() | {"TRAINYARD_RAY_IDLE_S": "0"}
+    p, peak = run_sampled(["dvc", "repro", "register@image_classifier"], project, env, timeout=1800)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    m = json.loads((project / "data/image_classifier/prepared/manifest.json").read_text())
+    assert m["rows"] == 3000 and m["source_sizes"]["distinct_sizes"] > 100 and m["shape"] == [96, 96, 3]
+    assert (project / "registry/image_classifier/registered.json").is_file()
+    # the repro's whole process tree (dvc, the stage, its Ray when it has one) at its largest:
+    # under the decoded pixels the stages streamed through, which held at once would exceed it
+    assert peak < decoded, (peak / 2**20, decoded / 2**20)
+    print(f"peak RSS of the repro's process tree {peak / 2**20:,.0f} MB; the photos' decoded pixels "
+          f"{decoded / 2**20:,.0f} MB", file=sys.stderr)
