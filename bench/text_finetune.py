@@ -88,7 +88,7 @@ def main() -> None:
                 norm = folder / "normalized"
                 manifest = load_manifest(norm)
                 splits = {s: read_split(norm, s, manifest) for s in ("train", "val", "test")}
-                row: dict = {"seed": seed, "labelled": manifest["files"]["train.parquet"]["rows"]}
+                row: dict = {"seed": seed, "labelled": manifest["files"]["train"]["rows"]}
                 encoders = {"fine_tuned": ("char_lm", adapted), "general": ("char_lm", args.general_lm),
                             "scratch": ("scratch", args.general_lm)}
                 for name, (encoder, lm) in encoders.items():

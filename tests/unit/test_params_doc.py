@@ -70,3 +70,22 @@ def test_the_stages_page_names_every_final_run_key():
                if line.startswith("| `trial_params@char_lm`"))
     missing = [k for k in FINAL_ONLY if f"`{k}`" not in row]
     assert not missing, f"docs/stages.md's trial_params row leaves out {missing}"
+
+
+def test_the_readme_own_data_example_is_valid_params(tmp_path):
+    """The README's "Your own data" snippet, merged into params.yaml, passes the schema as typed."""
+    import re
+
+    import yaml
+
+    from components.params import load_params
+
+    text = (REPO / "README.md").read_text()
+    block = re.compile(r"^```yaml\n(.*?)^```", re.S | re.M).search(text, text.index("## Your own data")).group(1)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for w, sections in yaml.safe_load(block).items():
+        for section, values in sections.items():
+            params[w][section].update(values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    p = load_params(tmp_path / "params.yaml")
+    assert p.image_classifier.prepare.image_size == 128 and p.text_classifier.prepare.text_column == "body"

@@ -72,7 +72,7 @@ class ImageClassifier(Workload):
 
         from components.data.parquet import load_manifest
         from components.evaluation import classification_metrics, plot_confusion
-        from components.workloads.image_classifier.baselines import baselines, sample_rows
+        from components.workloads.image_classifier.baselines import baselines, features, sample_rows
         from components.workloads.image_classifier.evaluate import (
             plot_cams,
             predict_split,
@@ -99,11 +99,11 @@ class ImageClassifier(Workload):
         # the floor a model must beat, from the same splits (register will not crown one that does not):
         # the linear model fits on a seeded sample of train, read a batch at a time
         n_train = manifest["files"]["train"]["rows"]
-        keep, xs, ys, ys_all, at = sample_rows(n_train), [], [], [], 0
+        keep, xs, ys, ys_all, at = sample_rows(n_train, p.evaluate.baseline_rows), [], [], [], 0
         for x, y in split_batches(data, "train", manifest, p.evaluate.bs):
             rows = np.arange(at, at + len(y))
             sel = np.isin(rows, keep) if keep is not None else slice(None)
-            xs.append(x.numpy()[sel])
+            xs.append(features(x.numpy()[sel]))  # pooled as it is read: a sample's features, not its pixels
             ys.append(y.numpy()[sel])
             ys_all.append(y.numpy())
             at += len(y)

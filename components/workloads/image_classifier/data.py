@@ -311,11 +311,19 @@ def images_table(s: ImageSet, split: np.ndarray) -> pa.Table:
     }, schema=IMAGES_SCHEMA)
 
 
-def decode(batch: pa.RecordBatch) -> np.ndarray:
-    """A batch of rows -> (n, H, W, C) uint8."""
+def decode(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """A batch of rows -> (n, H, W, C) uint8, a view of the column's buffer where it is one (no
+    copy: read-only; copy it to write)."""
+    col = batch.column("image")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     h, w, c = (batch.column(k)[0].as_py() for k in ("height", "width", "channels"))
-    raw = b"".join(batch.column("image").to_pylist())
-    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, h, w, c)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + len(col) + 1]
+    flat = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    if flat.size != len(col) * h * w * c:
+        raise ValueError(f"{len(col)} images of {h} x {w} x {c} should be {len(col) * h * w * c} bytes, "
+                         f"not {flat.size}: rows of different sizes in one batch")
+    return flat.reshape(-1, h, w, c)
 
 
 @dataclass
@@ -344,7 +352,7 @@ class ChannelStats:
         self.m2 = self.m2 + m2_b + delta**2 * self.count * n_b / n
         self.count = n
 
-    def update_uint8(self, images: np.ndarray, chunk: int = 1 << 20) -> None:
+    def update_uint8(self, images: np.ndarray, chunk: int = 1 << 16) -> None:
         """Add (n, H, W, C) uint8 images, scaled to [0, 1] a chunk of `chunk` pixels at a time
         (a float64 copy of a whole batch is 8 times its bytes)."""
         flat = images.reshape(-1, images.shape[-1])

@@ -108,6 +108,8 @@ class ImageEvaluateParams(Section):
 
     n_cam: PositiveInt = knob(8, "validation images shown with their class activation maps")
     bs: PositiveInt = knob(256, "images scored at once: val and test are read a batch at a time")
+    baseline_rows: PositiveInt = knob(20_000, "train images the linear baseline fits on (a seeded sample beyond "
+                                      "that; pixels pooled to at most 32 x 32, float32): bounds evaluate's memory")
 
 
 class ImageRegisterParams(RegisterParams):

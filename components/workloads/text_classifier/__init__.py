@@ -112,7 +112,7 @@ class TextClassifier(Workload):
 
         labels: dict[str, Any] = {}
         metrics = score(net, blob, "")
-        sample, y_sample, y_train = train_sample(data, manifest, p.prepare.seed)
+        sample, y_sample, y_train = train_sample(data, manifest, p.evaluate.tfidf_rows, p.prepare.seed)
         metrics |= majority_baseline(y_train, labels)
         lines = [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test, unseen documents)",
                  f"majority baseline: {metrics['baseline_majority_val_accuracy']:.4f} (val), "

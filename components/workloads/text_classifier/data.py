@@ -152,8 +152,9 @@ def _table_batches(path: Path | str, kind: str, columns: list[str]) -> Iterator[
         if missing:
             raise SourceError(f"{path}: no column {missing[0]!r} (columns: {', '.join(pf.schema_arrow.names)}); "
                               "set text_classifier.prepare.text_column / label_column")
-        for b in pf.iter_batches(batch_size=TABLE_BATCH, columns=columns, use_threads=False):
-            yield {c: b.column(c).to_pylist() for c in columns}
+        for g in range(pf.metadata.num_row_groups):  # a row group at a time (iter_batches reads ahead)
+            for b in pf.read_row_group(g, columns=columns, use_threads=False).to_batches(max_chunksize=TABLE_BATCH):
+                yield {c: b.column(c).to_pylist() for c in columns}
     elif kind == "csv":
         import pyarrow.csv as pc
 

@@ -16,8 +16,6 @@ from components.data.dataset import iter_batches, open_split
 from components.store import verified_cache
 from components.workloads.text_classifier.staging import SPLIT_SCHEMA
 
-MAX_TFIDF_TRAIN = 50_000  # train passages TF-IDF fits on (a seeded sample beyond that): bounded memory
-
 
 def split_batches(folder: str | Path, split: str, manifest: dict[str, Any],
                   bs: int = 256) -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -54,8 +52,8 @@ def majority_baseline(y_train: torch.Tensor, splits: dict[str, torch.Tensor]) ->
     return {f"baseline_majority_{s}_accuracy": float((y == majority).float().mean()) for s, y in splits.items()}
 
 
-def train_sample(folder: str | Path, manifest: dict[str, Any], seed: int = 0,
-                 most: int = MAX_TFIDF_TRAIN) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def train_sample(folder: str | Path, manifest: dict[str, Any], most: int,
+                 seed: int = 0) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(a seeded sample of at most `most` train passages, their labels, every train label), read a batch at a time."""
     n = manifest["files"]["train"]["rows"]
     keep = None if n <= most else np.sort(np.random.default_rng(seed).choice(n, most, replace=False))

@@ -130,6 +130,8 @@ class TextEvaluateParams(Section):
     scratch: bool = knob(True, "train the scratch comparison (same params, random encoder) and report it")
     general: bool = knob(True, "train the comparison on the general LM (adapt's base_model, not fine-tuned "
                          "on the train books) and report it")
+    tfidf_rows: PositiveInt = knob(50_000, "train passages TF-IDF + logistic regression fits on (a seeded sample "
+                                   "beyond that): bounds evaluate's memory")
 
 
 class TextRegisterParams(RegisterParams):
