@@ -1,15 +1,19 @@
 """Two registrations of one model at once: MLflow writes retried through the errors
-concurrent writers cause, and a lease on the registered model while one decides aliases."""
+concurrent writers cause, and one writer at a time deciding the aliases: a lock the store
+enforces (`champion_lock`: an OS file lock beside a local SQLite store), or, on a server
+without one, a timed lease on the registered model."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 LEASE = "trainyard.lease"  # registered-model tag: who decides aliases now, and until when
@@ -81,3 +85,53 @@ def lease(c, name: str, ttl_s: float = 300.0, wait_s: float = 600.0, settle_s: f
         with contextlib.suppress(Exception):
             if retrying(c.get_registered_model, name).tags.get(LEASE, "").startswith(token + "@"):
                 retrying(c.delete_registered_model_tag, name, LEASE)
+
+
+_said: set[str] = set()
+
+
+def lock_file(uri: str, name: str) -> Path | None:
+    """The lock file of model `name` beside a local SQLite store (`sqlite:///<path>`), or None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return db.with_name(f".{db.name}.{hashlib.sha256(name.encode()).hexdigest()[:12]}.champion.lock")
+
+
+@contextlib.contextmanager
+def champion_lock(c, name: str, wait_s: float = 600.0, poll_s: float = 0.05) -> Iterator[str]:
+    """Hold the right to move model `name`'s aliases across a read, a comparison and a write
+    (register's gate, approve, promote, rollback): a compare-and-set, as one atomic step.
+
+    On a local store (SQLite) it is an OS file lock beside the database (`flock`), which the
+    kernel gives up when its holder's process ends, however it ends: no expiry to guess, no
+    settle time. On a server the lock would have to live in the server; this one has none, so
+    the timed lease (`lease`) decides, as said once in one line. Yields which it was."""
+    import fcntl
+
+    uri = str(getattr(c, "tracking_uri", "") or "")
+    path = lock_file(uri, name)
+    if path is None:
+        if uri not in _said:
+            _said.add(uri)
+            print(f"[register] {uri}: the server enforces no compare-and-set on aliases: deciding them under a timed "
+                  "lease (a local SQLite store uses a file lock)", flush=True)
+        with lease(c, name):
+            yield "lease"
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:  # closing it releases the lock
+        deadline, said = time.monotonic() + wait_s, False
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    print(f"[register] model '{name}': waiting for another registration to finish "
+                          f"(the store's lock {path.name})", flush=True)
+                    said = True
+                if time.monotonic() > deadline:
+                    raise RegistryBusy(f"model '{name}': another process holds {path}; waited {wait_s:.0f} s") from None
+                time.sleep(poll_s)
+        yield "file lock"

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from components.tracking.lease import lease, retrying
+from components.tracking.lease import champion_lock, retrying
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_SHA = "trainyard.model_sha256"
@@ -109,7 +109,7 @@ def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], r
     moves the crown.
     """
     ensure_model(c, name, "Registered by the trainyard pipeline; see version tags for lineage.")
-    with lease(c, name):
+    with champion_lock(c, name):
         return _register_locked(c, name=name, model_sha256=model_sha256, log_model=log_model, run_id=run_id,
                                 metric=metric, value=value, mode=mode, val_data_md5=val_data_md5,
                                 lineage=lineage, rescore=rescore, floor=floor, min_delta=min_delta,
@@ -196,7 +196,8 @@ def promote(c, name: str, version: str, why: str, who: str | None = None) -> dic
     if ARCHIVED in mv.tags:
         raise ValueError(f"{name} v{version} is archived ({json.loads(mv.tags[ARCHIVED])['why']}): "
                          "not promotable")
-    set_champion(c, name, str(version), who or user(), why)
+    with champion_lock(c, name):  # the history read and the alias write as one step
+        set_champion(c, name, str(version), who or user(), why)
     return describe(c, name, str(version))
 
 
@@ -236,7 +237,8 @@ def approve(c, name: str, version: str, why: str, who: str | None = None) -> dic
         raise ValueError(f"{name} v{version} is archived ({json.loads(mv.tags[ARCHIVED])['why']}): not approvable")
     who = who or user()
     _need_reason("approved", why)  # before the crown moves
-    set_champion(c, name, str(version), who, why)
+    with champion_lock(c, name):  # the history read and the alias write as one step
+        set_champion(c, name, str(version), who, why)
     _record_verdict(c, name, str(version), "approved", why, who)
     return describe(c, name, str(version))
 
@@ -274,6 +276,11 @@ def awaiting(c, name: str) -> str | None:
 
 def rollback(c, name: str, why: str, who: str | None = None) -> dict[str, Any]:
     """Move `champion` back to the version that held it before the current one."""
+    with champion_lock(c, name):
+        return _rollback_locked(c, name, why, who)
+
+
+def _rollback_locked(c, name: str, why: str, who: str | None) -> dict[str, Any]:
     hist = _history(c, name)
     current = alias_version(c, name, CHAMPION)
     archived = {str(m.version) for m in c.search_model_versions(f"name = '{name}'") if ARCHIVED in m.tags}

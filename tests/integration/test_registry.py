@@ -38,7 +38,7 @@ def _model(tmp_path, seed: int):
 
 
 def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, floor=None, min_delta=0.0,
-              require_approval=False, lineage=None):
+              require_approval=False, lineage=None, name=NAME):
     from components.data.parquet import file_sha256
 
     path = _model(tmp_path, seed)
@@ -52,7 +52,7 @@ def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, flo
         rescored.append(str(version.version))
         return 1.0
 
-    return registry.register(c, name=NAME, model_sha256=file_sha256(path), log_model=log_model, run_id=run_id,
+    return registry.register(c, name=name, model_sha256=file_sha256(path), log_model=log_model, run_id=run_id,
                              metric="val_loss", value=value, mode="min", val_data_md5=val_md5,
                              lineage=lineage or {"trainyard.arch": "lstm"}, rescore=rescore, floor=floor,
                              min_delta=min_delta, require_approval=require_approval)
@@ -327,3 +327,68 @@ def test_a_champion_change_reaches_a_signed_webhook_that_deploys_it(tmp_path, mo
         server.kill()
         receiver.kill()
         receiver.wait(10)
+
+
+@pytest.mark.faults
+def test_eight_registrations_and_approvals_at_once_end_with_one_champion_the_best(store, tmp_path, monkeypatch):
+    """5 rounds of 8 registrations of one model at once, scores shuffled, each one pausing after
+    it read the champion (the window a rival writes in); then 8 approvals at once. Every round
+    ends with every version there once, exactly one champion, the best; and every approval in
+    the champion's history (a read-modify-write of a tag: lost without the compare-and-set)."""
+    import random
+    import threading
+    import time
+
+    c, exp = store
+    real = registry.alias_version
+
+    def champion_read_then_pause(client, name, alias):
+        got = real(client, name, alias)
+        if alias == registry.CHAMPION:
+            time.sleep(0.05)  # the others read meanwhile, unless the store makes them wait
+        return got
+
+    monkeypatch.setattr(registry, "alias_version", champion_read_then_pause)
+    rng = random.Random(0)
+    for r in range(5):
+        name = f"{NAME}-load-{r}"
+        values = [1.0 + 0.1 * k for k in range(8)]
+        rng.shuffle(values)
+        start, errors, out = threading.Barrier(8), [], {}
+
+        def go(k: int, value: float, r=r, name=name, start=start, errors=errors, out=out) -> None:
+            try:
+                start.wait(timeout=60)
+                out[k] = _register(connect(tracking_uri()).client, exp, tmp_path, 100 * r + k, value, name=name)
+            except Exception as err:  # handed to the test thread
+                errors.append(err)
+
+        threads = [threading.Thread(target=go, args=(k, v)) for k, v in enumerate(values)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        assert not errors, errors
+        versions = c.search_model_versions(f"name = '{name}'")
+        assert len(versions) == 8 and len({v.tags[registry.MODEL_SHA] for v in versions}) == 8
+        best = min(range(8), key=lambda k: values[k])  # an alias names one version: one champion, is it the best?
+        assert real(c, name, registry.CHAMPION) == out[best]["version"], (r, values, out)
+        # 8 approvals at once, each of another version: every one lands in the history
+        start2, errors2 = threading.Barrier(8), []
+
+        def approve(v: str, name=name, start2=start2, errors2=errors2) -> None:
+            try:
+                start2.wait(timeout=60)
+                registry.approve(connect(tracking_uri()).client, name, v, "load", who="t")
+            except Exception as err:
+                errors2.append(err)
+
+        ts = [threading.Thread(target=approve, args=(str(v.version),)) for v in versions]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(600)
+        assert not errors2, errors2
+        hist = registry._history(c, name)  # noqa: SLF001 - the tag every approval appends to
+        assert hist[-1] == real(c, name, registry.CHAMPION)
+        assert set(hist) >= {str(v.version) for v in versions}, (r, hist)
