@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any
 
-from components.data.sources import SourceError
+from components.data.errors import SourceError
 
 
 def is_remote(source: str) -> bool:

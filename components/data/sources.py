@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class SourceError(RuntimeError):
-    """A corpus that cannot be read, fetched or verified; the message names it."""
+from components.data.errors import SourceError
 
 
 @dataclass(frozen=True)
