@@ -38,7 +38,7 @@ def test_the_entrypoint_pulls_reproduces_and_pushes(tmp_path):
     assert (two / "data/image_classifier/normalized/train/part-00000.parquet").is_file()
 
     # a normalize knob changed: prepare's output is pulled, normalize alone reruns and is pushed
-    params["image_classifier"]["normalize"]["batch_size"] = 128
+    params["image_classifier"]["normalize"]["batch_mb"] = 8
     three = run(["infra/entrypoint.sh", *STAGES], _image(tmp_path, "three", params), env=env, timeout=600)
     ran = [ln for ln in three.stdout.splitlines() if ln.startswith("Running stage")]
     assert ran == ["Running stage 'normalize@image_classifier':"], three.stdout[-3000:]
