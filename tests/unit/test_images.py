@@ -281,3 +281,19 @@ def test_prepare_holds_a_batch_of_pixels_not_the_set(mixed_folder, tmp_path, mon
     p = ImagePrepareParams(source=str(mixed_folder), image_size=64, batch_mb=1)  # 1 MB: 85 images of 64 x 64 x 3
     prepare_images(p.model_copy(update={"batch_mb": 1}), tmp_path / "out")
     assert sum(seen) == 24 and max(seen) <= 2**20 // (64 * 64 * 3)
+
+
+def test_a_16_bit_grey_image_is_scaled_to_8_bits_not_clipped(tmp_path):
+    from PIL import Image
+
+    from components.workloads.image_classifier.data import read_folder
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        ramp = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 256).astype(np.uint16)  # 0 .. 65,280
+        Image.fromarray(ramp).save(tmp_path / c / "scan.png")
+    src = read_folder(tmp_path)
+    assert src.modes and all(m.startswith("I") for m in src.modes)
+    img = src.read(0, channels=1)
+    assert img.shape == (16, 16, 1) and img.dtype == np.uint8
+    assert img[0, 0, 0] == 0 and img[-1, -1, 0] == 255 and len(np.unique(img)) == 256  # the whole ramp, not white

@@ -148,7 +148,16 @@ class BadImage(SourceError):
 
 def _native(im) -> np.ndarray:
     """A PIL image as uint8 HWC in its own channels: grey for grey modes, RGB otherwise."""
-    arr = np.asarray(im.convert("L" if im.mode in GREY_MODES else "RGB"), dtype=np.uint8)
+    return _as_uint8(im, 1 if im.mode in GREY_MODES else 3)
+
+
+def _as_uint8(im, channels: int) -> np.ndarray:
+    """A PIL image as uint8 HWC with `channels`. 16-bit grey (a scan, a medical image) is scaled to
+    8 bits, not clipped (PIL's own conversion to "L" turns every value over 255 white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I") and channels == 1:
+        wide = np.asarray(im, dtype=np.int64)
+        return (wide.clip(0, 65535) >> 8).astype(np.uint8)[..., None]
+    arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -182,8 +191,7 @@ class FolderSource:
                 im.load()
                 if channels is None:
                     return _native(im)
-                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-                return arr[..., None] if arr.ndim == 2 else arr
+                return _as_uint8(im, channels)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise BadImage(f"{path}: unreadable image ({err})") from None
 
