@@ -130,3 +130,43 @@ def test_a_row_that_is_not_utf8_is_named(tmp_path):
     last = p.stderr.strip().splitlines()[-1]
     assert p.returncode == 1 and "row 8: column 'body' is not UTF-8 text" in last, p.stderr
     assert not (tmp_path / "prepared").exists()
+
+
+def test_a_bucket_larger_than_the_budget_is_split_again_never_held_whole(tmp_path, monkeypatch):
+    """The source's size guessed too few buckets (short texts, each repeated to a passage): the
+    bucket is dealt into sub-buckets a row group at a time; what is held at once stays near the
+    budget, and every row comes out once, in a seeded order."""
+    import numpy as np
+
+    from components.workloads.text_classifier.data import PASSAGES_SCHEMA
+    from components.workloads.text_classifier.staging import _Rows, shuffle_bucket
+
+    bucket = tmp_path / "0.parquet"
+    rows = _Rows(bucket, PASSAGES_SCHEMA)
+    for i in range(6000):
+        rows.add(text=f"{i:06d}" * 40, label=i % 3, document=f"row {i}", split="train")
+    rows.close()
+    held: list[int] = []
+    real = _Rows.write
+
+    def spy(self, table):
+        held.append(table.nbytes)
+        return real(self, table)
+
+    def run(name: str) -> list[str]:
+        held.clear()
+        out = _Rows(tmp_path / name, PASSAGES_SCHEMA, 1 << 30)
+        shuffle_bucket(bucket if name == "a" else copy, out, np.random.default_rng(0), np.random.default_rng(1),
+                       budget=300_000)
+        out.close()
+        return pq.read_table(tmp_path / name).column("document").to_pylist()
+
+    import shutil
+
+    copy = tmp_path / "copy.parquet"
+    shutil.copy(bucket, copy)
+    monkeypatch.setattr(_Rows, "write", spy)
+    a = run("a")
+    assert sorted(a) == sorted(f"row {i}" for i in range(6000)) and a != sorted(a)
+    assert max(held) < 2 * 300_000 and not bucket.exists()  # the whole bucket is about 1.5 MB
+    assert run("b") == a  # seeded: the same order again

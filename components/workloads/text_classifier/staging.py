@@ -53,6 +53,8 @@ class _Rows:
             self.flush()
 
     def write(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
         self.n += table.num_rows
         if isinstance(self.w, PartWriter):
             self.w.write(table, row_group_size=ROW_GROUP)
@@ -71,12 +73,44 @@ class _Rows:
         return out if isinstance(out, dict) else {"rows": self.n}
 
 
+def shuffle_bucket(path: Path, out: _Rows, order: np.random.Generator, resplit: np.random.Generator,
+                   budget: int) -> None:
+    """Append a bucket's rows to `out` in a seeded random order, holding at most about `budget`
+    bytes: a bucket that fits (its row groups' uncompressed size) is read and permuted in memory;
+    one that does not (the source's size guessed the passages' short: a table of short texts, each
+    repeated to a whole passage) is dealt out, a row group at a time, into seeded sub-buckets that
+    fit, and each is shuffled in turn. The bucket's file is gone afterwards."""
+    pf = pq.ParquetFile(path)
+    md = pf.metadata
+    size = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups))
+    if size <= budget or md.num_rows <= 1:
+        parts = [pf.read_row_group(g, use_threads=False) for g in range(md.num_row_groups)]  # <= budget in all
+        t = pa.concat_tables(parts) if parts else PASSAGES_SCHEMA.empty_table()
+        if t.num_rows:
+            out.write(t.take(order.permutation(t.num_rows)))
+        path.unlink()
+        return
+    k = max(2, -(-size // budget))
+    subs = [_Rows(path.with_name(f"{path.stem}.{i}.parquet"), pf.schema_arrow) for i in range(k)]
+    for g in range(md.num_row_groups):
+        t = pf.read_row_group(g, use_threads=False)
+        where = resplit.integers(k, size=t.num_rows)
+        for i, sub in enumerate(subs):
+            sub.write(t.filter(pa.array(where == i)))
+    for sub in subs:
+        sub.close()
+    path.unlink()
+    for i in range(k):
+        shuffle_bucket(path.with_name(f"{path.stem}.{i}.parquet"), out, order, resplit, budget)
+
+
 def prepare_texts(p: TextPrepareParams, out: str | Path) -> dict[str, Any]:
     """Read the documents one at a time, split them by document (stratified by class), cut them into
     passages and publish `passages.parquet` (rows in a seeded random order), `classes.json` and
     `manifest.json` under `out`. The order comes from an external shuffle: passages go to seeded
-    buckets of about `shuffle_mb` each, and each bucket is shuffled in memory in turn (one bucket
-    when the source fits: a plain seeded permutation of every passage)."""
+    buckets of about `shuffle_mb` each, and each bucket is shuffled in memory in turn, split again
+    where it came out larger (`shuffle_bucket`; one bucket when the source fits: a plain seeded
+    permutation of every passage)."""
     import math
     import shutil
 
@@ -108,12 +142,10 @@ def prepare_texts(p: TextPrepareParams, out: str | Path) -> dict[str, Any]:
         if n_rows == 0:
             raise DataError(f"source {p.source}: no document is as long as one passage ({p.passage_chars} characters)")
         # rows in a seeded random order: workers read contiguous row ranges
-        order = np.random.default_rng(p.seed)
+        order, resplit = np.random.default_rng(p.seed), np.random.default_rng([p.seed, 2])
         out_rows = _Rows(tmp / "passages", PASSAGES_SCHEMA, PART_MB << 20)
         for j in range(n_buckets):
-            t = pq.read_table(tmp / ".buckets" / f"{j}.parquet")
-            out_rows.write(t.take(order.permutation(t.num_rows)))
-            (tmp / ".buckets" / f"{j}.parquet").unlink()
+            shuffle_bucket(tmp / ".buckets" / f"{j}.parquet", out_rows, order, resplit, p.shuffle_mb << 20)
         entry = out_rows.close()
         shutil.rmtree(tmp / ".buckets")
         held = {s: sorted(n for n, sp in zip(src.names, split, strict=True) if sp == s) for s in ("val", "test")}
