@@ -204,3 +204,11 @@ def data_digest(data_dir: str | Path, name: str) -> tuple[str, int | None]:
 def sample_rows(n: int, most: int, seed: int = 0) -> np.ndarray | None:
     """A seeded sorted sample of at most `most` of `n` row numbers (None: all of them)."""
     return None if n <= most else np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
+
+
+def in_sample(keep: np.ndarray | None, start: int, count: int) -> np.ndarray:
+    """Which of rows [start, start + count) are in `keep` (a `sample_rows` result; None: all): the
+    rows of a batch read in order that a sample takes."""
+    if keep is None:
+        return np.ones(count, bool)
+    return np.isin(np.arange(start, start + count), keep)

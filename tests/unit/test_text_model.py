@@ -106,3 +106,17 @@ def test_adapt_fine_tunes_the_char_lm_on_train_text_and_writes_a_char_lm_file(tm
     assert encoder_info(out)["fine_tuned_from"]["md5"] == file_md5(base)
     before = torch.load(base, weights_only=False)["model"]
     assert not torch.equal(before["rnn.weight_hh_l0"], blob["model"]["rnn.weight_hh_l0"])
+
+
+def test_passages_encode_as_the_per_character_lookup_does():
+    import random
+
+    from components.workloads.text_classifier.data import encode_passages
+
+    itos = ["<unk>", *"zyxabc \n", "é", "𝄞"]  # not in code point order; a 4-byte character
+    rng = random.Random(0)
+    texts = ["".join(rng.choice("abcxyz \néq𝄞Z") for _ in range(50)) for _ in range(7)]
+    stoi = {c: i for i, c in enumerate(itos)}
+    want = [[stoi.get(t[j], 0) for t in texts] for j in range(50)]  # (chars, n); unknown -> 0
+    got = encode_passages(texts, itos)
+    assert got.dtype == torch.int64 and got.tolist() == want

@@ -38,28 +38,76 @@ def _pairs(chunks: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarra
         carry = c[-1:]
 
 
-def _counts(chunks: Iterable[np.ndarray], vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(sorted pair codes a * V + b, their counts, c(a) per symbol, c(symbol)) of a stream of ids:
-    memory is the distinct pairs, not the stream."""
-    codes, counts = np.empty(0, np.int64), np.empty(0, np.float64)
-    first, uni = np.zeros(vocab_size), np.zeros(vocab_size)
-    for prev, nxt in _pairs(_tee_unigram(chunks, uni)):
-        u, n = np.unique(prev * vocab_size + nxt, return_counts=True)
-        allc = np.concatenate([codes, u])
-        codes, inv = np.unique(allc, return_inverse=True)
-        counts = np.bincount(inv, weights=np.concatenate([counts, n.astype(np.float64)]), minlength=len(codes))
-        first += np.bincount(prev, minlength=vocab_size)
-    return codes, counts, first, uni
+class PairCounts:
+    """Counts of a stream of ids, added pair by pair: the sorted pair codes a * V + b and their
+    counts, c(a) as a first symbol, c(b) as a symbol. Memory is the distinct pairs, not the stream."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.v = vocab_size
+        self.codes, self.counts = np.empty(0, np.int64), np.empty(0, np.float64)
+        self.first, self.uni = np.zeros(vocab_size), np.zeros(vocab_size)
+
+    def add(self, prev: np.ndarray, nxt: np.ndarray) -> None:
+        """Pairs (prev[i], nxt[i]); every `nxt` counts as a symbol (a stream's first symbol: `add_symbol`)."""
+        u, n = np.unique(prev * self.v + nxt, return_counts=True)
+        self.codes, inv = np.unique(np.concatenate([self.codes, u]), return_inverse=True)
+        self.counts = np.bincount(inv, weights=np.concatenate([self.counts, n.astype(np.float64)]),
+                                  minlength=len(self.codes))
+        self.first += np.bincount(prev, minlength=self.v)
+        self.uni += np.bincount(nxt, minlength=self.v)
+
+    def add_symbol(self, ids: np.ndarray) -> None:
+        self.uni += np.bincount(np.asarray(ids, dtype=np.int64), minlength=self.v)
+
+    def merged(self, other: PairCounts) -> PairCounts:
+        """The counts of both streams, one after the other (the pair across them counted by `other`)."""
+        out = PairCounts(self.v)
+        out.codes, inv = np.unique(np.concatenate([self.codes, other.codes]), return_inverse=True)
+        out.counts = np.bincount(inv, weights=np.concatenate([self.counts, other.counts]), minlength=len(out.codes))
+        out.first, out.uni = self.first + other.first, self.uni + other.uni
+        return out
+
+    def table(self, w: float = 1.0) -> BigramTable:
+        rows, cols = self.codes // self.v, self.codes % self.v
+        return BigramTable(rows, cols, self.counts / self.first[rows], (self.uni + 1.0) / (self.uni.sum() + self.v), w)
 
 
-def _tee_unigram(chunks: Iterable[np.ndarray], uni: np.ndarray) -> Iterator[np.ndarray]:
+def _count(chunks: Iterable[np.ndarray], vocab_size: int) -> PairCounts:
+    """`PairCounts` of a stream read in chunks (its first symbol counted once, as every other)."""
+    counts, carry = PairCounts(vocab_size), None
     for c in chunks:
-        uni += np.bincount(np.asarray(c, dtype=np.int64), minlength=len(uni))
-        yield c
+        c = np.asarray(c, dtype=np.int64)
+        if not len(c):
+            continue
+        if carry is None:
+            counts.add_symbol(c[:1])
+            both = c
+        else:
+            both = np.concatenate([carry, c])
+        if len(both) > 1:
+            counts.add(both[:-1], both[1:])
+        carry = c[-1:]
+    return counts
 
 
-def _loss(cond: np.ndarray, uni: np.ndarray, w: float) -> float:
-    return float(-np.mean(np.log(w * cond + (1.0 - w) * uni)))
+def fit_stream(read: Callable[[int, int], Iterable[np.ndarray]], n: int, vocab_size: int) -> BigramTable:
+    """The bigram of train read in chunks (`read(start, stop)`), in two passes: counts over its
+    first 90%; then its last 10% scored against them at every weight in `WEIGHTS` (the weight is
+    chosen on train alone) while its own pairs are counted, and the two counts added: the table of
+    the whole split, with that weight, without a third pass."""
+    cut = int(n * 0.9)
+    head = _count(read(0, cut), vocab_size)
+    scorer, tail = head.table(), PairCounts(vocab_size)
+    sums, count = np.zeros(len(WEIGHTS)), 0
+    for prev, nxt in _pairs(read(cut - 1, n)):
+        tail.add(prev, nxt)
+        for a in range(0, len(prev), TAIL_CHUNK):
+            p, q = prev[a:a + TAIL_CHUNK], nxt[a:a + TAIL_CHUNK]
+            cond, uni = scorer.probs(p, q), scorer.unigram[q]  # w = 1: the pure count ratio
+            sums += np.log(WEIGHTS[:, None] * cond + (1.0 - WEIGHTS[:, None]) * uni).sum(axis=1)
+            count += len(q)
+    w = float(WEIGHTS[int(np.argmin(-sums / max(count, 1)))])
+    return head.merged(tail).table(w)
 
 
 def bigram_weight(train: np.ndarray | Callable[[int, int], Iterable[np.ndarray]], vocab_size: int,
@@ -67,17 +115,7 @@ def bigram_weight(train: np.ndarray | Callable[[int, int], Iterable[np.ndarray]]
     """The interpolation weight that best predicts the last 10% of train from its first 90%.
     `train`: the ids, or `read(start, stop)` giving the ids of [start, stop) in chunks (with `n`)."""
     read = train if callable(train) else (lambda a, b: chunks_of(train[a:b]))
-    n = len(train) if n is None else n
-    cut = int(n * 0.9)
-    head = BigramTable.from_chunks(read(0, cut), vocab_size)
-    sums, count = np.zeros(len(WEIGHTS)), 0
-    for prev, nxt in _pairs(read(cut - 1, n)):
-        for a in range(0, len(prev), TAIL_CHUNK):
-            p, q = prev[a:a + TAIL_CHUNK], nxt[a:a + TAIL_CHUNK]
-            cond, uni = head.probs(p, q), head.unigram[q]  # w = 1: the pure count ratio
-            sums += np.log(WEIGHTS[:, None] * cond + (1.0 - WEIGHTS[:, None]) * uni).sum(axis=1)
-            count += len(q)
-    return float(WEIGHTS[int(np.argmin(-sums / max(count, 1)))])
+    return fit_stream(read, len(train) if n is None else n, vocab_size).w
 
 
 def baselines(train: np.ndarray | Callable[[int, int], Iterable[np.ndarray]],
@@ -87,8 +125,7 @@ def baselines(train: np.ndarray | Callable[[int, int], Iterable[np.ndarray]],
     and the bigram's weight; each split scored on its characters after the first. Arrays, or
     readers of chunks (train: `read(start, stop)`; a split: `read()`): memory is a chunk."""
     read = train if callable(train) else (lambda a, b: chunks_of(train[a:b]))
-    n_train = len(train) if n_train is None else n_train
-    table = BigramTable.from_chunks(read(0, n_train), vocab_size, bigram_weight(read, vocab_size, n_train))
+    table = fit_stream(read, len(train) if n_train is None else n_train, vocab_size)
     out: dict[str, float] = {"baseline_bigram_weight": table.w}
     for split, ids in splits.items():
         chunks = ids() if callable(ids) else chunks_of(ids)
@@ -114,9 +151,7 @@ class BigramTable:
     @classmethod
     def from_chunks(cls, chunks: Iterable[np.ndarray], vocab_size: int, w: float = 1.0) -> BigramTable:
         """The table of a stream's pair counts with weight `w` (p(b) the add-one unigram)."""
-        pairs, counts, first, uni = _counts(chunks, vocab_size)
-        rows, cols = pairs // vocab_size, pairs % vocab_size
-        return cls(rows, cols, counts / first[rows], (uni + 1.0) / (uni.sum() + vocab_size), w)
+        return _count(chunks, vocab_size).table(w)
 
     @classmethod
     def counts(cls, train: np.ndarray, vocab_size: int, w: float = 1.0) -> BigramTable:
@@ -125,13 +160,13 @@ class BigramTable:
 
     @classmethod
     def fit(cls, train: np.ndarray, vocab_size: int) -> BigramTable:
-        """Counts over the whole train split; the weight chosen on train alone (`bigram_weight`)."""
-        return cls.counts(train, vocab_size, bigram_weight(train, vocab_size))
+        """Counts over the whole train split; the weight chosen on train alone (`fit_stream`)."""
+        return fit_stream(lambda a, b: chunks_of(train[a:b]), len(train), vocab_size)
 
     @classmethod
     def fit_stream(cls, read: Callable[[int, int], Iterable[np.ndarray]], n: int, vocab_size: int) -> BigramTable:
         """`fit` for a split read in chunks (`read(start, stop)`): memory is a chunk and the pairs."""
-        return cls.from_chunks(read(0, n), vocab_size, bigram_weight(read, vocab_size, n))
+        return fit_stream(read, n, vocab_size)
 
     @property
     def vocab_size(self) -> int:

@@ -26,11 +26,16 @@ def score_ids(model: CharLM, ids: torch.Tensor, bptt: int = 128, streams: int = 
     return total / max(1, count)
 
 
+def grid_shape(n: int, streams: int = EVAL_STREAMS) -> tuple[int, int]:
+    """(streams, length) of `n` tokens laid out for scoring: at most `streams` contiguous streams
+    of at least 2 tokens; the few tokens past streams * length are dropped."""
+    streams = max(1, min(streams, n // 2))
+    return streams, n // streams
+
+
 def stream_grid(ids: torch.Tensor, streams: int = EVAL_STREAMS) -> torch.Tensor:
-    """`ids` cut into `streams` contiguous streams, as columns (L, streams); the few tokens
-    past streams * L are dropped."""
-    streams = max(1, min(streams, len(ids) // 2))
-    length = len(ids) // streams
+    """`ids` cut into contiguous streams (`grid_shape`), as columns (L, streams)."""
+    streams, length = grid_shape(len(ids), streams)
     return ids[: streams * length].view(streams, length).t().contiguous()
 
 
@@ -61,19 +66,13 @@ def open_tokens(folder: str | Path, split: str, manifest: dict[str, Any]) -> Spl
     return open_split(folder, split, manifest, token_schema_of(manifest), cache=verified_cache())
 
 
-def read_split(folder: str | Path, split: str, manifest: dict[str, Any]) -> torch.Tensor:
-    """A whole checked token split as an int64 tensor (small inputs; the stages stream `split_streams`)."""
-    tokens = TokenFile(open_tokens(folder, split, manifest).uris)
-    return torch.from_numpy(tokens.read(0, tokens.rows).astype("int64"))
-
-
 def split_streams(folder: str | Path, split: str, manifest: dict[str, Any], streams: int = EVAL_STREAMS,
                   mapping: np.ndarray | None = None) -> LazyStreams:
-    """A checked split laid out as `stream_grid` lays it out, read a window at a time (`mapping`:
+    """A checked split laid out as `stream_grid` lays it out (`grid_shape`), read a window at a time (`mapping`:
     old id -> new id, another vocabulary's numbering)."""
     s = open_tokens(folder, split, manifest)
-    streams = max(1, min(streams, s.rows // 2))
-    return LazyStreams(s.uris, 0, streams, s.rows // streams, mapping=mapping)
+    streams, length = grid_shape(s.rows, streams)
+    return LazyStreams(s.uris, 0, streams, length, mapping=mapping)
 
 
 def split_reader(folder: str | Path, split: str, manifest: dict[str, Any],

@@ -70,9 +70,10 @@ class ImageClassifier(Workload):
                  reports: Path, state: Path) -> tuple[dict[str, Any], list[str]]:
         import numpy as np
 
+        from components.data.dataset import in_sample, sample_rows
         from components.data.parquet import load_manifest
         from components.evaluation import classification_metrics, plot_confusion
-        from components.workloads.image_classifier.baselines import baselines, features, sample_rows
+        from components.workloads.image_classifier.baselines import baselines, features
         from components.workloads.image_classifier.evaluate import (
             plot_cams,
             predict_split,
@@ -101,8 +102,7 @@ class ImageClassifier(Workload):
         n_train = manifest["files"]["train"]["rows"]
         keep, xs, ys, ys_all, at = sample_rows(n_train, p.evaluate.baseline_rows), [], [], [], 0
         for x, y in split_batches(data, "train", manifest, p.evaluate.bs):
-            rows = np.arange(at, at + len(y))
-            sel = np.isin(rows, keep) if keep is not None else slice(None)
+            sel = in_sample(keep, at, len(y))
             xs.append(features(x.numpy()[sel]))  # pooled as it is read: a sample's features, not its pixels
             ys.append(y.numpy()[sel])
             ys_all.append(y.numpy())

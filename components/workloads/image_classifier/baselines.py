@@ -26,11 +26,6 @@ def features(x: np.ndarray) -> np.ndarray:
     return (x.reshape(n, -1) / 255.0).astype(np.float32)
 
 
-def sample_rows(n: int, most: int, seed: int = 0) -> np.ndarray | None:
-    """The sorted train rows the linear model fits on, at most `most` (None: all of them)."""
-    return None if n <= most else np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
-
-
 def baselines(x_train: np.ndarray, y_train: np.ndarray, y_all_train: np.ndarray,
               splits: dict[str, Iterable[tuple[np.ndarray, np.ndarray]]]) -> dict[str, float]:
     """`baseline_majority_<split>_accuracy` and `baseline_linear_<split>_accuracy` per split;

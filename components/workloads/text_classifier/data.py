@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import torch
 
 from components.data.remote import is_remote, open_input
 from components.data.remote import kind as remote_kind
@@ -313,3 +316,24 @@ def passages_table(docs: list[LabelledDoc], split: list[str], classes: list[str]
             rows["document"].append(d.name)
             rows["split"].append(s)
     return pa.table(rows, schema=PASSAGES_SCHEMA)
+
+
+def encode_passages(texts: list[str], itos: list[str]) -> torch.Tensor:
+    """Passages of equal length -> (chars, n) int64 ids in the char-LM's vocabulary (0: unknown),
+    vectorised: every character's code point looked up among the vocabulary's (a worker encodes
+    each batch as it reads it, every epoch: a Python loop per character cost more than the step's
+    own Python)."""
+    import torch
+
+    if not texts:
+        return torch.empty(0, 0, dtype=torch.long)
+    ids = np.array([i for i, c in enumerate(itos) if len(c) == 1], dtype=np.int64)
+    points = np.array([ord(itos[i]) for i in ids], dtype=np.int64)
+    order = np.argsort(points)
+    ids, points = ids[order], points[order]
+    got = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
+    if got.size % len(texts):
+        raise ValueError("passages of different lengths in one batch")
+    at = np.minimum(np.searchsorted(points, got), max(len(points) - 1, 0))
+    out = np.where(points[at] == got, ids[at], 0) if len(points) else np.zeros_like(got)
+    return torch.from_numpy(np.ascontiguousarray(out.reshape(len(texts), -1).T))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.data.dataset import iter_batches, open_split
+from components.data.dataset import in_sample, iter_batches, open_split, sample_rows
 from components.store import verified_cache
 from components.workloads.text_classifier.staging import SPLIT_SCHEMA
 
@@ -55,12 +55,10 @@ def majority_baseline(y_train: torch.Tensor, splits: dict[str, torch.Tensor]) ->
 def train_sample(folder: str | Path, manifest: dict[str, Any], most: int,
                  seed: int = 0) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(a seeded sample of at most `most` train passages, their labels, every train label), read a batch at a time."""
-    n = manifest["files"]["train"]["rows"]
-    keep = None if n <= most else np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
+    keep = sample_rows(manifest["files"]["train"]["rows"], most, seed)
     texts, ys, every, at = [], [], [], 0
     for t, y in split_batches(folder, "train", manifest, 4096):
-        rows = np.arange(at, at + len(t))
-        sel = np.ones(len(t), bool) if keep is None else np.isin(rows, keep)
+        sel = in_sample(keep, at, len(t))
         texts += [x for x, k in zip(t, sel, strict=True) if k]
         ys.append(y[torch.from_numpy(sel)])
         every.append(y)

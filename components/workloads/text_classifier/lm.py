@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from components.training.schedules import slanted_triangular
+from components.workloads.text_classifier.data import encode_passages
 
 
 class EncoderLM(nn.Module):
@@ -58,12 +59,6 @@ class EncoderLM(nn.Module):
         return [list(self.emb.parameters()), *layers, [p for p in top if id(p) not in seen]]
 
 
-def encode(texts: list[str], vocab: list[str]) -> torch.Tensor:
-    """Passages of one length as (seq_len, n) character ids; unknown characters are id 0."""
-    stoi = {c: i for i, c in enumerate(vocab)}
-    return torch.tensor([[stoi.get(c, 0) for c in t] for t in texts], dtype=torch.long).T
-
-
 def fine_tune(base_model: str | Path, texts: list[str] | tuple[Iterable[list[str]], int], out: str | Path, *,
               steps: int, bs: int, lr: float, lr_factor: float, cut_frac: float, stlr_ratio: float,
               weight_decay: float, seed: int, log_every: int = 25) -> dict[str, Any]:
@@ -92,7 +87,7 @@ def fine_tune(base_model: str | Path, texts: list[str] | tuple[Iterable[list[str
     lm.train()
     losses, t0 = [], time.perf_counter()
     for step, batch in zip(range(steps), batches, strict=False):
-        x = encode(batch, blob["vocab"])  # (seq_len, bs)
+        x = encode_passages(batch, blob["vocab"])  # (seq_len, bs)
         mult = slanted_triangular(step, steps, cut_frac, stlr_ratio)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * mult

@@ -43,19 +43,13 @@ from components.training.worker import (
     stop_early,
     wrap_ddp,
 )
+from components.workloads.text_classifier.data import encode_passages
 from components.workloads.text_classifier.model import (
     PoolingClassifier,
     apply_schedule,
     discriminative_groups,
     load_encoder,
 )
-
-
-def encode_passages(texts: list[str], itos: list[str]) -> torch.Tensor:
-    """Passages of equal length -> (chars, n) int64 ids in the char-LM's vocabulary (0: unknown)."""
-    stoi = {c: i for i, c in enumerate(itos)}
-    ids = np.array([[stoi.get(c, 0) for c in t] for t in texts], dtype=np.int64)
-    return torch.from_numpy(ids.T.copy())
 
 
 def batches(data: dict[str, Any], split: str, order: EpochOrder, bs: int, steps: int | None, itos: list[str],

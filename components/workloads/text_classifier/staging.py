@@ -106,7 +106,7 @@ def shuffle_bucket(path: Path, out: _Rows, order: np.random.Generator, resplit: 
 
 def prepare_texts(p: TextPrepareParams, out: str | Path) -> dict[str, Any]:
     """Read the documents one at a time, split them by document (stratified by class), cut them into
-    passages and publish `passages.parquet` (rows in a seeded random order), `classes.json` and
+    passages and publish `passages/` (part files, rows in a seeded random order), `classes.json` and
     `manifest.json` under `out`. The order comes from an external shuffle: passages go to seeded
     buckets of about `shuffle_mb` each, and each bucket is shuffled in memory in turn, split again
     where it came out larger (`shuffle_bucket`; one bucket when the source fits: a plain seeded
