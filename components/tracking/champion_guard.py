@@ -10,12 +10,23 @@ infra/mlflow/basic_auth.ini), comma-separated; TRAINYARD_PROMOTERS, when set, re
 Open-source MLflow has no per-alias permission, so without this rule anyone who may edit a
 model may crown a version of it. The server enforces it: a client that skips our CLI is refused
 the same way.
+
+It also gives the champion the compare-and-set MLflow lacks (`set_registered_model_alias` is
+an upsert: the last writer wins): `POST /api/2.0/trainyard/champion/move` moves `champion` from
+U to V, and sets the champion history tag, only if the alias and the history are still what the
+client read, under a lock the backend store holds for every server worker (PostgreSQL: a
+transaction's advisory lock; SQLite: a file lock beside the database, the same one a local
+client takes). A conflict is answered 409 with what the champion is now. The move fires
+MLflow's own `model_version_alias.created` webhook, as a plain alias write does.
 """
 
 from __future__ import annotations
 
 import configparser
+import contextlib
+import hashlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 PROTECTED_ALIASES = ("champion",)
@@ -23,6 +34,9 @@ RULE = "trainyard champion guard"
 _ALIAS_PATH = "/mlflow/registered-models/alias"
 _DELETE_VERSION_PATH = "/mlflow/model-versions/delete"
 _DELETE_MODEL_PATH = "/mlflow/registered-models/delete"
+MOVE_PATH = "/api/2.0/trainyard/champion/move"
+HISTORY_TAG = "trainyard.champion_history"  # as components.tracking.registry.HISTORY
+LOCK_WAIT_S = 120  # a move waits this long for another worker's move of the same model
 
 
 def promoters() -> set[str]:
@@ -63,7 +77,9 @@ def refusal(path: str, method: str, fields: dict[str, Any], user: str | None) ->
     name = str(fields.get("name", ""))
     who = ", ".join(sorted(allowed)) or "nobody: the list is empty"
     what = None
-    if path.endswith(_ALIAS_PATH) and method in ("POST", "DELETE"):
+    if path.endswith(MOVE_PATH) and method == "POST":
+        what = f"set the '{PROTECTED_ALIASES[0]}' alias of {name}"
+    elif path.endswith(_ALIAS_PATH) and method in ("POST", "DELETE"):
         alias = str(fields.get("alias", ""))
         if alias in PROTECTED_ALIASES:
             what = f"{'set' if method == 'POST' else 'delete'} the '{alias}' alias of {name}"
@@ -95,6 +111,95 @@ def _guard():
     return response
 
 
+@contextlib.contextmanager
+def store_lock(store, name: str) -> Iterator[str]:
+    """Hold the backend store's lock on model `name`'s champion: one holder across every server
+    worker and process. Raises NotImplementedError for a backend without one."""
+    engine = getattr(store, "engine", None)
+    dialect = engine.dialect.name if engine is not None else type(store).__name__
+    if dialect == "postgresql":
+        from sqlalchemy import text
+
+        key = int.from_bytes(hashlib.sha256(f"trainyard.champion:{name}".encode()).digest()[:8], "big", signed=True)
+        with engine.begin() as conn:  # the lock ends with the transaction, however the request ends
+            conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'"))
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            yield "postgresql advisory lock"
+        return
+    if dialect == "sqlite":
+        from components.tracking.lease import flock_file, lock_file
+
+        path = lock_file(engine.url.render_as_string(hide_password=False), name)
+        if path is not None:
+            with flock_file(path, LOCK_WAIT_S):
+                yield "file lock"
+            return
+    raise NotImplementedError(f"no champion lock for a {dialect} backend store")
+
+
+def move(store, fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Compare-and-set `champion` (and the history tag) on `store`: (HTTP status, answer)."""
+    from mlflow.entities.model_registry import RegisteredModelTag
+
+    name, version = str(fields.get("name", "")), str(fields.get("version", ""))
+    if not name or not version:
+        return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "a move needs `name` and `version`"}
+    expected, expected_history = str(fields.get("expected") or ""), str(fields.get("expected_history") or "")
+    try:
+        with store_lock(store, name):
+            rm = store.get_registered_model(name)
+            current = str((rm.aliases or {}).get(PROTECTED_ALIASES[0], "") or "")
+            history = (rm.tags or {}).get(HISTORY_TAG, "")
+            if (current, history) != (expected, expected_history):
+                return 409, {"error_code": "RESOURCE_CONFLICT", "champion": current, "history": history,
+                             "message": f"the champion of {name} is v{current or '-'} now, not v{expected or '-'}"}
+            store.get_model_version(name, version)  # a missing version fails before anything moves
+            store.set_registered_model_alias(name, PROTECTED_ALIASES[0], version)
+            if "history" in fields:
+                store.set_registered_model_tag(name, RegisteredModelTag(HISTORY_TAG, str(fields["history"])))
+    except NotImplementedError as err:
+        return 501, {"error_code": "NOT_IMPLEMENTED", "message": str(err)}
+    return 200, {"champion": version}
+
+
+def _move_view():
+    """The compare-and-set endpoint (`move`), with basic auth's permission rule for editing the
+    model (the guard has already checked the promoters list), and MLflow's alias webhook."""
+    from flask import jsonify, request
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.handlers import _get_model_registry_store
+
+    fields = _request_fields(request)
+    with contextlib.suppress(ImportError):
+        from mlflow.server.auth import sender_is_admin, validate_can_update_registered_model
+
+        if not sender_is_admin() and not validate_can_update_registered_model():
+            response = jsonify(error_code="PERMISSION_DENIED", message="Permission denied")
+            response.status_code = 403
+            return response
+    store = _get_model_registry_store()
+    try:
+        status, answer = move(store, fields)
+    except MlflowException as err:
+        status, answer = err.get_http_status_code(), {"error_code": err.error_code, "message": err.message}
+    if status == 200:
+        _alias_webhook(store, answer["champion"], str(fields["name"]))
+    response = jsonify(answer)
+    response.status_code = status
+    return response
+
+
+def _alias_webhook(store, version: str, name: str) -> None:
+    # what MLflow's own alias handler fires; a failure to deliver is logged there, never raised
+    from mlflow.entities.webhook import WebhookAction, WebhookEntity, WebhookEvent
+    from mlflow.webhooks.delivery import deliver_webhook
+    from mlflow.webhooks.types import ModelVersionAliasCreatedPayload
+
+    deliver_webhook(event=WebhookEvent(WebhookEntity.MODEL_VERSION_ALIAS, WebhookAction.CREATED),
+                    payload=ModelVersionAliasCreatedPayload(name=name, alias=PROTECTED_ALIASES[0], version=version),
+                    store=store)
+
+
 def create_app(app=None):
     """MLflow's basic-auth app with the guard behind its authentication (Flask runs before-request
     hooks in the order they were added: an unauthenticated request is answered 401 first)."""
@@ -104,4 +209,7 @@ def create_app(app=None):
     app = app or flask_app
     served = basic_auth_app(app)
     app.before_request(_guard)
+    app.add_url_rule(MOVE_PATH, "trainyard_champion_move", _move_view, methods=["POST"])
+    app.add_url_rule("/ajax-api/2.0/trainyard/champion/move", "trainyard_champion_move_ajax", _move_view,
+                     methods=["POST"])
     return served

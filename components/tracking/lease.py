@@ -88,6 +88,7 @@ def lease(c, name: str, ttl_s: float = 300.0, wait_s: float = 600.0, settle_s: f
 
 
 _said: set[str] = set()
+_server_cas: dict[str, bool] = {}  # tracking URI -> whether its server answers the compare-and-set
 
 
 def lock_file(uri: str, name: str) -> Path | None:
@@ -99,39 +100,144 @@ def lock_file(uri: str, name: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def champion_lock(c, name: str, wait_s: float = 600.0, poll_s: float = 0.05) -> Iterator[str]:
-    """Hold the right to move model `name`'s aliases across a read, a comparison and a write
-    (register's gate, approve, promote, rollback): a compare-and-set, as one atomic step.
-
-    On a local store (SQLite) it is an OS file lock beside the database (`flock`), which the
-    kernel gives up when its holder's process ends, however it ends: no expiry to guess, no
-    settle time. On a server the lock would have to live in the server; this one has none, so
-    the timed lease (`lease`) decides, as said once in one line. Yields which it was."""
+def flock_file(path: Path, wait_s: float, poll_s: float = 0.05, said: str | None = None) -> Iterator[None]:
+    """Hold an exclusive OS lock (`flock`) on `path`: the kernel gives it up when its holder's
+    process ends, however it ends. `said` is printed once if we have to wait."""
     import fcntl
 
-    uri = str(getattr(c, "tracking_uri", "") or "")
-    path = lock_file(uri, name)
-    if path is None:
-        if uri not in _said:
-            _said.add(uri)
-            print(f"[register] {uri}: the server enforces no compare-and-set on aliases: deciding them under a timed "
-                  "lease (a local SQLite store uses a file lock)", flush=True)
-        with lease(c, name):
-            yield "lease"
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:  # closing it releases the lock
-        deadline, said = time.monotonic() + wait_s, False
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if not said:
-                    print(f"[register] model '{name}': waiting for another registration to finish "
-                          f"(the store's lock {path.name})", flush=True)
-                    said = True
+                if said:
+                    print(said, flush=True)
+                    said = None
                 if time.monotonic() > deadline:
-                    raise RegistryBusy(f"model '{name}': another process holds {path}; waited {wait_s:.0f} s") from None
+                    raise RegistryBusy(f"another process holds {path}; waited {wait_s:.0f} s") from None
                 time.sleep(poll_s)
-        yield "file lock"
+        yield
+
+
+class ChampionMoved(RuntimeError):
+    """The champion was not what we compared against any more: (version, history) it is now."""
+
+    def __init__(self, version: str | None, history: str) -> None:
+        super().__init__(f"the champion moved to v{version or '-'} meanwhile")
+        self.version, self.history = version, history
+
+
+class Gate:
+    """How model `name`'s `champion` moves here: `state()` reads (version, history tag) and
+    `move()` sets both, only if they are still what was read (else raises ChampionMoved).
+    Under a lock held across read-compare-set (a file lock, the lease) the comparison cannot
+    fail; against our server app the server makes it (`champion_guard.move`)."""
+
+    def __init__(self, c, name: str, kind: str, history_tag: str) -> None:
+        self.c, self.name, self.kind, self.history_tag = c, name, kind, history_tag
+
+    def state(self) -> tuple[str | None, str]:
+        """The champion's version (None when there is none) and the history tag, as stored now."""
+        rm = retrying(self.c.get_registered_model, self.name)
+        version = (rm.aliases or {}).get("champion")
+        return (str(version) if version is not None else None), (rm.tags or {}).get(self.history_tag, "")
+
+    def move(self, expected: tuple[str | None, str], version: str, history: str) -> None:
+        """Champion `expected` -> `version`, with the history tag `history`, as one step."""
+        if self.kind == "compare-and-set":
+            from mlflow.utils.credentials import get_default_host_creds
+            from mlflow.utils.rest_utils import http_request
+
+            from components.tracking.champion_guard import MOVE_PATH
+
+            body = {"name": self.name, "version": str(version), "expected": expected[0] or "",
+                    "expected_history": expected[1], "history": history}
+            r = http_request(get_default_host_creds(self.c.tracking_uri), MOVE_PATH, "POST", json=body,
+                             raise_on_status=False, max_retries=3)
+            if r.status_code == 409:
+                got = r.json()
+                raise ChampionMoved(got.get("champion") or None, got.get("history", ""))
+            if r.status_code != 200:
+                raise RegistryBusy(f"model '{self.name}': the server refused to move the champion to v{version}: "
+                                   f"HTTP {r.status_code}: {r.text[:500]}")
+            return
+        retrying(self.c.set_registered_model_alias, self.name, "champion", str(version))
+        retrying(self.c.set_registered_model_tag, self.name, self.history_tag, history)
+
+
+def _server_has_cas(c, name: str) -> bool:
+    """Whether the tracking server answers our compare-and-set (the `trainyard-auth` app):
+    asked once per server, by a move that cannot succeed (a version that does not exist)."""
+    uri = str(c.tracking_uri)
+    if uri not in _server_cas:
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        from components.tracking.champion_guard import MOVE_PATH
+
+        r = http_request(get_default_host_creds(uri), MOVE_PATH, "POST", json={"name": name},
+                         raise_on_status=False, max_retries=3)
+        # 400: the app is there and refused the empty move; 404/405: a plain MLflow server;
+        # 403 from our guard is a user who may not crown: still the app
+        _server_cas[uri] = r.status_code in (400, 403, 409)
+    return _server_cas[uri]
+
+
+@contextlib.contextmanager
+def champion_lock(c, name: str, wait_s: float = 600.0, history_tag: str = "trainyard.champion_history"
+                  ) -> Iterator[Gate]:
+    """The right to move model `name`'s `champion`: a compare-and-set that the store enforces
+    (register's gate, approve, promote, rollback).
+
+    - A local store (SQLite): an OS file lock beside the database, held across the read, the
+      comparison and the write: no expiry to guess, no settle time.
+    - Our MLflow server app (`trainyard-auth`): no lock held here; `Gate.move` asks the server
+      to compare and set under the backend's own lock, and a conflict comes back as
+      ChampionMoved (the caller compares again).
+    - A plain MLflow server: the timed lease (`lease`), as said once in one line.
+    """
+    uri = str(getattr(c, "tracking_uri", "") or "")
+    path = lock_file(uri, name)
+    if path is not None:
+        with flock_file(path, wait_s, said=f"[register] model '{name}': waiting for another registration to "
+                                           f"finish (the store's lock {path.name})"):
+            yield Gate(c, name, "file lock", history_tag)
+        return
+    if uri.startswith(("http://", "https://")) and _server_has_cas(c, name):
+        yield Gate(c, name, "compare-and-set", history_tag)
+        return
+    if uri not in _said:
+        _said.add(uri)
+        print(f"[register] {uri}: the server enforces no compare-and-set on aliases: deciding them under a timed "
+              "lease (our server app `--app-name trainyard-auth` and a local SQLite store enforce one)", flush=True)
+    with lease(c, name, wait_s=wait_s):
+        yield Gate(c, name, "lease", history_tag)
+
+
+def crowned(history: list[str], version: str) -> list[str]:
+    """The champion history once `version` holds the crown (not repeated when it already did last)."""
+    return history if history and history[-1] == str(version) else [*history, str(version)]
+
+
+def decide(gate: Gate, plan: Callable[[str | None, list[str]], tuple[str, list[str]] | None], who: str = "register",
+           attempts: int = 20) -> tuple[str | None, list[str]]:
+    """Move the champion by compare-and-set: `plan(champion, history)` gives the version that
+    should hold it and the history then (None: no move); a conflict re-reads and plans again.
+    Returns the champion and history as they stand after (moved or not)."""
+    for _ in range(attempts):
+        champ, raw = gate.state()
+        hist = [v for v in raw.split(",") if v]
+        target = plan(champ, hist)
+        if target is None or (target[0] == champ and target[1] == hist):
+            return champ, hist
+        try:
+            gate.move((champ, raw), str(target[0]), ",".join(target[1]))
+        except ChampionMoved as moved:
+            print(f"[{who}] model '{gate.name}': the champion moved to v{moved.version or '-'} meanwhile; "
+                  "compared again", flush=True)
+            continue
+        return str(target[0]), list(target[1])
+    raise RegistryBusy(f"model '{gate.name}': the champion kept moving; compared {attempts} times")

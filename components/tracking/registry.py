@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from components.tracking.lease import champion_lock, retrying
+from components.tracking.lease import champion_lock, crowned, decide, retrying
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_SHA = "trainyard.model_sha256"
@@ -82,15 +82,18 @@ def _history(c, name: str) -> list[str]:
 
 
 def set_champion(c, name: str, version: str, who: str, why: str) -> None:
-    """Point `champion` at `version`, recording who and why on the version and in the history."""
+    """Point `champion` at `version` by compare-and-set (the history gains it), then record who
+    and why on the version."""
     version = str(version)
-    c.set_registered_model_alias(name, CHAMPION, version)
-    c.set_model_version_tag(name, version, "trainyard.promoted_by", who)
-    c.set_model_version_tag(name, version, "trainyard.promoted_reason", why)
-    c.set_model_version_tag(name, version, "trainyard.promoted_at", _now())
-    hist = _history(c, name)
-    if not hist or hist[-1] != version:
-        c.set_registered_model_tag(name, HISTORY, ",".join([*hist, version]))
+    with champion_lock(c, name, history_tag=HISTORY) as gate:
+        decide(gate, lambda _champ, hist: (version, crowned(hist, version)), who="promote")
+    _record_promotion(c, name, version, who, why)
+
+
+def _record_promotion(c, name: str, version: str, who: str, why: str) -> None:
+    retrying(c.set_model_version_tag, name, version, "trainyard.promoted_by", who)
+    retrying(c.set_model_version_tag, name, version, "trainyard.promoted_reason", why)
+    retrying(c.set_model_version_tag, name, version, "trainyard.promoted_at", _now())
 
 
 def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
@@ -109,14 +112,14 @@ def register(c, *, name: str, model_sha256: str, log_model: Callable[[], str], r
     moves the crown.
     """
     ensure_model(c, name, "Registered by the trainyard pipeline; see version tags for lineage.")
-    with champion_lock(c, name):
-        return _register_locked(c, name=name, model_sha256=model_sha256, log_model=log_model, run_id=run_id,
+    with champion_lock(c, name, history_tag=HISTORY) as gate:
+        return _register_locked(c, gate, name=name, model_sha256=model_sha256, log_model=log_model, run_id=run_id,
                                 metric=metric, value=value, mode=mode, val_data_md5=val_data_md5,
                                 lineage=lineage, rescore=rescore, floor=floor, min_delta=min_delta,
                                 require_approval=require_approval)
 
 
-def _register_locked(c, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
+def _register_locked(c, gate, *, name: str, model_sha256: str, log_model: Callable[[], str], run_id: str,
                      metric: str, value: float, mode: str, val_data_md5: str, lineage: dict[str, str],
                      rescore: Callable[[Any], float], floor: tuple[str, float] | None,
                      min_delta: float, require_approval: bool) -> dict[str, Any]:
@@ -133,16 +136,26 @@ def _register_locked(c, *, name: str, model_sha256: str, log_model: Callable[[],
     if floor is not None:
         retrying(c.set_model_version_tag, name, v, BASELINE, f"{floor[0]}={floor[1]:.4f}")
         retrying(c.set_model_version_tag, name, v, BEATS_BASELINE, str(better(value, floor[1], mode)).lower())
-    champ = alias_version(c, name, CHAMPION)
-    crown, why = _gate(c, name, v, champ, metric=metric, value=value, mode=mode, val_data_md5=val_data_md5,
-                       rescore=rescore, floor=floor, min_delta=min_delta)
+    seen: dict[str, Any] = {}
+
+    def plan(champ: str | None, hist: list[str]) -> tuple[str, list[str]] | None:
+        seen["champ"] = champ
+        seen["crown"], seen["why"] = _gate(c, name, v, champ, metric=metric, value=value, mode=mode,
+                                           val_data_md5=val_data_md5, rescore=rescore, floor=floor,
+                                           min_delta=min_delta)
+        if not seen["crown"] or champ == v or require_approval:
+            return None
+        return v, crowned(hist, v)
+
+    decide(gate, plan)
+    crown, why = seen["crown"], seen["why"]
     retrying(c.set_model_version_tag, name, v, GATE, json.dumps({"crown": crown, "why": why}))
-    if not crown or champ == v:
+    if not crown or seen["champ"] == v:
         decision = why
     elif require_approval:
         decision = f"challenger, awaiting approval (register.require_approval): the gate would crown it: {why}"
     else:
-        set_champion(c, name, v, "register", why)
+        _record_promotion(c, name, v, "register", why)
         decision = f"champion ({why})"
     return describe(c, name, v) | {"decision": decision}
 
@@ -196,8 +209,7 @@ def promote(c, name: str, version: str, why: str, who: str | None = None) -> dic
     if ARCHIVED in mv.tags:
         raise ValueError(f"{name} v{version} is archived ({json.loads(mv.tags[ARCHIVED])['why']}): "
                          "not promotable")
-    with champion_lock(c, name):  # the history read and the alias write as one step
-        set_champion(c, name, str(version), who or user(), why)
+    set_champion(c, name, str(version), who or user(), why)
     return describe(c, name, str(version))
 
 
@@ -237,8 +249,7 @@ def approve(c, name: str, version: str, why: str, who: str | None = None) -> dic
         raise ValueError(f"{name} v{version} is archived ({json.loads(mv.tags[ARCHIVED])['why']}): not approvable")
     who = who or user()
     _need_reason("approved", why)  # before the crown moves
-    with champion_lock(c, name):  # the history read and the alias write as one step
-        set_champion(c, name, str(version), who, why)
+    set_champion(c, name, str(version), who, why)
     _record_verdict(c, name, str(version), "approved", why, who)
     return describe(c, name, str(version))
 
@@ -276,27 +287,27 @@ def awaiting(c, name: str) -> str | None:
 
 def rollback(c, name: str, why: str, who: str | None = None) -> dict[str, Any]:
     """Move `champion` back to the version that held it before the current one."""
-    with champion_lock(c, name):
-        return _rollback_locked(c, name, why, who)
-
-
-def _rollback_locked(c, name: str, why: str, who: str | None) -> dict[str, Any]:
-    hist = _history(c, name)
-    current = alias_version(c, name, CHAMPION)
     archived = {str(m.version) for m in c.search_model_versions(f"name = '{name}'") if ARCHIVED in m.tags}
-    while hist and (hist[-1] == current or hist[-1] in archived):
-        hist.pop()
-    if not hist:
-        raise ValueError(f"{name}: no earlier champion to roll back to")
-    previous = hist[-1]
-    c.set_registered_model_alias(name, CHAMPION, previous)
-    c.set_registered_model_tag(name, HISTORY, ",".join(hist))
+    seen: dict[str, str | None] = {}
+
+    def plan(current: str | None, hist: list[str]) -> tuple[str, list[str]]:
+        hist = list(hist)
+        while hist and (hist[-1] == current or hist[-1] in archived):
+            hist.pop()
+        if not hist:
+            raise ValueError(f"{name}: no earlier champion to roll back to")
+        seen["current"] = current
+        return hist[-1], hist
+
+    with champion_lock(c, name, history_tag=HISTORY) as gate:
+        previous, _ = decide(gate, plan, who="rollback")
+    current = seen["current"]
     c.set_model_version_tag(name, previous, "trainyard.rolled_back_by", who or user())
     c.set_model_version_tag(name, previous, "trainyard.rolled_back_reason", why)
     c.set_model_version_tag(name, previous, "trainyard.rolled_back_at", _now())
     if current:
         c.set_model_version_tag(name, current, "trainyard.demoted", json.dumps({"why": why, "at": _now()}))
-    return describe(c, name, previous)
+    return describe(c, name, str(previous))
 
 
 def archive(c, name: str, version: str, why: str, who: str | None = None) -> dict[str, Any]:

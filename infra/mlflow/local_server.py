@@ -83,7 +83,7 @@ def start_postgres(root: Path, timeout_s: float = 60) -> dict:
             "url": f"{BACKEND_SCHEME}://mlflow:{password}@127.0.0.1:{port}"}
 
 
-def start(state: Path, timeout_s: float = 180) -> dict:
+def start(state: Path, timeout_s: float = 180, workers: int = 1) -> dict:
     """Start PostgreSQL, then `mlflow server --app-name trainyard-auth` (basic auth, a protected champion) on it; return the state."""
     if state.exists():
         raise SystemExit(f"error: {state} exists: a server is already recorded there; stop it first")
@@ -109,7 +109,7 @@ def start(state: Path, timeout_s: float = 180) -> dict:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
              "--backend-store-uri", f"{pg['url']}/mlflow", "--artifacts-destination", str(root / "artifacts"),
-             *SERVER_FLAGS, "--workers", "1"],
+             *SERVER_FLAGS, "--workers", str(workers)],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         record |= {"uri": f"http://127.0.0.1:{port}", "server_pid": proc.pid,
                    "env": {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
@@ -169,9 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["start", "stop", "status"])
     ap.add_argument("--state", type=Path, default=DEFAULT_STATE)
+    ap.add_argument("--workers", type=int, default=1, help="server worker processes (the champion's "
+                    "compare-and-set holds across them)")
     a = ap.parse_args(argv)
     if a.action == "start":
-        rec = start(a.state)
+        rec = start(a.state, workers=a.workers)
         print(f"# MLflow (basic auth, PostgreSQL on port {rec['postgres']['port']}) at {rec['uri']}")
         for k, v in rec["env"].items():
             print(f"export {k}={v}")

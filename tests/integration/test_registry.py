@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import mlflow
 import pytest
@@ -17,6 +18,7 @@ from components.workloads.char_lm.pyfunc import log_model as log_pyfunc
 
 pytestmark = pytest.mark.slow
 NAME = "char-lm-test"
+_LOGGING = threading.Lock()
 
 
 @pytest.fixture
@@ -45,7 +47,9 @@ def _register(c, exp, tmp_path, seed, value, val_md5="val-a", rescored=None, flo
     run_id = runs.start_run(c, exp, f"train/{seed}", f"train-{seed}")
 
     def log_model():
-        with mlflow.start_run(run_id=run_id):
+        # one at a time in this process: CPython 3.11's parser is not thread-safe (mlflow parses
+        # code while logging: "AST constructor recursion depth mismatch"); the decisions still race
+        with _LOGGING, mlflow.start_run(run_id=run_id):
             return log_pyfunc(path).model_uri
 
     def rescore(version):
@@ -155,15 +159,17 @@ def test_two_registrations_deciding_at_once_crown_the_better(store, tmp_path, mo
     import threading
     import time
 
+    from components.tracking import lease
+
     c, exp = store
-    real = registry.alias_version
+    real = lease.Gate.state
     both_read = threading.Barrier(2)
     waited: set[str] = set()
 
-    def champion_read_then_pause(client, name, alias):
-        got = real(client, name, alias)
+    def champion_read_then_pause(self):
+        got = real(self)
         me = threading.current_thread().name
-        if alias == registry.CHAMPION and me not in waited:  # the decision's read, not describe()'s
+        if me not in waited:  # the decision's first read
             waited.add(me)
             with contextlib.suppress(threading.BrokenBarrierError):
                 both_read.wait(timeout=5)
@@ -171,7 +177,7 @@ def test_two_registrations_deciding_at_once_crown_the_better(store, tmp_path, mo
                 time.sleep(1.0)  # a slow writer: its alias write lands after the better one's
         return got
 
-    monkeypatch.setattr(registry, "alias_version", champion_read_then_pause)
+    monkeypatch.setattr(lease.Gate, "state", champion_read_then_pause)
     out, errors = {}, []
 
     def go(seed: int, value: float) -> None:
@@ -329,29 +335,80 @@ def test_a_champion_change_reaches_a_signed_webhook_that_deploys_it(tmp_path, mo
         receiver.wait(10)
 
 
+@pytest.fixture(scope="module")
+def cas_server(tmp_path_factory):
+    """infra/'s server: PostgreSQL + `mlflow server --app-name trainyard-auth` with 2 workers (the
+    compare-and-set must hold across them); its environment (URI, admin login, a promoter)."""
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import REPO, project_env
+
+    state = tmp_path_factory.mktemp("cas-server") / "server.json"
+    script = REPO / "infra/mlflow/local_server.py"
+    subprocess.run([sys.executable, str(script), "start", "--state", str(state), "--workers", "2"], check=True,
+                   env=project_env(), timeout=300, stdout=subprocess.DEVNULL)
+    try:
+        yield json.loads(state.read_text())["env"]
+    finally:
+        subprocess.run([sys.executable, str(script), "stop", "--state", str(state)], check=True, env=project_env(),
+                       timeout=120)
+
+
+def _pause_after_champion_reads(monkeypatch, pause_s: float = 0.05) -> None:
+    """Every read of the champion (the compare of a compare-and-set) pauses: the window a rival writes in."""
+    import time
+
+    from components.tracking import lease
+
+    real = lease.Gate.state
+
+    def read_then_pause(self):
+        got = real(self)
+        time.sleep(pause_s)
+        return got
+
+    monkeypatch.setattr(lease.Gate, "state", read_then_pause)
+
+
 @pytest.mark.faults
-def test_eight_registrations_and_approvals_at_once_end_with_one_champion_the_best(store, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["sqlite", pytest.param("server", marks=pytest.mark.cluster)])
+def test_eight_registrations_and_approvals_at_once_end_with_one_champion_the_best(where, tmp_path, monkeypatch,
+                                                                                   request):
     """5 rounds of 8 registrations of one model at once, scores shuffled, each one pausing after
     it read the champion (the window a rival writes in); then 8 approvals at once. Every round
     ends with every version there once, exactly one champion, the best; and every approval in
-    the champion's history (a read-modify-write of a tag: lost without the compare-and-set)."""
+    the champion's history (a read-modify-write of a tag: lost without the compare-and-set).
+    Against a local SQLite store (the file lock) and against infra/'s server (its compare-and-set
+    endpoint, PostgreSQL's advisory lock, 2 server workers)."""
+    import contextlib
     import random
     import threading
-    import time
 
-    c, exp = store
-    real = registry.alias_version
+    from components.tracking import lease
 
-    def champion_read_then_pause(client, name, alias):
-        got = real(client, name, alias)
-        if alias == registry.CHAMPION:
-            time.sleep(0.05)  # the others read meanwhile, unless the store makes them wait
-        return got
+    monkeypatch.chdir(tmp_path)
+    if where == "server":
+        for k, v in request.getfixturevalue("cas_server").items():
+            monkeypatch.setenv(k, v)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    c = connect(tracking_uri()).client
+    exp = runs.experiment_id(c, "char_lm")
+    kinds = set()
+    real_lock = lease.champion_lock
 
-    monkeypatch.setattr(registry, "alias_version", champion_read_then_pause)
+    @contextlib.contextmanager
+    def lock_seen(*a, **kw):
+        with real_lock(*a, **kw) as gate:
+            kinds.add(gate.kind)
+            yield gate
+
+    monkeypatch.setattr(registry, "champion_lock", lock_seen)
+    _pause_after_champion_reads(monkeypatch)
     rng = random.Random(0)
     for r in range(5):
-        name = f"{NAME}-load-{r}"
+        name = f"{NAME}-load-{where}-{r}"
         values = [1.0 + 0.1 * k for k in range(8)]
         rng.shuffle(values)
         start, errors, out = threading.Barrier(8), [], {}
@@ -372,7 +429,7 @@ def test_eight_registrations_and_approvals_at_once_end_with_one_champion_the_bes
         versions = c.search_model_versions(f"name = '{name}'")
         assert len(versions) == 8 and len({v.tags[registry.MODEL_SHA] for v in versions}) == 8
         best = min(range(8), key=lambda k: values[k])  # an alias names one version: one champion, is it the best?
-        assert real(c, name, registry.CHAMPION) == out[best]["version"], (r, values, out)
+        assert registry.alias_version(c, name, registry.CHAMPION) == out[best]["version"], (r, values, out)
         # 8 approvals at once, each of another version: every one lands in the history
         start2, errors2 = threading.Barrier(8), []
 
@@ -390,5 +447,6 @@ def test_eight_registrations_and_approvals_at_once_end_with_one_champion_the_bes
             t.join(600)
         assert not errors2, errors2
         hist = registry._history(c, name)  # noqa: SLF001 - the tag every approval appends to
-        assert hist[-1] == real(c, name, registry.CHAMPION)
+        assert hist[-1] == registry.alias_version(c, name, registry.CHAMPION)
         assert set(hist) >= {str(v.version) for v in versions}, (r, hist)
+    assert kinds == {"file lock" if where == "sqlite" else "compare-and-set"}
