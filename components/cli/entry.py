@@ -73,13 +73,14 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
 
             traceback.print_exc()
         root = root_cause(err)
+        from components.tracking.busy import busy_line
         from components.tracking.server import denied
 
         if (why := lost_head_now()) is not None:
             print(f"error: {why}", file=sys.stderr)
             sys.exit(1)
 
-        if (why := denied(root, args.tracking_uri)) is not None:
+        if (why := denied(root, args.tracking_uri) or busy_line(err, args.tracking_uri)) is not None:
             print(f"error: {why}", file=sys.stderr)
             sys.exit(1)
         prefix = "" if _is_ours(root) else f"{type(root).__name__}: "

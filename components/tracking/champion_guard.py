@@ -29,12 +29,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from components.tracking.lease import MOVE_PATH
+
 PROTECTED_ALIASES = ("champion",)
 RULE = "trainyard champion guard"
 _ALIAS_PATH = "/mlflow/registered-models/alias"
 _DELETE_VERSION_PATH = "/mlflow/model-versions/delete"
 _DELETE_MODEL_PATH = "/mlflow/registered-models/delete"
-MOVE_PATH = "/api/2.0/trainyard/champion/move"
 HISTORY_TAG = "trainyard.champion_history"  # as components.tracking.registry.HISTORY
 LOCK_WAIT_S = 120  # a move waits this long for another worker's move of the same model
 
@@ -204,12 +205,16 @@ def create_app(app=None):
     """MLflow's basic-auth app with the guard behind its authentication (Flask runs before-request
     hooks in the order they were added: an unauthenticated request is answered 401 first)."""
     from mlflow.server import app as flask_app
+    from mlflow.server.auth import BEFORE_REQUEST_VALIDATORS, validate_can_update_registered_model
     from mlflow.server.auth import create_app as basic_auth_app
 
     app = app or flask_app
     served = basic_auth_app(app)
     app.before_request(_guard)
-    app.add_url_rule(MOVE_PATH, "trainyard_champion_move", _move_view, methods=["POST"])
-    app.add_url_rule("/ajax-api/2.0/trainyard/champion/move", "trainyard_champion_move_ajax", _move_view,
-                     methods=["POST"])
+    for path, endpoint in ((MOVE_PATH, "trainyard_champion_move"),
+                           (MOVE_PATH.replace("/api/", "/ajax-api/", 1), "trainyard_champion_move_ajax")):
+        app.add_url_rule(path, endpoint, _move_view, methods=["POST"])
+        # basic auth fails closed on a route it does not know: ours takes its rule for editing the
+        # model, so an editor reaches the guard and hears why (only promoters move the champion)
+        BEFORE_REQUEST_VALIDATORS[(path, "POST")] = validate_can_update_registered_model
     return served

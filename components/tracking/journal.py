@@ -22,6 +22,7 @@ from typing import Any
 
 from components.store import local_state_dir
 from components.tracking import runs
+from components.tracking.busy import busy_s, is_busy, wait_out_busy_stores
 from components.tracking.server import TrackingError, server_answers
 
 MAX_ENTRIES = 100_000
@@ -133,6 +134,7 @@ class Writer:
         from mlflow import MlflowClient
 
         _quick_http_failures()
+        wait_out_busy_stores()
         self.uri = uri
         self.journal = journal if journal is not None else Journal(journal_path(uri))  # an empty one is falsy
         self.c = MlflowClient(tracking_uri=uri)
@@ -201,18 +203,19 @@ class Writer:
 
     def _send_waiting_out_a_busy_store(self, entry: dict[str, Any]) -> bool:
         """Send; a store busy with another writer (SQLite's lock held by `mlflow ui`, a second
-        stage, a queued experiment) is retried for `TRAINYARD_MLFLOW_BUSY_S` (default 30 s),
+        stage, a queued experiment) is waited out for `TRAINYARD_MLFLOW_BUSY_S` (default 30 s:
+        the connection's own wait, `busy.py`, and retries for a lock SQLite refuses at once),
         then treated as an outage: False, and the caller journals the write."""
-        deadline = time.monotonic() + float(os.environ.get("TRAINYARD_MLFLOW_BUSY_S", "30"))
+        deadline = time.monotonic() + busy_s()
         while True:
             try:
                 self._send(entry)
                 return True
             except Exception as err:  # noqa: BLE001 - any failure to send is queued, not lost
-                if _busy(err) and time.monotonic() < deadline:
+                if is_busy(err) and time.monotonic() < deadline:
                     time.sleep(0.5)
                     continue
-                if _busy(err):
+                if is_busy(err):
                     print(f"[mlflow] the tracking store {self.uri} stayed busy (another writer holds its lock): "
                           f"writes go to {self.journal.path} until it is free", flush=True)
                     return False
@@ -255,11 +258,6 @@ class Writer:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> bool:
         return self.write({"op": "terminate", "run_id": run_id, "status": status})
-
-
-def _busy(err: BaseException) -> bool:
-    """Whether an MLflow client error means "the store is locked by another writer"."""
-    return "database is locked" in f"{err}"
 
 
 def _unreachable(err: BaseException) -> bool:

@@ -42,6 +42,8 @@ def retrying(fn: Callable[..., Any], *args: Any, attempts: int = 8, **kwargs: An
 
 
 MAX_SETTLE_S = 2.0
+# the compare-and-set endpoint of our server app (components/tracking/champion_guard.py)
+MOVE_PATH = "/api/2.0/trainyard/champion/move"
 
 
 @contextlib.contextmanager
@@ -151,8 +153,6 @@ class Gate:
             from mlflow.utils.credentials import get_default_host_creds
             from mlflow.utils.rest_utils import http_request
 
-            from components.tracking.champion_guard import MOVE_PATH
-
             body = {"name": self.name, "version": str(version), "expected": expected[0] or "",
                     "expected_history": expected[1], "history": history}
             r = http_request(get_default_host_creds(self.c.tracking_uri), MOVE_PATH, "POST", json=body,
@@ -160,9 +160,16 @@ class Gate:
             if r.status_code == 409:
                 got = r.json()
                 raise ChampionMoved(got.get("champion") or None, got.get("history", ""))
-            if r.status_code != 200:
-                raise RegistryBusy(f"model '{self.name}': the server refused to move the champion to v{version}: "
-                                   f"HTTP {r.status_code}: {r.text[:500]}")
+            if r.status_code != 200:  # the server's own error (a refusal, a missing version) as MLflow raises it
+                from mlflow.exceptions import MlflowException
+
+                try:
+                    got = r.json()
+                except ValueError:
+                    got = {}
+                raise MlflowException(f"model '{self.name}': the server refused to move the champion to v{version}: "
+                                      f"{got.get('message') or f'HTTP {r.status_code}: {r.text[:300]}'}",
+                                      error_code=got.get("error_code") or "INTERNAL_ERROR")
             return
         retrying(self.c.set_registered_model_alias, self.name, "champion", str(version))
         retrying(self.c.set_registered_model_tag, self.name, self.history_tag, history)
@@ -175,8 +182,6 @@ def _server_has_cas(c, name: str) -> bool:
     if uri not in _server_cas:
         from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request
-
-        from components.tracking.champion_guard import MOVE_PATH
 
         r = http_request(get_default_host_creds(uri), MOVE_PATH, "POST", json={"name": name},
                          raise_on_status=False, max_retries=3)
@@ -223,15 +228,17 @@ def crowned(history: list[str], version: str) -> list[str]:
 
 
 def decide(gate: Gate, plan: Callable[[str | None, list[str]], tuple[str, list[str]] | None], who: str = "register",
-           attempts: int = 20) -> tuple[str | None, list[str]]:
+           attempts: int = 20, always: bool = False) -> tuple[str | None, list[str]]:
     """Move the champion by compare-and-set: `plan(champion, history)` gives the version that
     should hold it and the history then (None: no move); a conflict re-reads and plans again.
-    Returns the champion and history as they stand after (moved or not)."""
+    `always`: send the move even when nothing changes (an approval or promotion of the champion
+    itself is still a promoter's act, which the server's guard checks). Returns the champion and
+    history as they stand after (moved or not)."""
     for _ in range(attempts):
         champ, raw = gate.state()
         hist = [v for v in raw.split(",") if v]
         target = plan(champ, hist)
-        if target is None or (target[0] == champ and target[1] == hist):
+        if target is None or (not always and target[0] == champ and target[1] == hist):
             return champ, hist
         try:
             gate.move((champ, raw), str(target[0]), ",".join(target[1]))

@@ -86,7 +86,7 @@ def set_champion(c, name: str, version: str, who: str, why: str) -> None:
     and why on the version."""
     version = str(version)
     with champion_lock(c, name, history_tag=HISTORY) as gate:
-        decide(gate, lambda _champ, hist: (version, crowned(hist, version)), who="promote")
+        decide(gate, lambda _champ, hist: (version, crowned(hist, version)), who="promote", always=True)
     _record_promotion(c, name, version, who, why)
 
 

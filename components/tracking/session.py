@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.tracking import runs
+from components.tracking.busy import wait_out_busy_stores
 from components.tracking.journal import Writer
 from components.tracking.live import LiveMetrics
 from components.tracking.monitor import system_metrics
@@ -40,6 +41,7 @@ def connect(uri: str, outage_ok: bool = False) -> Tracking:
     from components.cluster.connect import quiet_loggers
 
     quiet_loggers()  # its loggers exist now: filter them as the stage's start did Ray's
+    wait_out_busy_stores()  # before MLflow opens the store: its first reads wait a lock out too
     try:
         check_tracking(uri)
     except TrackingError as err:

@@ -468,6 +468,55 @@ def test_concurrent_registers_get_distinct_versions_and_the_better_champion(faul
     assert "trainyard.lease" not in c.get_registered_model("char-lm-race").tags  # released
 
 
+
+def _hold_write_lock(db: Path, hold_s: float) -> subprocess.Popen:
+    """Another process holding `db`'s lock (`BEGIN EXCLUSIVE`: no reads, no writes) for `hold_s` seconds, as a
+    second writer (`mlflow ui`, another stage, a queued experiment) does mid-transaction;
+    returns once it holds it."""
+    code = ("import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE')\nprint('held', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\nc.execute('COMMIT')\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db), str(hold_s)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_store_another_process_holds_locked_is_waited_out_by_every_mlflow_access(fault_project, good_train,
+                                                                                  tmp_path):
+    """Evaluate opens its client, reads the train run and writes its own while another process
+    holds the SQLite store's write lock for 20 s: it waits (TRAINYARD_MLFLOW_BUSY_S, 30 s) and
+    finishes; with 5 s it says in one line that the store stayed busy, and what it could not do."""
+    project = fault_project
+    shutil.copy2(good_train["params"], tmp_path / "params.yaml")
+    stage = [sys.executable, "-m", "pipelines.evaluate", "--workload", "char_lm", "--data", "data/char_lm/normalized",
+             "--params", str(tmp_path / "params.yaml"), "--model", str(good_train["model"]),
+             "--train-run", str(good_train["train"]), "--metrics", str(tmp_path / "eval.json"),
+             "--reports", str(tmp_path / "reports")]
+    holder = _hold_write_lock(project / "mlflow.db", 20)
+    try:
+        t0 = time.monotonic()
+        p = run(stage, project, check=False)
+        took = time.monotonic() - t0
+    finally:
+        holder.wait(timeout=60)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "database is locked" not in p.stdout + p.stderr
+    assert took > 15  # it met the lock (the stage alone takes a few seconds)
+    assert json.loads((tmp_path / "eval.json").read_text())["val_loss"] > 0
+
+    (tmp_path / "eval.json").unlink()
+    holder = _hold_write_lock(project / "mlflow.db", 40)
+    try:
+        p = run(stage, project, check=False, env=project_env() | {"TRAINYARD_MLFLOW_BUSY_S": "5"})
+    finally:
+        holder.wait(timeout=60)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 1 and len(errors) == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "mlflow.db stayed locked by another process for 5 s" in errors[0], errors
+    assert "could not open the store" in errors[0] and "Traceback" not in p.stderr, errors
+
+
 # --- a Parquet file damaged between stages (DVC does not re-check cached files) ---
 
 @pytest.mark.parametrize("damage", ["truncated", "zero-byte", "byte-flipped"])
