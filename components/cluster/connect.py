@@ -130,7 +130,7 @@ FORWARDED_ENV = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PRINT_PA
 # The project's own Ray was started by an earlier stage, with that stage's environment: each
 # stage hands its workers what may differ from one stage or run to the next.
 LOCAL_PREFIXES = ("TRAINYARD_", "DVC_", "MLFLOW_", "RAY_TRAIN_")
-LOCAL_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
+LOCAL_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG", "RAY_API_SERVER_ADDRESS")
 
 
 def forwarded_env(local: bool = False) -> dict[str, str]:

@@ -39,6 +39,7 @@ from components.cluster.ray_nodes import (
     ray_executable,
     stop_pids,
 )
+from components.store import project_root
 
 IDLE_ENV = "TRAINYARD_RAY_IDLE_S"
 DEFAULT_IDLE_S = 60.0  # longer than the non-Ray stages between two Ray stages of one repro
@@ -59,9 +60,12 @@ def idle_s() -> float:
 
 
 def state_dir(root: Path | None = None) -> Path:
-    """Where the project's Ray is recorded: `.trainyard/ray` of the working tree the stage runs
-    in (its Ray's workers start there, so an experiment's temporary copy gets a Ray of its own)."""
-    return (root or Path.cwd()) / ".trainyard" / "ray"
+    """Where the project's Ray is recorded: `.trainyard/ray` of the project (`DVC_ROOT`, which
+    names the project also in a queued experiment's temporary copy), so the experiments of a
+    `dvc queue start -j N` share its one Ray as one repro's stages do. Each stage's job still
+    runs its own working tree's code: Ray puts the driver's working directory first on its
+    workers' `sys.path`, per job, and the stages hand their workers absolute paths."""
+    return (root or project_root()) / ".trainyard" / "ray"
 
 
 def _started(pid: int) -> float | None:
@@ -152,9 +156,11 @@ def _start(folder: Path, idle: float, version: str) -> dict:
     # host's outward address (`resolve_ip_for_localhost`) unless it believes no other node may
     # join; a one-node Ray of one project has none, so it stays on loopback.
     env = {**os.environ, **auth, TEMP_DIR_ENV: temp_dir, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # its daemons start in the state folder, not in the stage's working tree: a queued
+    # experiment's temporary copy is deleted when it ends, while the Ray serves the others
     with open(log, "w") as out:
         p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                           env=env, timeout=180, check=False)
+                           env=env, timeout=180, check=False, cwd=folder)
     if p.returncode != 0:
         stop_pids(cluster_pids(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -165,12 +171,16 @@ def _start(folder: Path, idle: float, version: str) -> dict:
     gcs = next((pid for pid in cluster_pids(temp_dir) if is_gcs(psutil.Process(pid))), None)
     record = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": temp_dir,
               "version": version, "idle_s": idle, "gcs": {"pid": gcs, "started": _started(gcs) if gcs else None},
-              "env": {"RAY_ADDRESS": f"127.0.0.1:{port}", **auth}}
+              # RAY_API_SERVER_ADDRESS: Ray's State API (Ray Train's placement-group cleaner asks it
+              # whether a controller lives) finds this Ray by it; by itself it looks for every
+              # Ray on the machine and fails with "Found multiple active Ray instances"
+              "env": {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
+                      **auth}}
     with open(folder / "watchdog.log", "a") as out:
         dog = subprocess.Popen([sys.executable, "-m", "components.cluster.local_ray", "watch", str(folder),
                                 "--idle", f"{idle:g}"],
-                               cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL, stdout=out,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+                               cwd=folder, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                               stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     record["watchdog"] = {"pid": dog.pid, "started": _started(dog.pid)}
     _write(folder / "state.json", record)
     return record

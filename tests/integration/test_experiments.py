@@ -81,3 +81,65 @@ def test_a_queued_experiment_records_into_the_projects_mlflow_and_store(tiny_pro
     assert "char_lm_loss" in charts and not [k for k in charts if "train_curve" in k], sorted(charts)
     revs = charts["char_lm_loss"][0]["revisions"]
     assert len(revs) == 2 and "seed7" in revs, revs  # the baseline's curve beside the experiment's
+
+
+def test_four_queued_experiments_on_two_queue_workers_share_the_projects_one_ray(tiny_project, tmp_path):
+    """`dvc queue start -j 2` with four experiments, two of them overlapping sweeps (each changes
+    a searched range): all finish on the project's one Ray, with no error from Ray's own
+    processes in any log; each has its own runs; the registry gets every version once and
+    crowns the best."""
+    project = tmp_path / "exps"
+    shutil.copytree(tiny_project, project, symlinks=True, ignore=shutil.ignore_patterns(".trainyard", ".venv"))
+    run(["git", "add", "-A"], project)
+    run([*GIT, "commit", "-q", "-m", "results"], project)
+    queued = {"seed1": ["-S", "image_classifier.train.seed=1"],
+              "seed2": ["-S", "image_classifier.train.seed=2"],
+              "lr-wide": ["-S", "image_classifier.tune.space.lr.high=0.03"],
+              "lr-narrow": ["-S", "image_classifier.tune.space.lr.high=0.015"]}
+    for name, sets in queued.items():
+        run(["dvc", "exp", "run", "--queue", "-n", name, *sets, "register@image_classifier"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 1800
+    while True:
+        status = run(["dvc", "queue", "status"], project).stdout
+        done = [n for n in queued if re.search(rf"\b{n}\b.*\b(Success|Failed)\b", status)]
+        if len(done) == len(queued):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    run(["dvc", "queue", "stop", "--kill"], project, check=False)
+    logs = {n: run(["dvc", "queue", "logs", n], project, check=False).stdout for n in queued}
+    for name, log in logs.items():
+        assert re.search(rf"\b{name}\b.*\bSuccess\b", status), status + log[-4000:]
+        for bad in ("Found multiple active Ray instances", "Traceback", "error:"):
+            assert bad not in log, f"{name}: {bad}\n{log[-6000:]}"
+    swept = [n for n, log in logs.items() if "Running stage 'tune@image_classifier'" in log]
+    assert sorted(swept) == ["lr-narrow", "lr-wide"], swept
+    # every Ray stage of every experiment on one Ray: the project's, started by the first
+    rays = {n: re.findall(r"\[ray\] (started|using) this project's Ray at (\S+)", log) for n, log in logs.items()}
+    assert all(rays.values()), rays
+    assert len({addr for found in rays.values() for _, addr in found}) == 1, rays
+    assert sum(how == "started" for found in rays.values() for how, _ in found) == 1, rays
+
+    code = textwrap.dedent("""
+        import json
+        from mlflow import MlflowClient
+        c = MlflowClient('sqlite:///mlflow.db')
+        name = 'image-classifier'
+        vs = c.search_model_versions(f"name = '{name}'")
+        champ = c.get_model_version_by_alias(name, 'champion').version
+        exp = c.get_experiment_by_name('image_classifier')
+        trains = c.search_runs([exp.experiment_id], "tags.`trainyard.stage` = 'train'")
+        print(json.dumps({'champion': champ, 'versions': [{'v': v.version, 'run': v.run_id, 'tags': v.tags}
+                                                           for v in vs],
+                          'train_runs': [r.data.tags.get('trainyard.dvc_exp_name') for r in trains]}))
+    """)
+    reg = json.loads(run([sys.executable, "-c", code], project).stdout.strip().splitlines()[-1])
+    for name in queued:  # each experiment's own training run
+        assert reg["train_runs"].count(name) == 1, reg["train_runs"]
+    versions = reg["versions"]
+    assert len(versions) == 5 and len({v["tags"]["trainyard.model_sha256"] for v in versions}) == 5, versions
+    metric = versions[0]["tags"]["trainyard.metric_name"]  # accuracy, the higher the better
+    scored = {v["v"]: float(v["tags"][f"trainyard.metric.{metric}"]) for v in versions}
+    # the best (a tie keeps the earlier champion: only a strict improvement moves it)
+    assert scored[reg["champion"]] == max(scored.values()), (reg["champion"], scored)
