@@ -61,9 +61,21 @@ def note(key: str, value: Any) -> None:
 
 
 def _process_start() -> float:
-    import psutil
+    """When this process started (wall clock). Not psutil's `create_time`: it adds the boot
+    time, which Linux gives in whole seconds (`btime` in /proc/stat), so every stage's wall
+    came out up to a second long (0.78 s on one boot: a 0.37 s stage read 1.1 s). The
+    process's age from its start tick and the uptime, both counted from boot, is exact to a
+    tick."""
+    try:
+        with open("/proc/self/stat") as f:
+            after_name = f.read().rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - int(after_name[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: starttime
+    except (OSError, ValueError, IndexError):  # not Linux
+        import psutil
 
-    return psutil.Process().create_time()
+        return psutil.Process().create_time()
 
 
 def flush(stage: str, ok: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -181,6 +182,46 @@ def test_repro_spreads_over_both_nodes_and_registers_on_the_postgres_server(clus
     assert status == 200 and steps == list(range(1, tiny_params()["char_lm"]["train"]["epochs"] + 1))
     # the backend store is the Postgres database, not a file
     assert mlflow_auth["postgres"]["port"] and not list(project.glob("mlflow.db"))
+
+
+
+def test_two_clones_against_one_server_and_one_cluster_both_register_and_the_better_is_champion(
+        two_nodes, mlflow_auth, tmp_path):
+    """Two clones of the project, two people's `dvc repro` started together against one MLflow
+    server (PostgreSQL, auth, the champion's compare-and-set) and one Ray cluster: both finish,
+    both register, and the champion is the better of the two."""
+    env = {**project_env(), **two_nodes["env"], **mlflow_auth["env"]}
+    name = "char-lm-two-clones"
+    clones = []
+    for seed in (1, 2):
+        params = cluster_params()
+        params["char_lm"]["register"]["model_name"] = name
+        params["char_lm"]["train"]["seed"] = seed
+        clone = tmp_path / f"clone-{seed}"
+        clone.mkdir()
+        clones.append(make_project(clone, params))
+    procs = [subprocess.Popen(["dvc", "repro", "register@char_lm"], cwd=c, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True) for c in clones]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=1500)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
+    for c, p, out in zip(clones, procs, outs, strict=True):
+        (c.parent / "repro.log").write_text(out)
+        assert p.returncode == 0, f"{c.name}\n{out[-6000:]}\n{_cluster_report(two_nodes['address'], env)}"
+        assert "Started a local Ray instance" not in out and "this project's Ray" not in out  # the cluster
+
+    regs = [json.loads((c / "registry/char_lm/registered.json").read_text()) for c in clones]
+    losses = [json.loads((c / "metrics/char_lm/eval.json").read_text())["val_loss"] for c in clones]
+    assert losses[0] != losses[1] and {r["version"] for r in regs} == {"1", "2"}, (regs, losses)
+    uri, admin = mlflow_auth["uri"], (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    status, body = _rest(uri, "registered-models/alias", *admin, name=name, alias="champion")
+    assert status == 200 and body["model_version"]["version"] == regs[losses.index(min(losses))]["version"], body
 
 
 def test_a_wrong_password_fails_before_any_compute(cluster_project, mlflow_auth, tmp_path):
