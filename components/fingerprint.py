@@ -51,10 +51,19 @@ def _module_level(tree: ast.AST) -> list[ast.AST]:
     return out
 
 
-def imported_modules(path: Path, module: str, module_level_only: bool = False) -> set[str]:
+def imported_modules(path: Path, module: str, module_level_only: bool = False) -> frozenset[str]:
     """Dotted names this file imports (absolute and relative), with `from x import y` giving
-    both `x` and `x.y` (y may be a submodule); inside functions too unless `module_level_only`."""
-    tree = ast.parse(path.read_text("utf-8"), str(path))
+    both `x` and `x.y` (y may be a submodule); inside functions too unless `module_level_only`.
+    Parsed once per version of the file (register walks the closure twice: 0.1 s of its 2.6 s)."""
+    st = path.stat()
+    return _imported_modules(str(path), st.st_mtime_ns, st.st_size, module, module_level_only)
+
+
+@cache
+def _imported_modules(path_s: str, _mtime_ns: int, _size: int, module: str, module_level_only: bool
+                      ) -> frozenset[str]:
+    path = Path(path_s)
+    tree = ast.parse(path.read_text("utf-8"), path_s)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out: set[str] = set()
     for node in (_module_level(tree) if module_level_only else ast.walk(tree)):
@@ -69,7 +78,7 @@ def imported_modules(path: Path, module: str, module_level_only: bool = False) -
                 name = node.module or ""
             out.add(name)
             out.update(f"{name}.{alias.name}" for alias in node.names)
-    return out
+    return frozenset(out)
 
 
 def _with_parents(module: str) -> list[str]:

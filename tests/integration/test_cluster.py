@@ -212,7 +212,7 @@ def test_two_clones_against_one_server_and_one_cluster_both_register_and_the_bet
                 os.killpg(p.pid, 9)
                 p.wait()
     for c, p, out in zip(clones, procs, outs, strict=True):
-        (c.parent / "repro.log").write_text(out)
+        (c.parent / f"{c.name}.log").write_text(out)
         assert p.returncode == 0, f"{c.name}\n{out[-6000:]}\n{_cluster_report(two_nodes['address'], env)}"
         assert "Started a local Ray instance" not in out and "this project's Ray" not in out  # the cluster
 
