@@ -151,10 +151,11 @@ def test_registered_pyfunc_generates_from_prompts(store, tmp_path):
 
 
 def test_two_registrations_deciding_at_once_crown_the_better(store, tmp_path, monkeypatch):
-    """Both read "no champion yet" before either writes one: without the lease, the one that
-    writes last wins, whatever its score. Here the worse one writes last. A barrier holds each
-    registration after its champion read until the other has read too (or 5 s, which is what
-    happens under the lease: the other waits for the lease, not for the barrier)."""
+    """Both read "no champion yet" before either writes one: without the store's lock, the one
+    that writes last wins, whatever its score. Here the worse one writes last. A barrier holds
+    each registration after its champion read until the other has read too (or 2 s, which is
+    what happens under the lock: the other waits for the lock, not for the barrier; without it
+    both read within milliseconds)."""
     import contextlib
     import threading
     import time
@@ -172,7 +173,7 @@ def test_two_registrations_deciding_at_once_crown_the_better(store, tmp_path, mo
         if me not in waited:  # the decision's first read
             waited.add(me)
             with contextlib.suppress(threading.BrokenBarrierError):
-                both_read.wait(timeout=5)
+                both_read.wait(timeout=2)
             if me == "worse":
                 time.sleep(1.0)  # a slow writer: its alias write lands after the better one's
         return got
