@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from components.config import ParamsError
 from components.fingerprint import code_fingerprint
 from components.store import params_key
 
@@ -204,3 +205,22 @@ def run_key(stage: str, workload: str, *parts: Any, inputs: tuple[str | Path | N
                 values[f"{file}:{k}"] = None  # DVC fails on it first; nothing to key on here
     key = params_key(parts, code, digests, values)
     return RunKey(key, code, digests, values)
+
+
+def require_model_declared(name: str, root: Path | None = None) -> None:
+    """Under `dvc repro`: ParamsError unless dvc.yaml lists the user's model files among this
+    stage's deps (else an edit to them would not rerun it, and a stale model would be published)."""
+    import os
+
+    from components.workloads.modules import model_files
+
+    stage = os.environ.get("DVC_STAGE")
+    root = Path.cwd() if root is None else root
+    files = model_files(name, root)
+    if not stage or not files:
+        return
+    found = declared(stage, root)
+    missing = [f for f in files if found is not None and f not in found.deps]
+    if missing:
+        raise ParamsError(f"{name}.train.arch: dvc.yaml does not list {', '.join(missing)} among {stage}'s deps, so an "
+                          "edit to them would not retrain; run python -m components.cli.stage_deps")

@@ -22,7 +22,7 @@ from components.cluster.connect import init_ray
 from components.cluster.resources import check_train_fits, local_resources, want_gpu
 from components.config import effective_train_params
 from components.data.parquet import read_json, write_json
-from components.run_keys import run_key
+from components.run_keys import require_model_declared, run_key
 from components.store import stage_storage
 from components.tracking.session import connect, stage_run
 from components.training.launch import Launch, launch, runs_here
@@ -36,6 +36,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     cfg, tuned_values = effective_train_params(p.train, tuned_file)
     t = connect(args.tracking_uri)  # fails here, before any compute, if MLflow does not answer
     data = w.training_data(args.data, cfg, p)
+    require_model_declared(args.workload)  # the user's model files are deps: an edit retrains
     here = runs_here(Launch.of(cfg, False, w.select))
     resources = local_resources() if here else init_ray(dashboard=False, shared=True)
     spec = Launch.of(cfg, want_gpu(cfg["use_gpu"], resources, cfg["num_workers"]), w.select)

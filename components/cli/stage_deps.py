@@ -22,6 +22,7 @@ from components import workloads
 from components.data.parquet import atomic_path
 from components.fingerprint import ROOT, stage_code_files
 from components.params import EXTRA_STAGES, STAGES
+from components.workloads.modules import MODEL_STAGES, model_files
 
 CODE_LINE = re.compile(r"^        - (?:(?:components|pipelines)/\S*|\$\{item\.code\[\d+\]\})\n", re.M)
 ITEM_NOTES = {
@@ -57,9 +58,14 @@ def split_code(stage: str) -> tuple[list[str], dict[str, list[str]]]:
     for name in stage_workloads(stage):
         mine = own_dir(name)
         files = stage_code_files(f"pipelines.{stage}", workloads.stage_code(name, stage))
-        own[name] = [f for f in files if f == mine or f.startswith(mine)]
+        own[name] = [f for f in files if f == mine or f.startswith(mine)] + user_model_files(name, stage)
         shared |= set(files) - set(own[name])
     return sorted(shared), own
+
+
+def user_model_files(name: str, stage: str, root: Path = ROOT) -> list[str]:
+    """The project's files a model named by import path runs, for the stages that build it."""
+    return model_files(name, root) if stage in MODEL_STAGES else []
 
 
 def item_values(name: str, stage: str) -> dict[str, str]:

@@ -101,15 +101,36 @@ _PYFUNC_FLAVOR = SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_pyfu
 
 
 def log_pyfunc(python_model: mlflow.pyfunc.PythonModel, model_file: str | Path, signature: Any,
-               input_example: Any, name: str = "model"):
+               input_example: Any, name: str = "model", code: tuple[str, ...] = ()):
     """Log `python_model` (which loads `context.artifacts[CHECKPOINT_ARTIFACT]`) into the active
-    run, with its input example saved but not run; returns MLflow's ModelInfo."""
+    run, with its input example saved but not run; returns MLflow's ModelInfo. `code`: more
+    folders or files the model imports (the user's own model module), shipped beside ours."""
     from mlflow.models import Model
 
     import components
 
     return Model.log(
         artifact_path=None, name=name, flavor=_PYFUNC_FLAVOR, python_model=python_model,
-        artifacts={CHECKPOINT_ARTIFACT: str(model_file)}, code_paths=[str(Path(components.__file__).parent)],
+        artifacts={CHECKPOINT_ARTIFACT: str(model_file)}, code_paths=[str(Path(components.__file__).parent), *code],
         signature=signature, input_example=input_example, validate_serving_input=False,
         pip_requirements=pip_requirements(type(python_model).__module__))
+
+
+def module_code(spec: str) -> tuple[str, ...]:
+    """What to ship with a model whose architecture is `package.module:factory` from the
+    project: the folder of its top package (or the module's file); nothing for torchvision or
+    a module of an installed package (its distribution goes in the requirements instead)."""
+    import importlib.util
+    import sys
+
+    if ":" not in spec or spec.startswith("torchvision:"):
+        return ()
+    top = spec.split(":")[0].split(".")[0]
+    if str(Path.cwd()) not in sys.path:
+        sys.path.append(str(Path.cwd()))
+    found = importlib.util.find_spec(top)
+    if found is None or not found.origin:
+        return ()
+    where = Path(found.origin)
+    where = where.parent if where.name == "__init__.py" else where
+    return () if "site-packages" in where.parts else (str(where),)

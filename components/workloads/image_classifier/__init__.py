@@ -53,6 +53,10 @@ class ImageClassifier(Workload):
         from components.workloads.image_classifier.staging import training_data
 
         data = training_data(folder, train["flip"], train["crop"], p.prepare.source) | {"tta": train["tta"]}
+        from components.workloads.modules import check, is_import_path
+
+        if is_import_path(train["arch"]):  # the user's model: built and run once here, before any compute
+            check(train["arch"], f"{self.name}.train.arch", tuple(data["shape"]), data["n_classes"], train["dropout"])
         return TrainingData(data, {k: data[k] for k in ("n_classes", "n_train", "flip", "crop", "tta")})
 
     def worker_loop(self) -> Callable[[dict[str, Any]], None]:

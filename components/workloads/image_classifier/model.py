@@ -17,6 +17,8 @@ from torch.nn import functional as F
 
 from components.data.parquet import atomic_path
 from components.workloads.image_classifier.data import normalize
+from components.workloads.modules import build as build_named
+from components.workloads.modules import is_import_path
 
 Arch = Literal["simplenet", "convnet", "convbnnet", "resnet", "resnet18"]
 
@@ -154,8 +156,11 @@ class ResNet18(nn.Module):
         return self.classifier(self.drop(f))
 
 
-def build(arch: Arch, in_shape: tuple[int, int, int], n_classes: int, dropout: float = 0.0) -> nn.Module:
-    """The classifier named by `arch` for (C, H, W) inputs."""
+def build(arch: Arch | str, in_shape: tuple[int, int, int], n_classes: int, dropout: float = 0.0) -> nn.Module:
+    """The classifier named by `arch` for (C, H, W) inputs: one of ours, or the user's by import
+    path (`components/workloads/modules.py`)."""
+    if is_import_path(arch):
+        return build_named(arch, "image_classifier.train.arch", in_shape, n_classes, dropout)
     if arch == "simplenet":
         return SimpleNet(in_shape, n_classes, dropout=dropout)
     if arch == "convnet":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator
 
 from components.config import (
     Fraction,
@@ -24,6 +26,19 @@ from components.config import (
     knob,
     register_field,
 )
+from components.workloads.modules import SPEC
+
+ARCHS = ("simplenet", "convnet", "convbnnet", "resnet", "resnet18")
+
+
+def _arch(v: str) -> str:
+    if v in ARCHS or SPEC.match(v):
+        return v
+    raise ValueError(f"{v!r} is none of {' | '.join(ARCHS)}, nor a model by import path "
+                     "(package.module:factory, torchvision:NAME)")
+
+
+Arch = Annotated[str, AfterValidator(_arch)]
 
 
 class Mirror(Section):
@@ -85,8 +100,10 @@ class ImageTuneParams(TuneParams):
 class ImageTrainParams(LoaderParams, OptimParams):
     """A convnet, data parallel: each worker reads only its row shard, reshuffled every epoch."""
 
-    arch: Literal["simplenet", "convnet", "convbnnet", "resnet", "resnet18"] = knob(
-        "resnet", "simplenet | convnet | convbnnet | resnet | resnet18")
+    arch: Arch = knob(
+        "resnet", "simplenet | convnet | convbnnet | resnet | resnet18, or your own by import path: "
+        "package.module:factory (called with in_shape=(C, H, W), n_classes=K, and dropout= if it takes it) "
+        "or torchvision:NAME (random weights)")
     epochs: PositiveInt = knob(30, "passes over the train images")
     steps_per_epoch: PositiveInt | None = knob(None, "null: each train image once per epoch "
                                                "(shards padded to equal steps)")

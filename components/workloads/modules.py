@@ -1,0 +1,157 @@
+"""A model named by import path: the user's own module for the price of a factory.
+
+`train.arch` of a classifier workload takes, besides its own names:
+
+- `package.module:factory`: a module in the project (`nets/tiny.py` -> `nets.tiny:build`) or in an
+  installed package; called as `factory(in_shape=(C, H, W), n_classes=K)`, plus `dropout=` when
+  it takes one, it returns an `nn.Module` mapping `(N, C, H, W)` floats to `(N, K)` logits;
+- `torchvision:NAME`: one of torchvision's architectures (`torchvision.models.get_model`, random
+  weights, never a download), with grey images repeated to its three channels.
+
+`check` builds the model once on the CPU and runs a batch of two through it before any
+compute, so a wrong path, a factory that raises or an output that does not fit is one line
+naming the key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from components.config import ParamsError
+
+SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_import_path(arch: str) -> bool:
+    """Whether `arch` names a factory by import path (`package.module:factory`)."""
+    return ":" in arch
+
+
+def _project_on_path() -> None:
+    # a stage runs from the project's root (python -m pipelines.X); a Ray worker has the
+    # driver's working directory on its path; a served model has the module in its code paths
+    root = str(Path.cwd())
+    if root not in sys.path:
+        sys.path.append(root)
+
+
+def factory(spec: str, key: str) -> Callable[..., Any]:
+    """The callable `spec` names; ParamsError naming `key` when it cannot be found."""
+    if not SPEC.match(spec):
+        raise ParamsError(f"{key}: {spec!r} is not a name of ours nor `package.module:factory`")
+    module_name, attr = spec.split(":")
+    if module_name == "torchvision":
+        return _torchvision(attr, key)
+    _project_on_path()
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's module's
+        raise ParamsError(f"{key}: cannot import {module_name!r} ({type(err).__name__}: {err})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ParamsError(f"{key}: {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def _torchvision(name: str, key: str) -> Callable[..., Any]:
+    import torchvision
+
+    if name.lower() not in {n.lower() for n in torchvision.models.list_models(module=torchvision.models)}:
+        raise ParamsError(f"{key}: torchvision has no classification model {name!r} "
+                          "(torchvision.models.list_models(module=torchvision.models) lists them)")
+
+    def build(in_shape: tuple[int, int, int], n_classes: int) -> Any:
+        import torch
+        from torch import nn
+
+        net = torchvision.models.get_model(name, weights=None, num_classes=n_classes)
+        if in_shape[0] == 3:
+            return net
+
+        class Channels(nn.Module):
+            """Grey (or any C) images to the three channels torchvision's stems take."""
+
+            def __init__(self, c: int) -> None:
+                super().__init__()
+                self.c, self.net = c, net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                x = x.expand(-1, 3, -1, -1) if self.c == 1 else x[:, :3] if self.c > 3 else \
+                    torch.cat([x, x[:, :3 - self.c]], 1)
+                return self.net(x)
+
+        return Channels(in_shape[0])
+
+    return build
+
+
+def build(spec: str, key: str, in_shape: tuple[int, int, int], n_classes: int, dropout: float = 0.0) -> Any:
+    """The module `spec`'s factory builds for (C, H, W) inputs and `n_classes` classes."""
+    fn = factory(spec, key)
+    kwargs: dict[str, Any] = {"in_shape": tuple(in_shape), "n_classes": n_classes}
+    try:
+        params = inspect.signature(fn).parameters
+        if "dropout" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            kwargs["dropout"] = dropout
+    except (TypeError, ValueError):  # a builtin without a signature: the two required arguments
+        pass
+    try:
+        net = fn(**kwargs)
+    except Exception as err:  # noqa: BLE001 - the factory is the user's
+        raise ParamsError(f"{key}: {spec}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) raised "
+                          f"{type(err).__name__}: {err}") from None
+    import torch
+
+    if not isinstance(net, torch.nn.Module):
+        raise ParamsError(f"{key}: {spec} returned a {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def check(spec: str, key: str, in_shape: tuple[int, int, int], n_classes: int, dropout: float = 0.0) -> None:
+    """Build `spec` and run two zero images through it on the CPU: ParamsError naming `key` unless
+    the output is (2, n_classes) logits. Before any compute: a stage calls it first."""
+    import torch
+
+    net = build(spec, key, in_shape, n_classes, dropout)
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(2, *in_shape))
+    except Exception as err:  # noqa: BLE001 - the forward is the user's
+        raise ParamsError(f"{key}: {spec} cannot take a batch of (2, {', '.join(map(str, in_shape))}) images: "
+                          f"{type(err).__name__}: {err}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ParamsError(f"{key}: {spec} maps (2, {', '.join(map(str, in_shape))}) images to {got}, not "
+                          f"(2, {n_classes}) logits for the {n_classes} classes")
+
+
+MODEL_STAGES = ("tune", "train", "evaluate", "register")  # the stages that build the model
+
+
+def model_files(name: str, root: Path) -> list[str]:
+    """The project's files the model of workload `name` runs when params.yaml names it by import
+    path (`<name>.train.arch: package.module:factory`): its import closure, root-relative. Empty
+    for our own architectures, torchvision's and an installed package's (the environment pins it)."""
+    import yaml
+
+    from components.fingerprint import import_closure
+
+    if not (root / "params.yaml").is_file():
+        return []
+    section = (yaml.safe_load((root / "params.yaml").read_text()) or {}).get(name) or {}
+    arch = str(((section.get("train") or {}).get("arch")) or "")
+    if not is_import_path(arch) or arch.startswith("torchvision:"):
+        return []
+    module = arch.split(":")[0]
+    top = module.split(".")[0]
+    if not ((root / top).is_dir() or (root / f"{top}.py").is_file()):
+        return []
+    return [p.relative_to(root).as_posix() for p in import_closure(module, root, (top,))]
+

@@ -1,0 +1,106 @@
+"""A model by import path (`components/workloads/modules.py`): the user's module, torchvision's
+zoo, and one clear line for each way it can be wrong, before any compute."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from components.config import ParamsError
+from components.workloads import modules
+from components.workloads.image_classifier.model import build, load_model, publish_model
+
+KEY = "image_classifier.train.arch"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with `nets_ut/tiny.py` (importing a helper module of its own) as cwd."""
+    pkg = tmp_path / "nets_ut"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layers.py").write_text("from torch import nn\n\ndef head(n_in, n_out):\n    return nn.Linear(n_in, n_out)\n")
+    (pkg / "tiny.py").write_text(textwrap.dedent("""
+        import math
+        from torch import nn
+        from nets_ut.layers import head
+
+        def build(in_shape, n_classes, dropout=0.0):
+            return nn.Sequential(nn.Flatten(), nn.Dropout(dropout), head(math.prod(in_shape), n_classes))
+
+        def raises(in_shape, n_classes):
+            raise RuntimeError("no GPU here")
+
+        def wrong(in_shape, n_classes):
+            return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), n_classes + 1))
+
+        def not_a_module(in_shape, n_classes):
+            return 3
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("nets_ut")]:
+        del sys.modules[name]
+
+
+def test_a_project_module_by_import_path_is_built_with_dropout_and_round_trips(project):
+    net = build("nets_ut.tiny:build", (1, 8, 8), 10, dropout=0.25)
+    assert net(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    assert net[1].p == 0.25  # dropout= passed because the factory takes it
+    modules.check("nets_ut.tiny:build", KEY, (1, 8, 8), 10)
+
+    path = project / "model.pt"
+    data = {"shape": [1, 8, 8], "n_classes": 10, "classes": [str(i) for i in range(10)], "mean": [0.0], "std": [1.0]}
+    publish_model(path, {"model": net.state_dict()}, data, "nets_ut.tiny:build", 0.25)
+    again, blob = load_model(path)
+    assert blob["config"]["arch"] == "nets_ut.tiny:build"
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(again(x), net.eval()(x))
+
+    # what the registered model ships, and what dvc.yaml lists for the stages that build it
+    from components.tracking.pyfunc import module_code
+
+    assert module_code("nets_ut.tiny:build") == (str(project / "nets_ut"),)
+    assert module_code("torchvision:resnet18") == () and module_code("resnet") == ()
+    (project / "params.yaml").write_text("image_classifier:\n  train:\n    arch: nets_ut.tiny:build\n")
+    assert modules.model_files("image_classifier", project) == ["nets_ut/__init__.py", "nets_ut/layers.py",
+                                                                "nets_ut/tiny.py"]
+    (project / "params.yaml").write_text("image_classifier:\n  train:\n    arch: torchvision:resnet18\n")
+    assert modules.model_files("image_classifier", project) == []
+
+
+def test_torchvision_names_build_with_random_weights_for_grey_images():
+    modules.check("torchvision:resnet18", KEY, (1, 8, 8), 10)
+    net = build("torchvision:resnet18", (1, 8, 8), 10)
+    assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("nets_ut.missing:build", "cannot import 'nets_ut.missing' (ModuleNotFoundError"),
+    ("nets_ut.tiny:nope", "'nets_ut.tiny' has no callable 'nope'"),
+    ("nets_ut.tiny:raises", "nets_ut.tiny:raises(in_shape=(1, 8, 8), n_classes=10) raised RuntimeError: no GPU here"),
+    ("nets_ut.tiny:wrong", "maps (2, 1, 8, 8) images to (2, 11), not (2, 10) logits"),
+    ("nets_ut.tiny:not_a_module", "returned a int, not a torch.nn.Module"),
+    ("torchvision:resnet5000", "torchvision has no classification model 'resnet5000'"),
+    ("nets ut:build", "is not a name of ours nor `package.module:factory`"),
+])
+def test_each_wrong_model_is_one_line_naming_the_key(project, spec, says):
+    with pytest.raises(ParamsError) as err:
+        modules.check(spec, KEY, (1, 8, 8), 10)
+    assert str(err.value).startswith(f"{KEY}: ") and says in str(err.value), str(err.value)
+
+
+def test_params_take_our_names_and_import_paths_only():
+    from pydantic import ValidationError
+
+    from components.workloads.image_classifier.params import ImageTrainParams
+
+    assert ImageTrainParams(arch="nets.tiny:build").arch == "nets.tiny:build"
+    assert ImageTrainParams(arch="torchvision:efficientnet_b0").arch == "torchvision:efficientnet_b0"
+    with pytest.raises(ValidationError, match="nor a model by import path"):
+        ImageTrainParams(arch="resnet19")
