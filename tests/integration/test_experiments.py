@@ -12,8 +12,9 @@ import textwrap
 import time
 
 import pytest
+import yaml
 
-from tests.integration.conftest import run
+from tests.integration.conftest import project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.changes]
 GIT = ["git", "-c", "user.email=ci@example.invalid", "-c", "user.name=ci"]
@@ -143,3 +144,54 @@ def test_four_queued_experiments_on_two_queue_workers_share_the_projects_one_ray
     scored = {v["v"]: float(v["tags"][f"trainyard.metric.{metric}"]) for v in versions}
     # the best (a tie keeps the earlier champion: only a strict improvement moves it)
     assert scored[reg["champion"]] == max(scored.values()), (reg["champion"], scored)
+
+
+def test_a_model_of_our_own_by_import_path_is_swept_trained_registered_and_loads_without_the_project(
+        tiny_project, tmp_path):
+    """`image_classifier.train.arch: nets.tiny:build`, a module of the project's own: swept,
+    trained on Ray Train, registered with its code, loaded from the registry in a process that
+    runs elsewhere; an edit to the module retrains, an unchanged one does not."""
+    project = tmp_path / "byo"
+    shutil.copytree(tiny_project, project, symlinks=True, ignore=shutil.ignore_patterns(".trainyard", ".venv"))
+    (project / "nets").mkdir()
+    (project / "nets/__init__.py").write_text("")
+    net = textwrap.dedent("""
+        from torch import nn
+
+        WIDTH = 8
+
+
+        def build(in_shape, n_classes, dropout=0.0):
+            c = in_shape[0]
+            return nn.Sequential(nn.Conv2d(c, WIDTH, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                 nn.Dropout(dropout), nn.Linear(4 * WIDTH, n_classes))
+    """)
+    (project / "nets/tiny.py").write_text(net)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["image_classifier"]["train"]["arch"] = "nets.tiny:build"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # without its files in dvc.yaml the stage refuses: an edit to them would not retrain
+    p = run(["dvc", "repro", "train@image_classifier"], project, check=False)
+    assert p.returncode != 0 and "dvc.yaml does not list nets/__init__.py, nets/tiny.py" in p.stdout + p.stderr, \
+        p.stdout[-3000:] + p.stderr[-3000:]
+    run([sys.executable, "-m", "components.cli.stage_deps"], project)
+    out = run(["dvc", "repro", "register@image_classifier"], project).stdout
+    assert "Running stage 'tune@image_classifier'" in out and "Running stage 'train@image_classifier'" in out, out
+    reg = json.loads((project / "registry/image_classifier/registered.json").read_text())
+
+    # the registered model loads and predicts in a process that runs outside the project
+    code = textwrap.dedent(f"""
+        import numpy as np, mlflow
+        m = mlflow.pyfunc.load_model('models:/image-classifier/{reg["version"]}')
+        print(m.predict(np.zeros((2, 8, 8, 1), dtype=np.uint8)).shape)
+    """)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = project_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    assert run([sys.executable, "-c", code], elsewhere, env=env).stdout.strip().endswith("(2, 3)")
+
+    # unchanged: nothing reruns; the module edited: the stages that build the model rerun
+    assert "Running stage" not in run(["dvc", "repro", "register@image_classifier"], project).stdout
+    (project / "nets/tiny.py").write_text(net.replace("WIDTH = 8", "WIDTH = 12"))
+    status = run(["dvc", "status", "train@image_classifier"], project).stdout
+    assert "nets/tiny.py" in status, status
