@@ -178,6 +178,14 @@ def test_a_model_of_our_own_by_import_path_is_swept_trained_registered_and_loads
     out = run(["dvc", "repro", "register@image_classifier"], project).stdout
     assert "Running stage 'tune@image_classifier'" in out and "Running stage 'train@image_classifier'" in out, out
     reg = json.loads((project / "registry/image_classifier/registered.json").read_text())
+    tags = json.loads(run([sys.executable, "-c", textwrap.dedent(f"""
+        import json
+        from mlflow import MlflowClient
+        v = MlflowClient('sqlite:///mlflow.db').get_model_version('image-classifier', '{reg["version"]}')
+        print(json.dumps(v.tags))
+    """)], project).stdout.strip().splitlines()[-1])
+    assert tags["trainyard.arch"] == "nets.tiny:build"  # the lineage names the module and its digest
+    assert json.loads(tags["trainyard.model_code"])["files"] == ["nets/__init__.py", "nets/tiny.py"], tags
 
     # the registered model loads and predicts in a process that runs outside the project
     code = textwrap.dedent(f"""

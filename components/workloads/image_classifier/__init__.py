@@ -55,8 +55,10 @@ class ImageClassifier(Workload):
         data = training_data(folder, train["flip"], train["crop"], p.prepare.source) | {"tta": train["tta"]}
         from components.workloads.modules import check, is_import_path
 
-        if is_import_path(train["arch"]):  # the user's model: built and run once here, before any compute
-            check(train["arch"], f"{self.name}.train.arch", tuple(data["shape"]), data["n_classes"], train["dropout"])
+        arch = str(train.get("arch", ""))
+        if is_import_path(arch):  # the user's model: built and run once here, before any compute
+            # (a sweep's base lacks the searched keys, dropout among them by default)
+            check(arch, f"{self.name}.train.arch", tuple(data["shape"]), data["n_classes"], train.get("dropout", 0.0))
         return TrainingData(data, {k: data[k] for k in ("n_classes", "n_train", "flip", "crop", "tta")})
 
     def worker_loop(self) -> Callable[[dict[str, Any]], None]:
