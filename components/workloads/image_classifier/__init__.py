@@ -100,7 +100,7 @@ class ImageClassifier(Workload):
                 pred = probs.argmax(1)
                 (reports / "confusion.csv").write_text("actual,predicted\n" + "".join(
                     f"{classes[a]},{classes[b]}\n" for a, b in zip(y.tolist(), pred.tolist(), strict=True)))
-                if hasattr(net, "features"):
+                if hasattr(net, "features") and hasattr(net, "classifier"):  # what a CAM reads
                     x0, y0 = next(split_batches(data, "val", manifest, p.evaluate.n_cam))
                     plot_cams(reports / "cam.png", net, blob, x0, y0)
         # the floor a model must beat, from the same splits (register will not crown one that does not):
