@@ -207,7 +207,7 @@ def run_key(stage: str, workload: str, *parts: Any, inputs: tuple[str | Path | N
     return RunKey(key, code, digests, values)
 
 
-def require_model_declared(name: str, root: Path | None = None) -> None:
+def require_model_declared(name: str, params_file: str = DEFAULT_PARAMS, root: Path | None = None) -> None:
     """Under `dvc repro`: ParamsError unless dvc.yaml lists the user's model files among this
     stage's deps (else an edit to them would not rerun it, and a stale model would be published)."""
     import os
@@ -216,10 +216,10 @@ def require_model_declared(name: str, root: Path | None = None) -> None:
 
     stage = os.environ.get("DVC_STAGE")
     root = Path.cwd() if root is None else root
-    files = model_files(name, root)
+    files = model_files(name, root, params_file)
     if not stage or not files:
         return
-    found = declared(stage, root)
+    found = declared(stage, root, params_file)
     missing = [f for f in files if found is not None and f not in found.deps]
     if missing:
         raise ParamsError(f"{name}.train.arch: dvc.yaml does not list {', '.join(missing)} among {stage}'s deps, so an "

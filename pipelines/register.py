@@ -21,7 +21,7 @@ from components.tracking import registry, runs
 from components.tracking.server import TrackingError
 from components.tracking.session import connect
 from components.workloads.base import Workload
-from components.workloads.modules import model_files
+from components.workloads.modules import spec_files
 
 
 def lineage(w: Workload, data_dir: Path, model: Path, blob: dict, run_id: str) -> dict[str, str]:
@@ -34,7 +34,7 @@ def lineage(w: Workload, data_dir: Path, model: Path, blob: dict, run_id: str) -
     tags |= {"trainyard.git_commit": runs.git_commit(), "trainyard.train_run_id": run_id,
              "trainyard.model_md5": file_md5(model), "trainyard.arch": w.arch(blob["config"]),
              "trainyard.params": json.dumps(blob.get("train", {}), sort_keys=True)}
-    if files := model_files(w.name, Path.cwd()):  # a model by import path: which code built it
+    if files := spec_files(w.arch(blob["config"]), Path.cwd()):  # a model by import path: the code that built it
         digest = hashlib.sha256()
         for f in files:
             digest.update(f.encode() + b"\0" + Path(f).read_bytes() + b"\0")

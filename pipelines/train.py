@@ -36,7 +36,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     cfg, tuned_values = effective_train_params(p.train, tuned_file)
     t = connect(args.tracking_uri)  # fails here, before any compute, if MLflow does not answer
     data = w.training_data(args.data, cfg, p)
-    require_model_declared(args.workload)  # the user's model files are deps: an edit retrains
+    require_model_declared(args.workload, args.params)  # the user's model files are deps: an edit retrains
     here = runs_here(Launch.of(cfg, False, w.select))
     resources = local_resources() if here else init_ray(dashboard=False, shared=True)
     spec = Launch.of(cfg, want_gpu(cfg["use_gpu"], resources, cfg["num_workers"]), w.select)

@@ -179,7 +179,7 @@ def _start(folder: Path, idle: float, version: str) -> dict:
     with open(folder / "watchdog.log", "a") as out:
         dog = subprocess.Popen([sys.executable, "-m", "components.cluster.local_ray", "watch", str(folder),
                                 "--idle", f"{idle:g}"],
-                               cwd=folder, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                               cwd=folder, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH"))))},
                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     record["watchdog"] = {"pid": dog.pid, "started": _started(dog.pid)}
     _write(folder / "state.json", record)

@@ -112,13 +112,29 @@ def _guard():
     return response
 
 
+def lock_kind(store) -> str | None:
+    """The lock the backend store offers for a champion move: "postgresql" (an advisory lock),
+    "sqlite" (a file lock beside a database file), or None (MySQL, SQL Server, an in-memory
+    SQLite: the endpoint answers 501 and clients fall back to the timed lease)."""
+    from components.tracking.lease import lock_file
+
+    engine = getattr(store, "engine", None)
+    dialect = engine.dialect.name if engine is not None else ""
+    if dialect == "postgresql":
+        return dialect
+    if dialect == "sqlite" and lock_file(engine.url.render_as_string(hide_password=False), "-") is not None:
+        return dialect
+    return None
+
+
 @contextlib.contextmanager
 def store_lock(store, name: str) -> Iterator[str]:
     """Hold the backend store's lock on model `name`'s champion: one holder across every server
-    worker and process. Raises NotImplementedError for a backend without one."""
-    engine = getattr(store, "engine", None)
-    dialect = engine.dialect.name if engine is not None else type(store).__name__
-    if dialect == "postgresql":
+    worker and process (`lock_kind` says which; call it first)."""
+    from components.tracking.lease import flock_file, lock_file
+
+    engine = store.engine
+    if lock_kind(store) == "postgresql":
         from sqlalchemy import text
 
         key = int.from_bytes(hashlib.sha256(f"trainyard.champion:{name}".encode()).digest()[:8], "big", signed=True)
@@ -127,39 +143,34 @@ def store_lock(store, name: str) -> Iterator[str]:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
             yield "postgresql advisory lock"
         return
-    if dialect == "sqlite":
-        from components.tracking.lease import flock_file, lock_file
-
-        path = lock_file(engine.url.render_as_string(hide_password=False), name)
-        if path is not None:
-            with flock_file(path, LOCK_WAIT_S):
-                yield "file lock"
-            return
-    raise NotImplementedError(f"no champion lock for a {dialect} backend store")
+    with flock_file(lock_file(engine.url.render_as_string(hide_password=False), name), LOCK_WAIT_S):
+        yield "file lock"
 
 
 def move(store, fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Compare-and-set `champion` (and the history tag) on `store`: (HTTP status, answer)."""
+    """Compare-and-set `champion` (and the history tag) on `store`: (HTTP status, answer). A
+    backend with no lock answers 501 to every request, the clients' probe included."""
     from mlflow.entities.model_registry import RegisteredModelTag
 
+    if lock_kind(store) is None:
+        backend = getattr(getattr(store, "engine", None), "dialect", None)
+        return 501, {"error_code": "NOT_IMPLEMENTED", "message": "no champion lock for a "
+                     f"{getattr(backend, 'name', type(store).__name__)} backend store: clients use the timed lease"}
     name, version = str(fields.get("name", "")), str(fields.get("version", ""))
     if not name or not version:
         return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "a move needs `name` and `version`"}
     expected, expected_history = str(fields.get("expected") or ""), str(fields.get("expected_history") or "")
-    try:
-        with store_lock(store, name):
-            rm = store.get_registered_model(name)
-            current = str((rm.aliases or {}).get(PROTECTED_ALIASES[0], "") or "")
-            history = (rm.tags or {}).get(HISTORY_TAG, "")
-            if (current, history) != (expected, expected_history):
-                return 409, {"error_code": "RESOURCE_CONFLICT", "champion": current, "history": history,
-                             "message": f"the champion of {name} is v{current or '-'} now, not v{expected or '-'}"}
-            store.get_model_version(name, version)  # a missing version fails before anything moves
-            store.set_registered_model_alias(name, PROTECTED_ALIASES[0], version)
-            if "history" in fields:
-                store.set_registered_model_tag(name, RegisteredModelTag(HISTORY_TAG, str(fields["history"])))
-    except NotImplementedError as err:
-        return 501, {"error_code": "NOT_IMPLEMENTED", "message": str(err)}
+    with store_lock(store, name):
+        rm = store.get_registered_model(name)
+        current = str((rm.aliases or {}).get(PROTECTED_ALIASES[0], "") or "")
+        history = (rm.tags or {}).get(HISTORY_TAG, "")
+        if (current, history) != (expected, expected_history):
+            return 409, {"error_code": "RESOURCE_CONFLICT", "champion": current, "history": history,
+                         "message": f"the champion of {name} is v{current or '-'} now, not v{expected or '-'}"}
+        store.get_model_version(name, version)  # a missing version fails before anything moves
+        store.set_registered_model_alias(name, PROTECTED_ALIASES[0], version)
+        if "history" in fields:
+            store.set_registered_model_tag(name, RegisteredModelTag(HISTORY_TAG, str(fields["history"])))
     return 200, {"champion": version}
 
 

@@ -176,8 +176,8 @@ class Gate:
 
 
 def _server_has_cas(c, name: str) -> bool:
-    """Whether the tracking server answers our compare-and-set (the `trainyard-auth` app):
-    asked once per server, by a move that cannot succeed (a version that does not exist)."""
+    """Whether the tracking server answers our compare-and-set (the `trainyard-auth` app on a
+    backend with a lock): asked once per server, by a move that cannot succeed (no version)."""
     uri = str(c.tracking_uri)
     if uri not in _server_cas:
         from mlflow.utils.credentials import get_default_host_creds
@@ -186,8 +186,11 @@ def _server_has_cas(c, name: str) -> bool:
         r = http_request(get_default_host_creds(uri), MOVE_PATH, "POST", json={"name": name},
                          raise_on_status=False, max_retries=3)
         # 400: the app is there and refused the empty move; 404/405: a plain MLflow server;
-        # 403 from our guard is a user who may not crown: still the app
-        _server_cas[uri] = r.status_code in (400, 403, 409)
+        # 501: the app on a backend with no lock (MySQL); 403 from our guard (its rule named) is
+        # a user who may not crown: still the app, where basic auth's own 403 on a route it does
+        # not know ("Permission denied") is a plain server with logins
+        guard_said = r.status_code == 403 and "trainyard champion guard" in r.text
+        _server_cas[uri] = r.status_code in (400, 409) or guard_said
     return _server_cas[uri]
 
 

@@ -115,22 +115,3 @@ def log_pyfunc(python_model: mlflow.pyfunc.PythonModel, model_file: str | Path, 
         signature=signature, input_example=input_example, validate_serving_input=False,
         pip_requirements=pip_requirements(type(python_model).__module__))
 
-
-def module_code(spec: str) -> tuple[str, ...]:
-    """What to ship with a model whose architecture is `package.module:factory` from the
-    project: the folder of its top package (or the module's file); nothing for torchvision or
-    a module of an installed package (its distribution goes in the requirements instead)."""
-    import importlib.util
-    import sys
-
-    if ":" not in spec or spec.startswith("torchvision:"):
-        return ()
-    top = spec.split(":")[0].split(".")[0]
-    if str(Path.cwd()) not in sys.path:
-        sys.path.append(str(Path.cwd()))
-    found = importlib.util.find_spec(top)
-    if found is None or not found.origin:
-        return ()
-    where = Path(found.origin)
-    where = where.parent if where.name == "__init__.py" else where
-    return () if "site-packages" in where.parts else (str(where),)

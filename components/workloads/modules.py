@@ -135,23 +135,43 @@ def check(spec: str, key: str, in_shape: tuple[int, int, int], n_classes: int, d
 MODEL_STAGES = ("tune", "train", "evaluate", "register")  # the stages that build the model
 
 
-def model_files(name: str, root: Path) -> list[str]:
-    """The project's files the model of workload `name` runs when params.yaml names it by import
-    path (`<name>.train.arch: package.module:factory`): its import closure, root-relative. Empty
-    for our own architectures, torchvision's and an installed package's (the environment pins it)."""
-    import yaml
+def project_code(spec: str, root: Path) -> Path | None:
+    """Where the project keeps the module `spec` names: its top package's folder (or the module's
+    file) under `root`; None for our names, torchvision's, and an installed package's (the
+    environment pins those)."""
+    if not is_import_path(spec) or spec.startswith("torchvision:"):
+        return None
+    top = spec.split(":")[0].split(".")[0]
+    for where in (root / top, root / f"{top}.py"):
+        if where.exists():
+            return where
+    return None
 
+
+def spec_files(spec: str, root: Path) -> list[str]:
+    """The project's files the model `spec` runs (its import closure), root-relative; [] when
+    the project holds none of its code."""
     from components.fingerprint import import_closure
 
-    if not (root / "params.yaml").is_file():
+    where = project_code(spec, root)
+    if where is None:
         return []
-    section = (yaml.safe_load((root / "params.yaml").read_text()) or {}).get(name) or {}
-    arch = str(((section.get("train") or {}).get("arch")) or "")
-    if not is_import_path(arch) or arch.startswith("torchvision:"):
-        return []
-    module = arch.split(":")[0]
-    top = module.split(".")[0]
-    if not ((root / top).is_dir() or (root / f"{top}.py").is_file()):
-        return []
-    return [p.relative_to(root).as_posix() for p in import_closure(module, root, (top,))]
+    module = spec.split(":")[0]
+    return [p.relative_to(root).as_posix() for p in import_closure(module, root, (module.split(".")[0],))]
 
+
+def model_files(name: str, root: Path, params_file: str = "params.yaml") -> list[str]:
+    """`spec_files` of the model `params_file` names for workload `name` (`<name>.train.arch`)."""
+    import yaml
+
+    if not (root / params_file).is_file():
+        return []
+    section = (yaml.safe_load((root / params_file).read_text()) or {}).get(name) or {}
+    return spec_files(str(((section.get("train") or {}).get("arch")) or ""), root)
+
+
+def module_code(spec: str, root: Path | None = None) -> tuple[str, ...]:
+    """What a registered model built by `spec` ships beside our code (MLflow `code_paths`): the
+    project's folder (or file) of its top package; () when the project holds none of it."""
+    where = project_code(spec, Path.cwd() if root is None else root)
+    return () if where is None else (str(where),)

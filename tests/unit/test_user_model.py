@@ -63,7 +63,7 @@ def test_a_project_module_by_import_path_is_built_with_dropout_and_round_trips(p
     assert torch.equal(again(x), net.eval()(x))
 
     # what the registered model ships, and what dvc.yaml lists for the stages that build it
-    from components.tracking.pyfunc import module_code
+    from components.workloads.modules import module_code
 
     assert module_code("nets_ut.tiny:build") == (str(project / "nets_ut"),)
     assert module_code("torchvision:resnet18") == () and module_code("resnet") == ()

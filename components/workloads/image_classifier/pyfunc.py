@@ -47,7 +47,7 @@ def log_model(model_file: str | Path, example):
                                outputs=Schema([ColSpec("long", "class_id"), ColSpec("string", "class_name"),
                                                ColSpec("float", "probability")]))
     from components.model_file import read_metadata
-    from components.tracking.pyfunc import module_code
+    from components.workloads.modules import module_code
 
     code = module_code(str(read_metadata(model_file)["config"]["arch"]))  # the user's model module
     return log_pyfunc(ImageClassifierPyfunc(), model_file, signature, example[None], code=code)
