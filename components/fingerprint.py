@@ -114,6 +114,7 @@ class WorkloadCode:
 
     module: str
     runs: tuple[str, ...] = ()
+    shallow: tuple[str, ...] = ()  # more modules of which only module-level imports count (the class's bases)
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -127,7 +128,7 @@ def stage_closure(entry: str, workload: WorkloadCode | None = None, root: Path =
     files = set(import_closure(entry, root))
     if workload is not None:
         for module in (workload.module, *workload.runs):
-            files.update(import_closure(module, root, workload.packages, (workload.module,)))
+            files.update(import_closure(module, root, workload.packages, (workload.module, *workload.shallow)))
     return tuple(sorted(files))
 
 

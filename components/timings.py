@@ -60,6 +60,12 @@ def note(key: str, value: Any) -> None:
         _state["notes"][key] = value
 
 
+def mark(key: str) -> None:
+    """Note `<key>_s`: the seconds from this process's start to now (what start-up cost)."""
+    if enabled():
+        note(f"{key}_s", round(time.time() - _process_start(), 3))
+
+
 def _process_start() -> float:
     """When this process started (wall clock). Not psutil's `create_time`: it adds the boot
     time, which Linux gives in whole seconds (`btime` in /proc/stat), so every stage's wall

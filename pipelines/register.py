@@ -34,7 +34,7 @@ def lineage(w: Workload, data_dir: Path, model: Path, blob: dict, run_id: str) -
     tags |= {"trainyard.git_commit": runs.git_commit(), "trainyard.train_run_id": run_id,
              "trainyard.model_md5": file_md5(model), "trainyard.arch": w.arch(blob["config"]),
              "trainyard.params": json.dumps(blob.get("train", {}), sort_keys=True)}
-    if files := spec_files(w.arch(blob["config"]), Path.cwd()):  # a model by import path: the code that built it
+    if files := spec_files(w.model_spec(blob), Path.cwd()):  # a model by import path: the code that built it
         digest = hashlib.sha256()
         for f in files:
             digest.update(f.encode() + b"\0" + Path(f).read_bytes() + b"\0")
@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> None:
     w, p = workload(args)
     reg = p.register_
     try:
-        t = connect(args.tracking_uri)
+        with timings.clock("connect_s"):
+            t = connect(args.tracking_uri)
     except TrackingError as err:
         raise TrackingError(f"{err}: register cannot read {reg.model_name}@champion, so it registers and crowns "
                             "nothing; run it again when the server answers (what earlier stages journaled "
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> None:
         attach_metrics(t.client, train_run, uri, eval_metrics, data_dir, args.workload)
         return uri
 
+    timings.mark("decide")  # the store open, the model's metadata and lineage read
     out = registry.register(
         t.client, name=reg.model_name, model_sha256=file_sha256(model_file), log_model=log_model,
         run_id=train_run, metric=reg.metric, value=float(eval_metrics[reg.metric]), mode=reg.mode,

@@ -57,6 +57,7 @@ def main(fn: Callable[[argparse.Namespace], None], description: str,
     args.tracking_uri = tracking_uri()
     quiet_loggers()
     stage = f"{Path(sys.argv[0]).stem}@{args.workload}"
+    timings.mark("ready")  # imports and argument parsing done: the rest is the stage's own
     try:
         fn(args)
         timings.flush(stage, ok=True)

@@ -59,7 +59,7 @@ def _sections(workload: type[BaseModel]):
 
 def _keys(cls: type[BaseModel]) -> list[str]:
     # a section's own keys first (a train section's model knobs), then those it shares
-    own = [k for k in cls.__annotations__ if k in cls.model_fields]
+    own = list(getattr(cls, "__own_keys__", ())) or [k for k in cls.__annotations__ if k in cls.model_fields]
     return own + [k for k in cls.model_fields if k not in own]
 
 

@@ -51,14 +51,20 @@ def own_dir(name: str) -> str:
 
 
 def split_code(stage: str) -> tuple[list[str], dict[str, list[str]]]:
-    """Stage `stage`'s code deps: the files any workload's stage runs outside its own code
-    (sorted), and each workload's own files."""
+    """Stage `stage`'s code deps: the files of ours the workloads' stage runs (sorted), and each
+    workload's own files: its package's, its model's by import path, and, for a workload added
+    to the table, those of ours no built-in one runs (a base class's modules: `TabularWorkload`'s
+    loop is code of the tabular workloads' train, not of the char-LM's)."""
+    runs = {name: stage_code_files(f"pipelines.{stage}", workloads.stage_code(name, stage))
+            for name in stage_workloads(stage)}
+    builtin = [n for n in runs if n in workloads.BUILTIN]
+    theirs = set().union(*(runs[n] for n in builtin))  # shared, as they always were: the built-ins' locks hold
     shared: set[str] = set()
     own: dict[str, list[str]] = {}
-    for name in stage_workloads(stage):
+    for name, files in runs.items():
         mine = own_dir(name)
-        files = stage_code_files(f"pipelines.{stage}", workloads.stage_code(name, stage))
-        own[name] = [f for f in files if f == mine or f.startswith(mine)] + user_model_files(name, stage)
+        own[name] = [f for f in files if f.startswith(mine) or (name not in builtin and f not in theirs)]
+        own[name] += user_model_files(name, stage)
         shared |= set(files) - set(own[name])
     return sorted(shared), own
 

@@ -76,10 +76,19 @@ class Workload(ABC):
     # editing the model reruns the stages that run it and not those that only stage its data.
     # Checked against what each method imports (tests/unit/test_stage_deps.py).
     stage_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # The same for a base class's own modules (absolute names): `TabularWorkload`'s data, loop, pyfunc.
+    base_stage_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
     extra_stages: ClassVar[tuple[str, ...]] = ()  # optional stages it has (`adapt`), besides the seven
     base_dep: ClassVar[str | None] = None  # a params key naming a model file it starts from: a dep of tune and train
     registered_after: ClassVar[str | None] = None  # a workload whose register must run first (its lineage names it)
     train_metrics: ClassVar[tuple[str, ...]] = ()  # the published epoch's numbers for train.json besides live ones
+    # A train key that may name the user's own module by import path (`package.module:factory`):
+    # its files become deps of the stages that build the model, and the registered model ships them.
+    model_key: ClassVar[str | None] = None
+
+    def model_spec(self, blob: dict[str, Any]) -> str:
+        """What a model file's run named in `model_key` ('' for a workload without one)."""
+        return str((blob.get("train") or {}).get(self.model_key) or "") if self.model_key else ""
 
     def arch(self, config: dict[str, Any]) -> str:
         """The model's architecture, as run tags, the registry and train's first line name it,

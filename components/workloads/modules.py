@@ -8,6 +8,9 @@
 - `torchvision:NAME`: one of torchvision's architectures (`torchvision.models.get_model`, random
   weights, never a download), with grey images repeated to its three channels.
 
+The text classifier's `train.head` takes `package.module:factory` the same way, called as
+`factory(in_features=F, n_classes=K)` (plus `dropout=`) for the pooled encoder states.
+
 `check` builds the model once on the CPU and runs a batch of two through it before any
 compute, so a wrong path, a factory that raises or an output that does not fit is one line
 naming the key.
@@ -91,15 +94,16 @@ def _torchvision(name: str, key: str) -> Callable[..., Any]:
     return build
 
 
-def build(spec: str, key: str, in_shape: tuple[int, int, int], n_classes: int, dropout: float = 0.0) -> Any:
-    """The module `spec`'s factory builds for (C, H, W) inputs and `n_classes` classes."""
+def build_module(spec: str, key: str, dropout: float = 0.0, **shape: Any) -> Any:
+    """The module `spec`'s factory builds, called with `shape` (`in_shape=` and `n_classes=`, or
+    `in_features=` and `n_classes=`) and `dropout=` when it takes one."""
     fn = factory(spec, key)
-    kwargs: dict[str, Any] = {"in_shape": tuple(in_shape), "n_classes": n_classes}
+    kwargs: dict[str, Any] = dict(shape)
     try:
         params = inspect.signature(fn).parameters
         if "dropout" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             kwargs["dropout"] = dropout
-    except (TypeError, ValueError):  # a builtin without a signature: the two required arguments
+    except (TypeError, ValueError):  # a builtin without a signature: the required arguments only
         pass
     try:
         net = fn(**kwargs)
@@ -113,23 +117,49 @@ def build(spec: str, key: str, in_shape: tuple[int, int, int], n_classes: int, d
     return net
 
 
+def build(spec: str, key: str, in_shape: tuple[int, int, int], n_classes: int, dropout: float = 0.0) -> Any:
+    """The image model `spec`'s factory builds for (C, H, W) inputs and `n_classes` classes."""
+    return build_module(spec, key, dropout, in_shape=tuple(in_shape), n_classes=n_classes)
+
+
+def build_head(spec: str, key: str, in_features: int, n_classes: int, dropout: float = 0.0) -> Any:
+    """A classifier head by import path: `(N, in_features)` features to `(N, n_classes)` logits."""
+    if spec.startswith("torchvision:"):
+        raise ParamsError(f"{key}: {spec!r}: a head is package.module:factory (torchvision's models take images)")
+    return build_module(spec, key, dropout, in_features=in_features, n_classes=n_classes)
+
+
+def _check_output(net: Any, spec: str, key: str, example: Any, what: str, n_classes: int) -> None:
+    import torch
+
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(example)
+    except Exception as err:  # noqa: BLE001 - the forward is the user's
+        raise ParamsError(f"{key}: {spec} cannot take a batch of {what}: {type(err).__name__}: {err}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ParamsError(f"{key}: {spec} maps {what} to {got}, not (2, {n_classes}) logits for the "
+                          f"{n_classes} classes")
+
+
 def check(spec: str, key: str, in_shape: tuple[int, int, int], n_classes: int, dropout: float = 0.0) -> None:
     """Build `spec` and run two zero images through it on the CPU: ParamsError naming `key` unless
     the output is (2, n_classes) logits. Before any compute: a stage calls it first."""
     import torch
 
     net = build(spec, key, in_shape, n_classes, dropout)
-    net.eval()
-    try:
-        with torch.no_grad():
-            out = net(torch.zeros(2, *in_shape))
-    except Exception as err:  # noqa: BLE001 - the forward is the user's
-        raise ParamsError(f"{key}: {spec} cannot take a batch of (2, {', '.join(map(str, in_shape))}) images: "
-                          f"{type(err).__name__}: {err}") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_classes):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ParamsError(f"{key}: {spec} maps (2, {', '.join(map(str, in_shape))}) images to {got}, not "
-                          f"(2, {n_classes}) logits for the {n_classes} classes")
+    _check_output(net, spec, key, torch.zeros(2, *in_shape),
+                  f"(2, {', '.join(map(str, in_shape))}) images", n_classes)
+
+
+def check_head(spec: str, key: str, in_features: int, n_classes: int, dropout: float = 0.0) -> None:
+    """`check` for a head: two zero feature rows of `in_features` in, (2, n_classes) logits out."""
+    import torch
+
+    net = build_head(spec, key, in_features, n_classes, dropout)
+    _check_output(net, spec, key, torch.zeros(2, in_features), f"(2, {in_features}) features", n_classes)
 
 
 MODEL_STAGES = ("tune", "train", "evaluate", "register")  # the stages that build the model
@@ -161,13 +191,17 @@ def spec_files(spec: str, root: Path) -> list[str]:
 
 
 def model_files(name: str, root: Path, params_file: str = "params.yaml") -> list[str]:
-    """`spec_files` of the model `params_file` names for workload `name` (`<name>.train.arch`)."""
+    """`spec_files` of the model `params_file` names for workload `name` (its train key
+    `Workload.model_key`: `<name>.train.arch`, `<name>.train.head`); [] for a workload without one."""
     import yaml
 
-    if not (root / params_file).is_file():
+    from components import workloads
+
+    key = workloads.get(name).model_key
+    if key is None or not (root / params_file).is_file():
         return []
     section = (yaml.safe_load((root / params_file).read_text()) or {}).get(name) or {}
-    return spec_files(str(((section.get("train") or {}).get("arch")) or ""), root)
+    return spec_files(str(((section.get("train") or {}).get(key)) or ""), root)
 
 
 def module_code(spec: str, root: Path | None = None) -> tuple[str, ...]:

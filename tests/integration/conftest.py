@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -104,6 +105,61 @@ def project_env(ray: dict[str, str] | None = None) -> dict[str, str]:
     # `stop_project_rays` stops what is left at the end of the session
     env.setdefault("TRAINYARD_RAY_IDLE_S", "60")
     return env | (ray or {})
+
+
+def requirements_only_env(dest: Path) -> dict[str, str]:
+    """A fresh virtual environment at `dest` holding the project's requirements and not the
+    project: what `pip install -r requirements.lock` gives on a serving host. Its packages are
+    this venv's (a path line, not a site dir: the project's editable install does not come
+    along), its console scripts (`uvicorn`, which `mlflow models serve` runs) are its own.
+    Returns the environment to run `dest/bin/python` in, from anywhere."""
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(dest)
+    python = dest / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "requirements.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    for script, module in {"uvicorn": "uvicorn.main", "mlflow": "mlflow.cli"}.items():
+        entry = "main" if script == "uvicorn" else "cli"
+        (dest / "bin" / script).write_text(f"#!{python}\nimport sys\nfrom {module} import {entry}\nsys.exit({entry}())\n")
+        (dest / "bin" / script).chmod(0o755)
+    env = {k: v for k, v in project_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{dest / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin"
+    return env
+
+
+def serve_and_ask(model_uri: str, body: dict, cwd: Path, env: dict[str, str]) -> dict:
+    """Start `mlflow models serve` (the `mlflow` first on env's PATH) on a free loopback port in
+    `cwd`, post `body` to /invocations once it answers (bounded), stop the server; the reply."""
+    import urllib.request
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        data, reply = json.dumps(body).encode(), None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=data,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    reply = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(1)
+        assert reply is not None, f"server did not answer: {server.stderr.read() if server.poll() is not None else ''}"
+        return reply
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have exited (the assert above says why)
+            os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn it started
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def run_bounded(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import project_env, run, tiny_params
+from tests.integration.conftest import project_env, run, serve_and_ask, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -296,39 +296,7 @@ def test_registry_review_shows_what_a_person_decides_on(tiny_project):
 
 
 def _serve_and_ask(project, model_uri: str, body: dict) -> dict:
-    """Start `mlflow models serve` on a free loopback port, post `body` to /invocations once it
-    answers (bounded), stop the server; the reply."""
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = project_env() | {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
-    server = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        data, reply = json.dumps(body).encode(), None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=data,
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    reply = json.loads(r.read())
-                break
-            except OSError:
-                time.sleep(1)
-        assert reply is not None, f"server did not answer: {server.stderr.read() if server.poll() is not None else ''}"
-        return reply
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    return serve_and_ask(model_uri, body, project, project_env() | {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"})
 
 
 @pytest.mark.serve

@@ -138,9 +138,12 @@ def test_a_workload_from_elsewhere_gets_its_own_files_as_deps(monkeypatch):
     items = {stage: body["foreach"]["regression"] for stage, body in spec["stages"].items()
              if "regression" in body["foreach"]}
     assert items["prepare"]["inputs"] == "${regression.prepare.inputs}"
-    assert list(dict.fromkeys(items["train"]["code"])) == ["tests/workloads/regression/__init__.py", "tests/workloads/regression/loop.py",
-                                      "tests/workloads/regression/params.py"]
-    assert "tests/workloads/regression/pyfunc.py" in items["register"]["code"]
+    own = [f for f in dict.fromkeys(items["train"]["code"]) if f.startswith("tests/")]
+    assert own == ["tests/workloads/regression/__init__.py"]
+    tabular = "components/workloads/tabular"
+    assert f"{tabular}/loop.py" in items["train"]["code"] and f"{tabular}/loop.py" not in items["prepare"]["code"]
+    assert f"{tabular}/pyfunc.py" in items["register"]["code"] and f"{tabular}/pyfunc.py" not in items["train"]["code"]
+    assert f"{tabular}/data.py" in items["prepare"]["code"]
     assert "adapt" not in items and list(spec["stages"]["adapt"]["foreach"]) == ["text_classifier"]
     assert items["train"]["base"] == items["register"]["after"] == "data/regression/normalized/manifest.json"
     # the built-in ones are written as they are

@@ -39,6 +39,15 @@ def project(tmp_path, monkeypatch):
         def not_a_module(in_shape, n_classes):
             return 3
     """))
+    (pkg / "heads.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def small(in_features, n_classes, dropout=0.0):
+            return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, n_classes))
+
+        def wrong(in_features, n_classes):
+            return nn.Linear(in_features, 1)
+    """))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
@@ -104,3 +113,35 @@ def test_params_take_our_names_and_import_paths_only():
     assert ImageTrainParams(arch="torchvision:efficientnet_b0").arch == "torchvision:efficientnet_b0"
     with pytest.raises(ValidationError, match="nor a model by import path"):
         ImageTrainParams(arch="resnet19")
+
+
+def test_a_text_classifier_head_by_import_path_is_checked_built_and_round_trips(project):
+    from pydantic import ValidationError
+
+    from components.workloads.text_classifier.model import build_from, publish_model
+    from components.workloads.text_classifier.params import TextTrainParams
+
+    head_key = "text_classifier.train.head"
+    modules.check_head("nets_ut.heads:small", head_key, 48, 3, 0.1)
+    with pytest.raises(ParamsError, match=r"maps \(2, 48\) features to \(2, 1\), not \(2, 3\) logits"):
+        modules.check_head("nets_ut.heads:wrong", head_key, 48, 3)
+    with pytest.raises(ParamsError, match="a head is package.module:factory"):
+        modules.check_head("torchvision:resnet18", head_key, 48, 3)
+    assert TextTrainParams(head="nets_ut.heads:small").head == "nets_ut.heads:small"
+    with pytest.raises(ValidationError, match="neither concat_pool nor a head by import path"):
+        TextTrainParams(head="torchvision:resnet18")
+
+    enc = {"vocab_size": 7, "arch": "gru", "n_fac": 4, "n_hidden": 16, "n_layers": 1, "vocab": list("abcdefg")}
+    blob = {"encoder": enc, "classes": ["x", "y", "z"], "head": {"dropout": 0.1, "head_hidden": 5,
+                                                                 "spec": "nets_ut.heads:small"}}
+    net = build_from(blob)
+    assert net(torch.zeros(12, 2, dtype=torch.long)).shape == (2, 3)  # (seq_len, bs) ids in, logits out
+    assert net.head[1].in_features == 48  # the last, max and mean pooled states
+    train = {"dropout": 0.1, "head_hidden": 5, "head": "nets_ut.heads:small", "encoder": "scratch"}
+    publish_model(project / "text.pt", {"model": net.state_dict()}, {"encoder": enc, "classes": blob["classes"]}, train)
+    from components.workloads.text_classifier.model import load_model as load_text
+
+    again, saved = load_text(project / "text.pt")
+    assert saved["head"]["spec"] == "nets_ut.heads:small"
+    (project / "params.yaml").write_text("text_classifier:\n  train:\n    head: nets_ut.heads:small\n")
+    assert modules.model_files("text_classifier", project) == ["nets_ut/__init__.py", "nets_ut/heads.py"]

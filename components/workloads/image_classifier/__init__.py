@@ -29,6 +29,10 @@ class ImageClassifier(Workload):
     # high-lr epoch at 0.994 val published at 0.967 test), while the loss separates epochs
     select = ("val_loss", "min")
     baseline_metric = "val_accuracy"
+    model_key = "arch"
+
+    def model_spec(self, blob: dict[str, Any]) -> str:
+        return str(blob["config"]["arch"])  # what built the model, whatever the run's params said
     train_metrics = ("samples_padded",)  # a last batch filled up to split evenly over workers
 
     def prepare(self, p: ImageClassifierParams, out: str) -> str:

@@ -26,6 +26,7 @@ class TextClassifier(Workload):
     extra_stages = ("adapt",)  # ULMFiT's second step: the general LM fine-tuned on the train books
     base_dep = "train.encoder_model"  # the LM model file its encoder starts from (adapt's output)
     registered_after = "char_lm"  # its version tags name the char-LM version it came from
+    model_key = "head"  # train.head may name the user's own head by import path
     stage_modules = {"prepare": ("staging",), "normalize": ("staging",), "adapt": ("lm", "staging"),
                      "tune": ("staging", "loop"),
                      "train": ("staging", "loop", "model"), "evaluate": ("evaluate", "model"),
@@ -65,6 +66,12 @@ class TextClassifier(Workload):
 
         data = training_data(folder, train["encoder_model"])
         enc = data["encoder"]
+        head = (p.train.model_dump() | train)["head"]  # a sweep's base may lack it: the section's stands in
+        if head != "concat_pool":  # the user's head: built and run once here, before any compute
+            from components.workloads.modules import check_head
+
+            dropout = (p.train.model_dump() | train)["dropout"]
+            check_head(head, "text_classifier.train.head", 3 * enc["n_hidden"], data["n_classes"], dropout)
         return TrainingData(data, {"n_classes": data["n_classes"], "n_train": data["n_train"],
                                    "encoder_arch": enc["arch"], "encoder_n_hidden": enc["n_hidden"],
                                    "encoder_n_layers": enc["n_layers"]})

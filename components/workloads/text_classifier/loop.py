@@ -72,7 +72,7 @@ def build(data: dict[str, Any], tp: dict[str, Any]) -> PoolingClassifier:
     model = PoolingClassifier(enc["vocab_size"], data["n_classes"], arch=enc["arch"], n_fac=enc["n_fac"],
                               n_hidden=enc["n_hidden"], n_layers=enc["n_layers"],
                               nonlinearity=enc.get("nonlinearity", "tanh"), dropout=tp["dropout"],
-                              head_hidden=tp["head_hidden"])
+                              head_hidden=tp["head_hidden"], head=tp["head"])
     if tp["encoder"] != "scratch":  # the encoder knob: char_lm (a model file) or scratch
         blob = torch.load(data["encoder_uri"], map_location="cpu", weights_only=False)
         load_encoder(model, blob["model"])

@@ -11,6 +11,8 @@ from torch import nn
 
 from components.training.schedules import slanted_triangular
 
+HEAD = "concat_pool"  # ours; anything else names a factory by import path
+
 
 class PoolingClassifier(nn.Module):
     """Embedding -> RNN/GRU/LSTM over a passage (seq_len, bs), then [last hidden state, max
@@ -19,7 +21,7 @@ class PoolingClassifier(nn.Module):
 
     def __init__(self, vocab_size: int, n_classes: int, arch: Literal["lstm", "gru", "rnn"] = "lstm",
                  n_fac: int = 42, n_hidden: int = 256, n_layers: int = 1, nonlinearity: str = "tanh",
-                 dropout: float = 0.3, head_hidden: int = 50) -> None:
+                 dropout: float = 0.3, head_hidden: int = 50, head: str = HEAD) -> None:
         super().__init__()
         # the char-LM's encoder modules under its parameter names (`emb.*`, `rnn.*`): the model
         # file's state dict is the interface, so its weights load as they are (no import of the
@@ -27,9 +29,14 @@ class PoolingClassifier(nn.Module):
         self.emb, self.n_layers = nn.Embedding(vocab_size, n_fac), n_layers
         self.rnn = (nn.RNN(n_fac, n_hidden, n_layers, nonlinearity=nonlinearity) if arch == "rnn"
                     else {"lstm": nn.LSTM, "gru": nn.GRU}[arch](n_fac, n_hidden, n_layers))
-        self.head = nn.Sequential(
-            nn.BatchNorm1d(3 * n_hidden), nn.Dropout(dropout), nn.Linear(3 * n_hidden, head_hidden), nn.ReLU(),
-            nn.BatchNorm1d(head_hidden), nn.Dropout(dropout), nn.Linear(head_hidden, n_classes))
+        if head != HEAD:  # the user's own, by import path: (N, 3 x n_hidden) pooled states to logits
+            from components.workloads.modules import build_head
+
+            self.head = build_head(head, "text_classifier.train.head", 3 * n_hidden, n_classes, dropout)
+        else:
+            self.head = nn.Sequential(
+                nn.BatchNorm1d(3 * n_hidden), nn.Dropout(dropout), nn.Linear(3 * n_hidden, head_hidden), nn.ReLU(),
+                nn.BatchNorm1d(head_hidden), nn.Dropout(dropout), nn.Linear(head_hidden, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(self.emb(x))  # (seq_len, bs, n_hidden)
@@ -96,7 +103,7 @@ def publish_model(path, state: dict[str, Any], data: dict[str, Any], train: dict
 
     blob = {"model": state["model"], "encoder": data["encoder"], "classes": data["classes"],
             "config": {"arch": f"{data['encoder']['arch']}-classifier"},
-            "head": {"dropout": train["dropout"], "head_hidden": train["head_hidden"]},
+            "head": {"dropout": train["dropout"], "head_hidden": train["head_hidden"], "spec": train.get("head", HEAD)},
             "train": state.get("train", train), "history": state.get("history", []),
             "fine_tuned_from": ({"file": train["encoder_model"], "md5": file_md5(train["encoder_model"]),
                                  "base": data["encoder"].get("fine_tuned_from")}  # the general LM, when adapted
@@ -111,7 +118,7 @@ def build_from(blob: dict[str, Any]) -> PoolingClassifier:
     return PoolingClassifier(enc["vocab_size"], len(blob["classes"]), arch=enc["arch"], n_fac=enc["n_fac"],
                              n_hidden=enc["n_hidden"], n_layers=enc["n_layers"],
                              nonlinearity=enc.get("nonlinearity", "tanh"), dropout=blob["head"]["dropout"],
-                             head_hidden=blob["head"]["head_hidden"])
+                             head_hidden=blob["head"]["head_hidden"], head=blob["head"].get("spec", HEAD))
 
 
 def load_model(path) -> tuple[PoolingClassifier, dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator
 
 from components.config import (
     Fraction,
@@ -24,6 +26,7 @@ from components.config import (
     knob,
     register_field,
 )
+from components.workloads.modules import SPEC
 
 
 class TextPrepareParams(HeldOut):
@@ -109,6 +112,9 @@ class TextTrainParams(LoaderParams, RunParams):
                                        "many epochs; the head alone first")
     dropout: Probability = knob(0.5, "in the head, before each linear layer")
     head_hidden: PositiveInt = knob(50, "the head's hidden layer")
+    head: Head = knob("concat_pool", "concat_pool (ULMFiT's: batch norm, dropout, linear, ReLU, batch norm, dropout, "
+                      "linear), or your own by import path: package.module:factory, called with in_features=F "
+                      "(3 x n_hidden: the last, max and mean pooled states), n_classes=K, and dropout= if it takes it")
     beta2: PositiveFloat = knob(0.99, "Adam's second-moment decay", lt=1)
     patience: PositiveInt | None = knob(None, "stop after this many epochs without a better val accuracy; null: every epoch")
     val_passages: PositiveInt | None = knob(
@@ -120,6 +126,15 @@ class TextTrainParams(LoaderParams, RunParams):
                                     "model: 2 DDP workers train 240 steps in 34 s but start in ~25 s; 1 "
                                     "process with 2 threads, 41 s and no start-up)")
     cpus_per_worker: PositiveFloat = knob(2.0, "CPUs each worker holds (and its torch threads)")
+
+
+def _head(v: str) -> str:
+    if v == "concat_pool" or (SPEC.match(v) and not v.startswith("torchvision:")):
+        return v
+    raise ValueError(f"{v!r} is neither concat_pool nor a head by import path (package.module:factory)")
+
+
+Head = Annotated[str, AfterValidator(_head)]
 
 
 class TextEvaluateParams(Section):

@@ -36,6 +36,10 @@ def log_model(model_file: str | Path, example: str):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
+    from components.model_file import read_metadata
+    from components.workloads.modules import module_code
+
     signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
                                outputs=Schema([ColSpec("string", "genre"), ColSpec("double", "probability")]))
-    return log_pyfunc(TextClassifierPyfunc(), model_file, signature, pd.DataFrame({"text": [example]}))
+    code = module_code(str(read_metadata(model_file)["head"].get("spec", "concat_pool")))  # the user's head module
+    return log_pyfunc(TextClassifierPyfunc(), model_file, signature, pd.DataFrame({"text": [example]}), code=code)
