@@ -77,7 +77,7 @@ def test_a_folder_of_parquet_parts_reads_as_one_table(tmp_path):
 @pytest.mark.parametrize("text, target, features, task, expected", [
     ("a,b\n1,2\n", "y", None, "regression", "no target column 'y' (columns: a, b)"),
     ("a,y\n1,2\n", "y", ["z"], "regression", "no feature column 'z'"),
-    ("a,y\nx,2\n", "y", None, "regression", "column 'a' holds string, not numbers"),
+    ("a,y\nx,2\n", "y", None, "regression", "row 1: column 'a' holds invalid value 'x', not a number"),
     ("a,y\n1,2\n3,\n", "y", None, "regression", "row 2: no value in column 'y'"),
     ("a,y\n1,cat\n", "y", None, "regression", "class labels? make the workload's task classification"),
     ("a,label\n1,cat\n2,cat\n", "label", None, "classification", "every row is 'cat'"),
