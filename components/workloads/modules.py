@@ -162,6 +162,32 @@ def check_head(spec: str, key: str, in_features: int, n_classes: int, dropout: f
     _check_output(net, spec, key, torch.zeros(2, in_features), f"(2, {in_features}) features", n_classes)
 
 
+def load_weights(net: Any, path: str | Path, key: str) -> tuple[list[str], list[str]]:
+    """Load a state-dict file into `net` (torchvision's weights saved beforehand, a model file of
+    ours, a checkpoint): each tensor whose name (or `net.` + name, for a torchvision model wrapped
+    for grey images) and shape fit is loaded; (loaded names, the model's names left as built).
+    ParamsError naming `key` when the file cannot be read or none of it fits."""
+    import torch
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a missing, damaged or pickled-code file
+        raise ParamsError(f"{key}: cannot read {str(path)!r} as a state dict ({type(err).__name__}: {err})") from None
+    if isinstance(blob, dict) and isinstance(blob.get("model") or blob.get("state_dict"), dict):
+        blob = blob.get("model") or blob["state_dict"]
+    own = net.state_dict()
+    fit = {}
+    for name, t in (blob.items() if isinstance(blob, dict) else ()):
+        for mine in (name, f"net.{name}", name.removeprefix("module.")):
+            if mine in own and isinstance(t, torch.Tensor) and own[mine].shape == t.shape:
+                fit[mine] = t
+                break
+    if not fit:
+        raise ParamsError(f"{key}: none of the tensors in {str(path)!r} fits the model (another architecture?)")
+    net.load_state_dict(own | fit)
+    return sorted(fit), sorted(set(own) - set(fit))
+
+
 MODEL_STAGES = ("tune", "train", "evaluate", "register")  # the stages that build the model
 
 
@@ -192,7 +218,8 @@ def spec_files(spec: str, root: Path) -> list[str]:
 
 def model_files(name: str, root: Path, params_file: str = "params.yaml") -> list[str]:
     """`spec_files` of the model `params_file` names for workload `name` (its train key
-    `Workload.model_key`: `<name>.train.arch`, `<name>.train.head`); [] for a workload without one."""
+    `Workload.model_key`: `<name>.train.arch`, `<name>.train.head`), and the weights file its
+    `train.weights` names; [] for a workload without a model key."""
     import yaml
 
     from components import workloads
@@ -200,8 +227,9 @@ def model_files(name: str, root: Path, params_file: str = "params.yaml") -> list
     key = workloads.get(name).model_key
     if key is None or not (root / params_file).is_file():
         return []
-    section = (yaml.safe_load((root / params_file).read_text()) or {}).get(name) or {}
-    return spec_files(str(((section.get("train") or {}).get(key)) or ""), root)
+    train = ((yaml.safe_load((root / params_file).read_text()) or {}).get(name) or {}).get("train") or {}
+    weights = [Path(train["weights"]).as_posix()] if isinstance(train.get("weights"), str) else []
+    return spec_files(str(train.get(key) or ""), root) + weights
 
 
 def module_code(spec: str, root: Path | None = None) -> tuple[str, ...]:

@@ -145,3 +145,28 @@ def test_a_text_classifier_head_by_import_path_is_checked_built_and_round_trips(
     assert saved["head"]["spec"] == "nets_ut.heads:small"
     (project / "params.yaml").write_text("text_classifier:\n  train:\n    head: nets_ut.heads:small\n")
     assert modules.model_files("text_classifier", project) == ["nets_ut/__init__.py", "nets_ut/heads.py"]
+
+
+def test_a_weights_file_by_path_loads_what_fits_and_is_a_dep(project):
+    import torchvision
+
+    from components.workloads.image_classifier.params import ImageTrainParams
+
+    # torchvision's resnet18 as saved from ImageNet (1000 classes), into a 10-class model for grey images
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), project / "r18.pth")
+    net = build("torchvision:resnet18", (1, 8, 8), 10)
+    loaded, left = modules.load_weights(net, project / "r18.pth", "image_classifier.train.weights")
+    assert left == ["net.fc.bias", "net.fc.weight"] and "net.conv1.weight" in loaded  # all but the classifier
+    saved = torch.load(project / "r18.pth")
+    assert torch.equal(net.state_dict()["net.layer1.0.conv1.weight"], saved["layer1.0.conv1.weight"])
+
+    torch.save({"x": torch.zeros(3)}, project / "other.pth")
+    with pytest.raises(ParamsError, match="image_classifier.train.weights: none of the tensors in"):
+        modules.load_weights(net, project / "other.pth", "image_classifier.train.weights")
+    with pytest.raises(ParamsError, match="image_classifier.train.weights: cannot read 'missing.pth'"):
+        modules.load_weights(net, "missing.pth", "image_classifier.train.weights")
+
+    assert ImageTrainParams(weights="r18.pth").weights == "r18.pth"
+    (project / "params.yaml").write_text("image_classifier:\n  train:\n    arch: torchvision:resnet18\n"
+                                         "    weights: r18.pth\n")
+    assert modules.model_files("image_classifier", project) == ["r18.pth"]  # a dep of the stages that build it

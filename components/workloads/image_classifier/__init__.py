@@ -59,10 +59,19 @@ class ImageClassifier(Workload):
         data = training_data(folder, train["flip"], train["crop"], p.prepare.source) | {"tta": train["tta"]}
         from components.workloads.modules import check, is_import_path
 
-        arch = str(train.get("arch", ""))
+        full = p.train.model_dump() | train  # a sweep's base lacks the searched keys: the section's stand in
+        arch = str(full["arch"])
         if is_import_path(arch):  # the user's model: built and run once here, before any compute
-            # (a sweep's base lacks the searched keys, dropout among them by default)
-            check(arch, f"{self.name}.train.arch", tuple(data["shape"]), data["n_classes"], train.get("dropout", 0.0))
+            check(arch, f"{self.name}.train.arch", tuple(data["shape"]), data["n_classes"], full["dropout"])
+        if full["weights"]:  # loaded once here too: a file that does not fit fails before any compute
+            from components.workloads.image_classifier.model import build
+            from components.workloads.modules import load_weights
+
+            net = build(arch, tuple(data["shape"]), data["n_classes"], full["dropout"])
+            loaded, left = load_weights(net, full["weights"], f"{self.name}.train.weights")
+            data["weights_uri"] = str(Path(full["weights"]).resolve())  # workers run elsewhere
+            print(f"[{self.name}] weights {full['weights']}: {len(loaded)} tensors load, {len(left)} stay as built"
+                  + (f" ({', '.join(left[:4])}{', ...' if len(left) > 4 else ''})" if left else ""), flush=True)
         return TrainingData(data, {k: data[k] for k in ("n_classes", "n_train", "flip", "crop", "tta")})
 
     def worker_loop(self) -> Callable[[dict[str, Any]], None]:

@@ -196,7 +196,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # 2. same seed everywhere, then DDP
     torch.manual_seed(tp["seed"])
-    model = build(tp["arch"], tuple(data["shape"]), data["n_classes"], tp["dropout"]).to(device)
+    model = build(tp["arch"], tuple(data["shape"]), data["n_classes"], tp["dropout"])
+    if data.get("weights_uri"):  # the user's starting weights, the same on every rank (a checkpoint overrides)
+        from components.workloads.modules import load_weights
+
+        load_weights(model, data["weights_uri"], "image_classifier.train.weights")
+    model = model.to(device)
     ddp_model = wrap_ddp(model, world)
     opt = make_optimizer(model, tp)
 
