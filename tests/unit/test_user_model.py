@@ -170,3 +170,26 @@ def test_a_weights_file_by_path_loads_what_fits_and_is_a_dep(project):
     (project / "params.yaml").write_text("image_classifier:\n  train:\n    arch: torchvision:resnet18\n"
                                          "    weights: r18.pth\n")
     assert modules.model_files("image_classifier", project) == ["r18.pth"]  # a dep of the stages that build it
+
+
+def test_a_stage_refuses_a_model_or_weights_file_dvc_yaml_does_not_list(project, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from components.run_keys import require_model_declared
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copy(repo / "dvc.yaml", project / "dvc.yaml")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["image_classifier"]["train"]["weights"] = "w.pth"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("DVC_STAGE", "train@image_classifier")
+    with pytest.raises(ParamsError, match=r"image_classifier.train.weights: dvc.yaml does not list w.pth among "
+                                          r"train@image_classifier's deps"):
+        require_model_declared("image_classifier", "params.yaml", project)
+    params["image_classifier"]["train"] |= {"weights": None, "arch": "nets_ut.tiny:build"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"image_classifier.train.arch: dvc.yaml does not list nets_ut/__init__.py"):
+        require_model_declared("image_classifier", "params.yaml", project)
