@@ -107,6 +107,36 @@ class StepPlan:
         return {**tp, "epochs": self.total / self.per_epoch}
 
 
+def row_shards(data: dict[str, Any], tp: dict[str, Any], rank: int, world: int, n_val: int | None = None
+               ) -> tuple[list[Any], list[Any], int, StepPlan]:
+    """This rank's contiguous shard of the train and val splits (as row groups, read as training
+    reaches them; val's first `n_val` rows when given), its batch size and the run's step plan:
+    (train blocks, val blocks, local batch size, plan). ValueError when a rank would get no rows."""
+    from components.data.stream import rank_blocks
+
+    n_val = data["n_val"] if n_val is None else n_val
+    shard, n_shard = rank_blocks(data["train_uri"], data["n_train"], rank, world)
+    val_shard, n_val_local = rank_blocks(data["val_uri"], n_val, rank, world)
+    if not n_shard or not n_val_local:
+        raise ValueError(f"worker {rank} of {world} has no rows ({data['n_train']} train, {n_val} val in all)")
+    bs_local = tp["bs"] // world
+    return shard, val_shard, bs_local, plan_steps(tp, math.ceil(math.ceil(data["n_train"] / world) / bs_local))
+
+
+def step_on(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, tp: dict[str, Any],
+            progress: Progress, epoch: int, step: int) -> float:
+    """One optimiser step on `loss` (clipped by `tp["clip"]`), counted in `progress`; its value.
+    DivergedError on a loss that is not finite, naming where and the learning rate."""
+    from components.training.steps import DivergedError, optimizer_step
+
+    if not torch.isfinite(loss):
+        raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: training diverged; "
+                            f"try a lower learning rate (lr={tp['lr']})")
+    optimizer_step(model, opt, loss, tp["clip"])
+    progress.step += 1
+    return loss.item()
+
+
 def plan_steps(tp: dict[str, Any], per_pass: int, max_steps: int | None = None) -> StepPlan:
     """The run's plan from train params: an epoch is `steps_per_epoch` steps, or one pass over the
     training data (`per_pass` steps) when that is null, so defaults scale with the data;

@@ -1,7 +1,7 @@
 """The per-worker training function for image classifiers (runs inside each Ray Train worker).
 
 Read top to bottom, `train_loop_per_worker` is:
-  1. this worker's contiguous row shard of train and val, as row groups (`rank_blocks`)
+  1. this worker's contiguous row shard of train and val, as row groups (`row_shards`)
   2. build the model, same seed on every rank, and wrap it in DDP
   3. resume from the last reported checkpoint                        (`resume`)
   4. one epoch: the shard in a seeded block-shuffled order, read and augmented on a background
@@ -16,7 +16,6 @@ and running sums), and goes on (`checkpoint_on_notice`).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,12 +28,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from components.data.stream import BatchStream, Block, EpochOrder, rank_blocks
+from components.data.stream import BatchStream, Block, EpochOrder
 from components.training.checkpoints import (
     seed_epoch,
 )
 from components.training.schedules import multiplier
-from components.training.steps import DivergedError, all_reduce_sum, make_optimizer, optimizer_step
+from components.training.steps import all_reduce_sum, make_optimizer
 from components.training.worker import (
     EpochMeter,
     PreemptionWatch,
@@ -43,10 +42,11 @@ from components.training.worker import (
     checkpoint_and_report,
     checkpoint_on_notice,
     finished_already,
-    plan_steps,
     preemption_watch,
     resume,
+    row_shards,
     start_worker,
+    step_on,
     stop_early,
     wrap_ddp,
 )
@@ -146,14 +146,9 @@ def train_epoch(model: nn.Module, ddp_model: nn.Module, opt: torch.optim.Optimiz
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         for grp in opt.param_groups:
             grp["lr"] = tp["lr"] * multiplier(schedule, progress.step / plan.total)
-        loss = F.cross_entropy(ddp_model(normalize(xb, mean, std)), yb)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}: training diverged; "
-                                f"try a lower learning rate (lr={tp['lr']})")
-        optimizer_step(model, opt, loss, tp["clip"])
-        stats.loss_sum += loss.item()
+        stats.loss_sum += step_on(model, opt, F.cross_entropy(ddp_model(normalize(xb, mean, std)), yb), tp,
+                                  progress, epoch, s)
         stats.seen += len(yb)
-        progress.step += 1
         meter.update(s + 1, stats.loss_sum / (s + 1))
         if watch is not None and on_notice is not None and (info := watch.notice(s + 1 < steps)):
             on_notice(info, {"steps": s + 1}, {"loss_sum": stats.loss_sum, "seen": stats.seen,
@@ -187,12 +182,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tp, data = config["train"], config["data"]
 
     # 1. this worker's rows only: its shard's row groups, read as training reaches them
-    shard, n_shard = rank_blocks(data["train_uri"], data["n_train"], rank, world)
-    val_shard, n_val = rank_blocks(data["val_uri"], data["n_val"], rank, world)
-    if not n_shard or not n_val:
-        raise ValueError(f"worker {rank} of {world} has no rows ({data['n_train']} train, {data['n_val']} val in all)")
-    bs_local = tp["bs"] // world
-    plan = plan_steps(tp, math.ceil(math.ceil(data["n_train"] / world) / bs_local))
+    shard, val_shard, bs_local, plan = row_shards(data, tp, rank, world)
 
     # 2. same seed everywhere, then DDP
     torch.manual_seed(tp["seed"])

@@ -5,7 +5,6 @@ and a report per epoch, resumed from the last one."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,17 +12,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from components.data.stream import BatchStream, EpochOrder, rank_blocks
+from components.data.stream import BatchStream, EpochOrder
 from components.training.checkpoints import seed_epoch
 from components.training.schedules import multiplier
-from components.training.steps import DivergedError, all_reduce_sum, make_optimizer, optimizer_step
+from components.training.steps import all_reduce_sum, make_optimizer
 from components.training.worker import (
     EpochMeter,
     checkpoint_and_report,
     finished_already,
-    plan_steps,
     resume,
+    row_shards,
     start_worker,
+    step_on,
     stop_early,
     wrap_ddp,
 )
@@ -63,12 +63,7 @@ def tabular_loop(workload: TabularWorkload, config: dict[str, Any]) -> None:
     """Train `workload`'s model on this worker's shard; report per-epoch metrics and checkpoints."""
     rank, world, device = start_worker(config)
     tp, data = config["train"], config["data"]
-    shard, n_shard = rank_blocks(data["train_uri"], data["n_train"], rank, world)
-    val_shard, n_val = rank_blocks(data["val_uri"], data["n_val"], rank, world)
-    if not n_shard or not n_val:
-        raise ValueError(f"worker {rank} of {world} has no rows ({data['n_train']} train, {data['n_val']} val in all)")
-    bs_local = tp["bs"] // world
-    plan = plan_steps(tp, math.ceil(math.ceil(data["n_train"] / world) / bs_local))
+    shard, val_shard, bs_local, plan = row_shards(data, tp, rank, world)
     torch.manual_seed(tp["seed"])  # the same weights on every rank
     model = workload.model(data["n_features"], data["n_outputs"], tp).to(device)
     ddp_model = wrap_ddp(model, world)
@@ -86,13 +81,7 @@ def tabular_loop(workload: TabularWorkload, config: dict[str, Any]) -> None:
         for s, (x, y) in enumerate(BatchStream(data["train_uri"], order, bs_local, steps, make, prefetch=tp["prefetch"])):
             for grp in opt.param_groups:
                 grp["lr"] = tp["lr"] * multiplier(schedule, progress.step / plan.total)
-            loss = workload.loss(ddp_model(x.to(device)), y.to(device))
-            if not torch.isfinite(loss):
-                raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}: training diverged; "
-                                    f"try a lower learning rate (lr={tp['lr']})")
-            optimizer_step(model, opt, loss, tp["clip"])
-            loss_sum += loss.item()
-            progress.step += 1
+            loss_sum += step_on(model, opt, workload.loss(ddp_model(x.to(device)), y.to(device)), tp, progress, epoch, s)
             meter.update(s + 1, loss_sum / (s + 1))
         elapsed = time.perf_counter() - t0
         progress.train_s += elapsed

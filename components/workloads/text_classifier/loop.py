@@ -17,7 +17,6 @@ and goes on (`checkpoint_on_notice`).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -28,18 +27,19 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from components.data.stream import BatchStream, EpochOrder, rank_blocks
+from components.data.stream import BatchStream, EpochOrder
 from components.training.checkpoints import seed_epoch
-from components.training.steps import DivergedError, all_reduce_sum, make_optimizer, optimizer_step
+from components.training.steps import all_reduce_sum, make_optimizer
 from components.training.worker import (
     EpochMeter,
     checkpoint_and_report,
     checkpoint_on_notice,
     finished_already,
-    plan_steps,
     preemption_watch,
     resume,
+    row_shards,
     start_worker,
+    step_on,
     stop_early,
     wrap_ddp,
 )
@@ -102,14 +102,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # 1. this worker's rows only: its shard's row groups, read as training reaches them
     itos = data["encoder"]["vocab"]
-    shard, n_shard = rank_blocks(data["train_uri"], data["n_train"], rank, world)
     # val's rows are shuffled at prepare: its first rows are a random sample
     n_val = min(data["n_val"], tp.get("val_passages") or data["n_val"])
-    val_shard, n_val_local = rank_blocks(data["val_uri"], n_val, rank, world)
-    if not n_shard or not n_val_local:
-        raise ValueError(f"worker {rank} of {world} has no rows ({data['n_train']} train, {n_val} val in all)")
-    bs_local = tp["bs"] // world
-    plan = plan_steps(tp, math.ceil(math.ceil(data["n_train"] / world) / bs_local))
+    shard, val_shard, bs_local, plan = row_shards(data, tp, rank, world, n_val)
 
     # 2-3. same seed everywhere, encoder weights, DDP; a param group per layer group
     torch.manual_seed(tp["seed"])
@@ -143,13 +138,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                      start=first):
             apply_schedule(opt, progress.step, plan.total, epoch, tp["unfreeze_every"], tp["cut_frac"],
                            tp["stlr_ratio"])
-            loss = F.cross_entropy(ddp_model(xb.to(device)), yb.to(device))
-            if not torch.isfinite(loss):
-                raise DivergedError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}: training "
-                                    f"diverged; try a lower learning rate (lr={tp['lr']})")
-            optimizer_step(model, opt, loss, tp["clip"])
-            loss_sum += loss.item()
-            progress.step += 1
+            loss_sum += step_on(model, opt, F.cross_entropy(ddp_model(xb.to(device)), yb.to(device)), tp, progress,
+                                epoch, s)
             meter.update(s + 1, loss_sum / (s + 1))
             if info := watch.notice(s + 1 < steps):
                 checkpoint_on_notice(progress, rank, epoch, info, state, {"steps": s + 1},
