@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import (
+    REPO,
     free_port,
     make_project,
     merged,
@@ -127,6 +129,42 @@ def test_an_object_store_that_refuses_the_credentials_is_one_line(s3_server, tmp
     assert p.returncode == 1 and last.startswith(f"error: source s3://{BUCKET}/photos: ") and "AWS_ENDPOINT_URL" in last, \
         p.stderr[-2000:]
     assert not (tmp_path / "prepared").exists()
+
+
+def test_a_table_on_an_object_store_is_read_where_it_is_by_the_tabular_base(s3_server, tmp_path):
+    """The tabular base's prepare reads a CSV and a folder of Parquet files from S3 (moto), with
+    the same rows as from local disk; a key that is not there is one line."""
+    import pyarrow.parquet as pq
+
+    from tests.workloads.regression import write_rows
+
+    env_s3, s3 = s3_server
+    local = write_rows(tmp_path / "rows.csv", n_rows=300)
+    s3.put_object(Bucket=BUCKET, Key="tables/rows.csv", Body=local.read_bytes())
+    import pyarrow.csv as pc
+
+    table = pc.read_csv(local)
+    for i, part in enumerate((table.slice(0, 120), table.slice(120))):
+        pq.write_table(part, tmp_path / f"p{i}.parquet")
+        s3.put_object(Bucket=BUCKET, Key=f"tables/parts/p{i}.parquet", Body=(tmp_path / f"p{i}.parquet").read_bytes())
+    code = textwrap.dedent(f"""
+        import pyarrow.parquet as pq
+        from components.workloads.tabular.data import prepare
+        from components.data.errors import SourceError
+        for name, src in (("local", {str(local)!r}), ("csv", "s3://{BUCKET}/tables/rows.csv"),
+                          ("parquet", "s3://{BUCKET}/tables/parts")):
+            print(prepare(src, "y", None, "regression", 64, {str(tmp_path)!r} + "/" + name))
+        try:
+            prepare("s3://{BUCKET}/tables/missing.csv", "y", None, "regression", 64, {str(tmp_path)!r} + "/x")
+        except SourceError as err:
+            print("refused:", err)
+    """)
+    p = run_bounded([sys.executable, "-c", code], REPO, project_env() | env_s3, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("300 rows x 6 features") == 3, p.stdout
+    assert f"refused: source s3://{BUCKET}/tables/missing.csv: not found" in p.stdout, p.stdout
+    read = {n: pq.read_table(tmp_path / n / "rows") for n in ("local", "csv", "parquet")}
+    assert read["csv"].equals(read["local"]) and read["parquet"].equals(read["local"])
 
 
 def _photos(root: Path, n: int, side: int = 320) -> int:
