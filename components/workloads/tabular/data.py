@@ -91,7 +91,8 @@ def _csv_parse(path: str) -> Any:
 def read_batches(path: str, batch_rows: int, columns: list[str], text: str | None = None) -> Iterator[pa.RecordBatch]:
     """`columns` of a table file, about `batch_rows` rows at a time; a CSV's as float64 (`text`, a
     class label, as text: a column's type does not hang on what its first rows hold), a block of
-    `CSV_BLOCK` bytes at a time (`_csv_chunks`)."""
+    whole records at a time (`components/data/csv_chunks.py`: pyarrow's own streaming reader reads
+    ahead, up to the whole file)."""
     if SUFFIXES[Path(path).suffix.lower()] == "parquet":
         import pyarrow.parquet as pq
 
@@ -103,13 +104,13 @@ def read_batches(path: str, batch_rows: int, columns: list[str], text: str | Non
 
     names = header(path)
     types = {c: pa.string() if c == text else pa.float64() for c in columns}
-    opts = {"parse_options": _csv_parse(path),
-            "read_options": pc.ReadOptions(column_names=names, use_threads=False, block_size=CSV_BLOCK * 2),
-            "convert_options": pc.ConvertOptions(include_columns=columns, column_types=types)}
+    convert = pc.ConvertOptions(include_columns=columns, column_types=types)
     row = 0
     for chunk in _csv_chunks(path):
-        try:
-            table = pc.read_csv(pa.BufferReader(chunk), **opts)
+        try:  # a block as large as the chunk: a record is never split between two
+            read = pc.ReadOptions(column_names=names, use_threads=False, block_size=max(1 << 22, len(chunk) + 1))
+            table = pc.read_csv(pa.BufferReader(chunk), read_options=read, parse_options=_csv_parse(path),
+                                convert_options=convert)
         except pa.ArrowInvalid as err:
             msg = str(err).splitlines()[0]
             m = re.search(r"In CSV column #(\d+): Row #(\d+): CSV conversion error to \w+: (.*)", msg)
@@ -123,29 +124,12 @@ def read_batches(path: str, batch_rows: int, columns: list[str], text: str | Non
         yield from table.to_batches(max_chunksize=batch_rows)
 
 
-CSV_BLOCK = 1 << 20  # bytes of a CSV parsed at a time
-
-
 def _csv_chunks(path: str) -> Iterator[bytes]:
-    """A CSV's rows after its header, about `CSV_BLOCK` bytes of whole lines at a time. Our own
-    reads, one block at a time: pyarrow's streaming reader (and a dataset scan of it) reads ahead of
-    its consumer, up to the whole file (its pool peaked at 96 MB on a 101 MB file, 38 MB on 34 MB).
-    A value holding a newline is not split over (nor is it read by pyarrow's default options)."""
-    with _open(path) as f:  # an object store's stream has no readline: the header is cut off by hand
-        rest, in_header = b"", True
-        while chunk := f.read(CSV_BLOCK):
-            data = rest + chunk
-            if in_header:
-                if (nl := data.find(b"\n")) < 0:
-                    rest = data
-                    continue
-                data, in_header = data[nl + 1:], False
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                yield data[:cut]
-            rest = data[cut:]
-        if rest.strip() and not in_header:
-            yield rest
+    """A CSV's records after its header, about 1 MB of whole records at a time (`csv_chunks`)."""
+    from components.data.csv_chunks import records
+
+    with _open(path) as f:
+        yield from records(f, quoted=True)
 
 
 def _columns(path: str, names: list[str], target: str, features: list[str] | None) -> list[str]:

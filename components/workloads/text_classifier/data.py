@@ -172,15 +172,21 @@ def _table_batches(path: Path | str, kind: str, columns: list[str]) -> Iterator[
         if missing:
             raise SourceError(f"{path}: no column {missing[0]!r} (columns: {', '.join(names)}); "
                               "set text_classifier.prepare.text_column / label_column")
-        reader = pc.open_csv(_open(path), parse_options=pc.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                             read_options=pc.ReadOptions(block_size=1 << 22),
-                             convert_options=pc.ConvertOptions(include_columns=columns,
-                                                               column_types={c: pa.binary() for c in columns}))
-        try:
-            for b in reader:
-                yield {c: b.column(c).to_pylist() for c in columns}
-        except pa.ArrowInvalid as err:
-            raise SourceError(f"{path}: {err}") from None
+        from components.data.csv_chunks import records
+
+        # a block of whole records at a time: pyarrow's streaming reader reads ahead, up to the whole file
+        parse = pc.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+        convert = pc.ConvertOptions(include_columns=columns, column_types={c: pa.binary() for c in columns})
+        with _open(path) as f:
+            for chunk in records(f, quoted=True):
+                read = pc.ReadOptions(column_names=names, use_threads=False, block_size=max(1 << 22, len(chunk) + 1))
+                try:
+                    t = pc.read_csv(pa.BufferReader(chunk), read_options=read, parse_options=parse,
+                                    convert_options=convert)
+                except pa.ArrowInvalid as err:
+                    raise SourceError(f"{path}: {err}") from None
+                for b in t.to_batches(max_chunksize=TABLE_BATCH):
+                    yield {c: b.column(c).to_pylist() for c in columns}
     else:
         import json
 
