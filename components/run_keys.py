@@ -212,20 +212,16 @@ def require_model_declared(name: str, params_file: str = DEFAULT_PARAMS, root: P
     stage's deps (else an edit to them would not rerun it, and a stale model would be published)."""
     import os
 
-    from components import workloads
-    from components.workloads.modules import model_files
+    from components.workloads.modules import model_files_by_key
 
     stage = os.environ.get("DVC_STAGE")
     root = Path.cwd() if root is None else root
-    files = model_files(name, root, params_file)
-    if not stage or not files:
+    by_key = model_files_by_key(name, root, params_file) if stage else {}
+    if not by_key:
         return
     found = declared(stage, root, params_file)
-    missing = [f for f in files if found is not None and f not in found.deps]
-    if missing:
-        import yaml
-
-        train = ((yaml.safe_load((root / params_file).read_text()) or {}).get(name) or {}).get("train") or {}
-        key = "weights" if missing == [str(train.get("weights"))] else workloads.get(name).model_key
-        raise ParamsError(f"{name}.train.{key}: dvc.yaml does not list {', '.join(missing)} among {stage}'s deps, so "
-                          "an edit to them would not retrain; run python -m components.cli.stage_deps")
+    for key, files in by_key.items():
+        missing = [f for f in files if found is not None and f not in found.deps]
+        if missing:
+            raise ParamsError(f"{name}.train.{key}: dvc.yaml does not list {', '.join(missing)} among {stage}'s deps, "
+                              "so an edit to them would not retrain; run python -m components.cli.stage_deps")

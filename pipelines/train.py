@@ -35,8 +35,8 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     tuned_file = read_json(args.tuned)["params"] if p.train.use_tuned and args.tuned else None
     cfg, tuned_values = effective_train_params(p.train, tuned_file)
     t = connect(args.tracking_uri)  # fails here, before any compute, if MLflow does not answer
-    data = w.training_data(args.data, cfg, p)
     require_model_declared(args.workload, args.params)  # the user's model files are deps: an edit retrains
+    data = w.training_data(args.data, cfg, p)  # builds a model by import path, loads starting weights
     here = runs_here(Launch.of(cfg, False, w.select))
     resources = local_resources() if here else init_ray(dashboard=False, shared=True)
     spec = Launch.of(cfg, want_gpu(cfg["use_gpu"], resources, cfg["num_workers"]), w.select)

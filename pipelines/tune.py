@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> None:
     connect(args.tracking_uri)  # fails here, before any compute, if MLflow does not answer
     # dvc.yaml passes the trial_params stage's file (what tune depends on); by hand, params.yaml's
     base = sweep_base(w.train_schema, args.trial_params) if args.trial_params else trial_params(p.train, p.tune.space)
-    data = w.training_data(args.data, base, p).workers
     require_model_declared(args.workload, args.params)  # the user's model files are deps: an edit retrains
+    data = w.training_data(args.data, base, p).workers  # builds a model by import path, loads starting weights
     # Same code + data + base model + params -> same sweep name -> a killed sweep resumes; any
     # change -> a new sweep. Except num_samples: raised, it adds trials to the same sweep (rounds).
     key = run_key("tune", args.workload, p.tune.model_dump(exclude={"num_samples"}), base,

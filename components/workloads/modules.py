@@ -216,20 +216,27 @@ def spec_files(spec: str, root: Path) -> list[str]:
     return [p.relative_to(root).as_posix() for p in import_closure(module, root, (module.split(".")[0],))]
 
 
-def model_files(name: str, root: Path, params_file: str = "params.yaml") -> list[str]:
-    """`spec_files` of the model `params_file` names for workload `name` (its train key
-    `Workload.model_key`: `<name>.train.arch`, `<name>.train.head`), and the weights file its
-    `train.weights` names; [] for a workload without a model key."""
+def model_files_by_key(name: str, root: Path, params_file: str = "params.yaml") -> dict[str, list[str]]:
+    """The project's files the model of workload `name` reads, by the train key that names them in
+    `params_file`: `spec_files` of its `Workload.model_key` (`arch`, `head`) and the file `weights`
+    names; {} for a workload without a model key."""
     import yaml
 
     from components import workloads
 
     key = workloads.get(name).model_key
     if key is None or not (root / params_file).is_file():
-        return []
+        return {}
     train = ((yaml.safe_load((root / params_file).read_text()) or {}).get(name) or {}).get("train") or {}
-    weights = [Path(train["weights"]).as_posix()] if isinstance(train.get("weights"), str) else []
-    return spec_files(str(train.get(key) or ""), root) + weights
+    out = {key: spec_files(str(train.get(key) or ""), root)}
+    if isinstance(train.get("weights"), str):
+        out["weights"] = [Path(train["weights"]).as_posix()]
+    return {k: v for k, v in out.items() if v}
+
+
+def model_files(name: str, root: Path, params_file: str = "params.yaml") -> list[str]:
+    """`model_files_by_key`, flattened: what dvc.yaml lists for the stages that build the model."""
+    return [f for files in model_files_by_key(name, root, params_file).values() for f in files]
 
 
 def module_code(spec: str, root: Path | None = None) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ def test_blocks_of_whole_records_parse_to_the_rows_of_the_whole_file(block):
     parse = pc.ParseOptions(newlines_in_values=True)
     convert = pc.ConvertOptions(column_types={"text": pa.string(), "label": pa.string()})  # as the stages set them
     whole = pc.read_csv(io.BytesIO(TEXT.encode()), parse_options=parse, convert_options=convert)
-    chunks = list(records(io.BytesIO(TEXT.encode()), quoted=True, block=block))
+    chunks = list(records(io.BytesIO(TEXT.encode()), block=block))
     read = pc.ReadOptions(column_names=["text", "label"])
     parts = [pc.read_csv(pa.BufferReader(c), read_options=read, parse_options=parse, convert_options=convert)
              for c in chunks]

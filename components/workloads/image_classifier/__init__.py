@@ -30,10 +30,10 @@ class ImageClassifier(Workload):
     select = ("val_loss", "min")
     baseline_metric = "val_accuracy"
     model_key = "arch"
+    train_metrics = ("samples_padded",)  # a last batch filled up to split evenly over workers
 
     def model_spec(self, blob: dict[str, Any]) -> str:
         return str(blob["config"]["arch"])  # what built the model, whatever the run's params said
-    train_metrics = ("samples_padded",)  # a last batch filled up to split evenly over workers
 
     def prepare(self, p: ImageClassifierParams, out: str) -> str:
         from components.workloads.image_classifier.staging import prepare_images

@@ -103,11 +103,11 @@ class ImageTrainParams(LoaderParams, OptimParams):
     arch: Arch = knob(
         "resnet", "simplenet | convnet | convbnnet | resnet | resnet18, or your own by import path: "
         "package.module:factory (called with in_shape=(C, H, W), n_classes=K, and dropout= if it takes it) "
-        "or torchvision:NAME (random weights)")
+        "or torchvision:NAME (random weights, or `weights`)")
     weights: str | None = knob(
         None, "a state-dict file (.pt / .pth) loaded into the model before training, never downloaded (say "
         "torchvision's ImageNet weights saved beforehand): the tensors that fit load, the rest (a classifier of "
-        "another size) stay as built; a dep of tune and train (python -m components.cli.stage_deps)")
+        "another size) stay as built; a dep of the stages that build the model (python -m components.cli.stage_deps)")
     epochs: PositiveInt = knob(30, "passes over the train images")
     steps_per_epoch: PositiveInt | None = knob(None, "null: each train image once per epoch "
                                                "(shards padded to equal steps)")

@@ -173,88 +173,90 @@ class TabularWorkload(Workload):
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(blob, f)
 
-    def _score(self, net: Any, folder: str, split: str, bs: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        """{loss, accuracy?} of `net` on a split, and the first rows' targets and predictions."""
+    def _score(self, net: Any, folder: str, split: str, bs: int, st: dict[str, Any],
+               preview: int = 0) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """One streamed pass over a split: {loss, accuracy, confusion (classification), baseline
+        (the train mean's squared error, or the majority class's hits, per row)}, and the first
+        `preview` rows' targets and predictions."""
         import torch
 
         from components.workloads.tabular.data import split_xy
         from components.workloads.tabular.loop import score
 
-        ys, preds = [], []
+        regression = self.task == "regression"
+        k = 1 if regression else len(st["classes"])
+        sums = {"baseline": 0.0, "confusion": np.zeros((k, k), np.int64)}
+        ys: list[np.ndarray] = []
+        preds: list[np.ndarray] = []
+        kept = [0]
 
-        def batches():
-            for x, y in split_xy(folder, split, bs):
-                xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-                if len(ys) < 4:
-                    with torch.no_grad():
-                        out = net(xt)
-                    ys.append(y)
-                    preds.append((out.squeeze(-1) if self.task == "regression" else out.argmax(1)).numpy())
-                yield xt, yt
+        def seen(out: Any, y: Any) -> None:
+            pred = (out.squeeze(-1) if regression else out.argmax(1)).numpy()
+            yn = y.numpy()
+            if regression:
+                sums["baseline"] += float(np.square(yn.astype(np.float64) - st["train_target_mean"]).sum())
+            else:
+                sums["baseline"] += int((yn == int(np.argmax(st["train_class_counts"]))).sum())
+                np.add.at(sums["confusion"], (yn, pred), 1)
+            if kept[0] < preview:
+                ys.append(yn[:preview - kept[0]])
+                preds.append(pred[:preview - kept[0]])
+                kept[0] += len(ys[-1])
 
-        loss, correct, n = score(self, net, batches(), torch.device("cpu"))
-        out = {"loss": loss / n} | ({"accuracy": correct / n} if self.task == "classification" else {})
-        return out, np.concatenate(ys), np.concatenate(preds)
+        batches = ((torch.from_numpy(x), torch.from_numpy(y)) for x, y in split_xy(folder, split, bs))
+        loss, correct, n = score(self, net, batches, torch.device("cpu"), seen)
+        out = {"loss": loss / n, "baseline": sums["baseline"] / n}
+        if not regression:
+            out |= {"accuracy": correct / n, "confusion": sums["confusion"]}
+        empty = np.empty(0)
+        return out, (np.concatenate(ys) if ys else empty), (np.concatenate(preds) if preds else empty)
 
     def evaluate(self, p: TabularParams, data: str, model: str, reports: Path,
                  state: Path) -> tuple[dict[str, Any], list[str]]:
-        from components.workloads.tabular.data import split_xy, stats
+        from components.workloads.tabular.data import stats
 
-        net, blob = load_model(model)
+        net, _ = load_model(model)
         st = stats(data)
-        scores = {s: self._score(net, data, s, p.train.eval_bs) for s in ("val", "test")}
-        if self.task == "regression":
-            metrics = {"val_loss": scores["val"][0]["loss"], "test_loss": scores["test"][0]["loss"]}
-            guess = st["train_target_mean"]
-            for s in ("val", "test"):  # the baseline: the train mean, whatever the features say
-                sq, n = 0.0, 0
-                for _, y in split_xy(data, s, p.train.eval_bs):
-                    sq, n = sq + float(np.square(y.astype(np.float64) - guess).sum()), n + len(y)
-                metrics[f"baseline_mean_{s}_loss"] = sq / n
+        val, y, pred = self._score(net, data, "val", p.train.eval_bs, st, p.evaluate.preview_rows)
+        test = self._score(net, data, "test", p.train.eval_bs, st)[0]
+        if self.task == "regression":  # the baseline: the train mean, whatever the features say
+            metrics = {"val_loss": val["loss"], "test_loss": test["loss"],
+                       "baseline_mean_val_loss": val["baseline"], "baseline_mean_test_loss": test["baseline"]}
             lines = [f"val mse {metrics['val_loss']:.4f}, test mse {metrics['test_loss']:.4f}; the train mean "
                      f"scores {metrics['baseline_mean_val_loss']:.4f} on val"]
-        else:
-            majority = int(np.argmax(st["train_class_counts"]))
-            metrics = {"accuracy": scores["val"][0]["accuracy"], "test_accuracy": scores["test"][0]["accuracy"],
-                       "val_loss": scores["val"][0]["loss"], "test_loss": scores["test"][0]["loss"]}
-            for s in ("val", "test"):  # the baseline: the train split's most frequent class, for every row
-                hits, rows = 0, 0
-                for _, y in split_xy(data, s, p.train.eval_bs):
-                    hits, rows = hits + int((y == majority).sum()), rows + len(y)
-                metrics[f"baseline_majority_{s}_accuracy"] = hits / rows
+        else:  # the baseline: the train split's most frequent class, for every row
+            metrics = {"accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "val_loss": val["loss"],
+                       "test_loss": test["loss"], "baseline_majority_val_accuracy": val["baseline"],
+                       "baseline_majority_test_accuracy": test["baseline"]}
             lines = [f"accuracy {metrics['accuracy']:.4f} (val), {metrics['test_accuracy']:.4f} (test); the "
                      f"majority class scores {metrics['baseline_majority_val_accuracy']:.4f} on val"]
-        _, y, pred = scores["val"]
-        self._report(reports, y[:p.evaluate.preview_rows], pred[:p.evaluate.preview_rows], st)
+        self._report(reports, y, pred, st, val.get("confusion"))
         return metrics, lines
 
-    def _report(self, reports: Path, y: np.ndarray, pred: np.ndarray, st: dict[str, Any]) -> None:
-        """predictions.csv (val rows: actual, predicted) and a plot of them."""
+    def _report(self, reports: Path, y: np.ndarray, pred: np.ndarray, st: dict[str, Any],
+                confusion: np.ndarray | None) -> None:
+        """predictions.csv (the first val rows: actual, predicted) and a plot: those rows' predictions
+        against the truth (regression), or the whole val split's confusion matrix."""
+        if st["task"] == "classification":
+            names = np.asarray(st["classes"], dtype=object)
+            y, pred = names[y.astype(np.int64)], names[pred.astype(np.int64)]
+        (reports / "predictions.csv").write_text("actual,predicted\n" + "".join(
+            f"{a},{b}\n" for a, b in zip(y.tolist(), pred.tolist(), strict=True)))
+        if confusion is not None:
+            from components.evaluation import plot_confusion
+
+            plot_confusion(reports / "predictions.png", confusion, list(st["classes"]), f"{self.name}: val")
+            return
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        if st["task"] == "classification":
-            names = np.asarray(st["classes"], dtype=object)
-            y, pred = names[y], names[pred]
-        (reports / "predictions.csv").write_text("actual,predicted\n" + "".join(
-            f"{a},{b}\n" for a, b in zip(y.tolist(), pred.tolist(), strict=True)))
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        if st["task"] == "regression":
-            ax.scatter(y, pred, s=6, alpha=0.5)
-            lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
-            ax.plot([lo, hi], [lo, hi], color="grey", lw=1)
-            ax.set(xlabel=f"actual {st['target']}", ylabel="predicted", title=f"{self.name}: val predictions")
-        else:
-            from components.evaluation import plot_confusion
-
-            plt.close(fig)
-            index = {c: i for i, c in enumerate(st["classes"])}
-            conf = np.zeros((len(index), len(index)), np.int64)
-            np.add.at(conf, ([index[a] for a in y], [index[b] for b in pred]), 1)
-            plot_confusion(reports / "predictions.png", conf, list(st["classes"]), f"{self.name}: val")
-            return
+        ax.scatter(y, pred, s=6, alpha=0.5)
+        lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1)
+        ax.set(xlabel=f"actual {st['target']}", ylabel="predicted", title=f"{self.name}: val predictions")
         fig.tight_layout()
         fig.savefig(reports / "predictions.png", dpi=100)
         plt.close(fig)
@@ -273,7 +275,7 @@ class TabularWorkload(Workload):
 
         def rescore(model_file: str) -> float:
             net, _ = load_model(model_file)
-            got = self._score(net, data, "val", 4096)[0]
+            got = self._score(net, data, "val", 4096, st)[0]
             return got["loss"] if self.task == "regression" else got["accuracy"]
 
         def log_model() -> str:

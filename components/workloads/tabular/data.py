@@ -88,11 +88,12 @@ def _csv_parse(path: str) -> Any:
     return pc.ParseOptions(delimiter="\t" if path.lower().endswith(".tsv") else ",")
 
 
-def read_batches(path: str, batch_rows: int, columns: list[str], text: str | None = None) -> Iterator[pa.RecordBatch]:
-    """`columns` of a table file, about `batch_rows` rows at a time; a CSV's as float64 (`text`, a
-    class label, as text: a column's type does not hang on what its first rows hold), a block of
-    whole records at a time (`components/data/csv_chunks.py`: pyarrow's own streaming reader reads
-    ahead, up to the whole file)."""
+def read_batches(path: str, batch_rows: int, columns: list[str], names: list[str], text: str | None = None
+                 ) -> Iterator[pa.RecordBatch]:
+    """`columns` of a table file (`names`: all its columns, `header`), about `batch_rows` rows at a
+    time; a CSV's as float64 (`text`, a class label, as text: a column's type does not hang on what
+    its first rows hold), a block of whole records at a time (`components/data/csv_chunks.py`:
+    pyarrow's own streaming reader reads ahead, up to the whole file)."""
     if SUFFIXES[Path(path).suffix.lower()] == "parquet":
         import pyarrow.parquet as pq
 
@@ -102,34 +103,35 @@ def read_batches(path: str, batch_rows: int, columns: list[str], text: str | Non
         return
     import pyarrow.csv as pc
 
-    names = header(path)
+    from components.data.csv_chunks import read_blocks
+
     types = {c: pa.string() if c == text else pa.float64() for c in columns}
     convert = pc.ConvertOptions(include_columns=columns, column_types=types)
     row = 0
-    for chunk in _csv_chunks(path):
-        try:  # a block as large as the chunk: a record is never split between two
-            read = pc.ReadOptions(column_names=names, use_threads=False, block_size=max(1 << 22, len(chunk) + 1))
-            table = pc.read_csv(pa.BufferReader(chunk), read_options=read, parse_options=_csv_parse(path),
-                                convert_options=convert)
-        except pa.ArrowInvalid as err:
-            msg = str(err).splitlines()[0]
-            m = re.search(r"In CSV column #(\d+): Row #(\d+): CSV conversion error to \w+: (.*)", msg)
-            if m and int(m.group(1)) < len(names):
-                name = names[int(m.group(1))]
-                hint = " (class labels? make the workload's task classification)" if name == columns[-1] else ""
-                raise SourceError(f"{path}: row {row + int(m.group(2))}: column {name!r} holds {m.group(3)}, "
-                                  f"not a number{hint}") from None
-            raise SourceError(f"{path}: after row {row}: not a readable CSV table ({msg})") from None
-        row += table.num_rows
-        yield from table.to_batches(max_chunksize=batch_rows)
-
-
-def _csv_chunks(path: str) -> Iterator[bytes]:
-    """A CSV's records after its header, about 1 MB of whole records at a time (`csv_chunks`)."""
-    from components.data.csv_chunks import records
-
     with _open(path) as f:
-        yield from records(f, quoted=True)
+        blocks = read_blocks(f, names, _csv_parse(path), convert)
+        while True:
+            try:
+                table = next(blocks, None)
+            except pa.ArrowInvalid as err:
+                raise _csv_error(path, names, columns, row, err) from None
+            if table is None:
+                return
+            row += table.num_rows
+            yield from table.to_batches(max_chunksize=batch_rows)
+
+
+def _csv_error(path: str, names: list[str], columns: list[str], row: int, err: Exception) -> SourceError:
+    """pyarrow's complaint about a CSV block as one line naming the row (counted from the table's
+    first) and the column."""
+    msg = str(err).splitlines()[0]
+    m = re.search(r"In CSV column #(\d+): Row #(\d+): CSV conversion error to \w+: (.*)", msg)
+    if m and int(m.group(1)) < len(names):
+        name = names[int(m.group(1))]
+        hint = " (class labels? make the workload's task classification)" if name == columns[-1] else ""
+        return SourceError(f"{path}: row {row + int(m.group(2))}: column {name!r} holds {m.group(3)}, "
+                           f"not a number{hint}")
+    return SourceError(f"{path}: after row {row}: not a readable CSV table ({msg})")
 
 
 def _columns(path: str, names: list[str], target: str, features: list[str] | None) -> list[str]:
@@ -177,10 +179,11 @@ def prepare(source: str, target: str, features: list[str] | None, task: str, bat
         writer = PartWriter(tmp / "rows", schema(features, target, task))
         text = target if task == "classification" else None
         for path in files:
-            if missing := [c for c in [*features, target] if c not in header(path)]:
+            names = header(path)
+            if missing := [c for c in [*features, target] if c not in names]:
                 raise SourceError(f"{path}: no column {missing[0]!r}, which {files[0]} has")
             row = 0
-            for batch in read_batches(path, batch_rows, [*features, target], text):
+            for batch in read_batches(path, batch_rows, [*features, target], names, text):
                 table = _checked(batch, path, row, features, target, task)
                 if task == "classification":
                     classes.update(table.column(target).unique().to_pylist())

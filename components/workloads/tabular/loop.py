@@ -6,6 +6,7 @@ and a report per epoch, resumed from the last one."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,8 +46,10 @@ def batch_maker(data: dict[str, Any]):
 
 
 @torch.no_grad()
-def score(workload: TabularWorkload, model: torch.nn.Module, batches, device: torch.device) -> tuple[float, int, int]:
-    """(summed loss, correct, rows) over `batches`; `correct` counts for classification only."""
+def score(workload: TabularWorkload, model: torch.nn.Module, batches, device: torch.device,
+          seen: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> tuple[float, int, int]:
+    """(summed loss, correct, rows) over `batches`; `correct` counts for classification only.
+    `seen(outputs, targets)`, on the CPU, for each batch: what evaluate adds in the same pass."""
     model.eval()
     loss, correct, n = 0.0, 0, 0
     for x, y in batches:
@@ -56,6 +59,8 @@ def score(workload: TabularWorkload, model: torch.nn.Module, batches, device: to
         if y.dtype == torch.int64:
             correct += int((out.argmax(1) == y).sum())
         n += len(y)
+        if seen is not None:
+            seen(out.cpu(), y.cpu())
     return loss, correct, n
 
 

@@ -50,7 +50,8 @@ class TabularNormalize(HeldOut, PartParams):
 
 
 class TabularTune(TuneParams):
-    """A sweep over the learning rate."""
+    """The sweep: Ray Tune with ASHA over the train keys in `space` (the learning rate unless the
+    workload names more)."""
 
     num_samples: PositiveInt = knob(4, "trials in the sweep")
     epochs: PositiveInt = knob(3, "ASHA's max_t (one report per epoch)")

@@ -66,12 +66,12 @@ class TextClassifier(Workload):
 
         data = training_data(folder, train["encoder_model"])
         enc = data["encoder"]
-        head = (p.train.model_dump() | train)["head"]  # a sweep's base may lack it: the section's stands in
-        if head != "concat_pool":  # the user's head: built and run once here, before any compute
+        full = p.train.model_dump() | train  # a sweep's base lacks the searched keys: the section's stand in
+        if full["head"] != "concat_pool":  # the user's head: built and run once here, before any compute
             from components.workloads.modules import check_head
 
-            dropout = (p.train.model_dump() | train)["dropout"]
-            check_head(head, "text_classifier.train.head", 3 * enc["n_hidden"], data["n_classes"], dropout)
+            check_head(full["head"], "text_classifier.train.head", 3 * enc["n_hidden"], data["n_classes"],
+                       full["dropout"])
         return TrainingData(data, {"n_classes": data["n_classes"], "n_train": data["n_train"],
                                    "encoder_arch": enc["arch"], "encoder_n_hidden": enc["n_hidden"],
                                    "encoder_n_layers": enc["n_layers"]})

@@ -172,21 +172,18 @@ def _table_batches(path: Path | str, kind: str, columns: list[str]) -> Iterator[
         if missing:
             raise SourceError(f"{path}: no column {missing[0]!r} (columns: {', '.join(names)}); "
                               "set text_classifier.prepare.text_column / label_column")
-        from components.data.csv_chunks import records
+        from components.data.csv_chunks import read_blocks
 
         # a block of whole records at a time: pyarrow's streaming reader reads ahead, up to the whole file
         parse = pc.ParseOptions(delimiter=delimiter, newlines_in_values=True)
         convert = pc.ConvertOptions(include_columns=columns, column_types={c: pa.binary() for c in columns})
         with _open(path) as f:
-            for chunk in records(f, quoted=True):
-                read = pc.ReadOptions(column_names=names, use_threads=False, block_size=max(1 << 22, len(chunk) + 1))
-                try:
-                    t = pc.read_csv(pa.BufferReader(chunk), read_options=read, parse_options=parse,
-                                    convert_options=convert)
-                except pa.ArrowInvalid as err:
-                    raise SourceError(f"{path}: {err}") from None
-                for b in t.to_batches(max_chunksize=TABLE_BATCH):
-                    yield {c: b.column(c).to_pylist() for c in columns}
+            try:
+                for t in read_blocks(f, names, parse, convert):
+                    for b in t.to_batches(max_chunksize=TABLE_BATCH):
+                        yield {c: b.column(c).to_pylist() for c in columns}
+            except pa.ArrowInvalid as err:
+                raise SourceError(f"{path}: {err}") from None
     else:
         import json
 
